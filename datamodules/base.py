@@ -1,0 +1,155 @@
+"""The DataModule every modality shares: shards prepared once, memory-mapped, resumable stream.
+
+A modality subclass says what decides its token stream (``settings``), how big its vocabulary is
+before any data is read (``vocab_size``, linked to the model by the CLI) and how to turn its source
+into tokenized documents (``write_shards``). Everything else (caching, atomic writes, windows,
+DDP slicing, exact resume) lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules import shards
+from datamodules.windows import EvalWindows, ResumableSampler, TrainWindows
+
+log = logging.getLogger(__name__)
+
+
+class TokenDataModule(pl.LightningDataModule):
+    name = "tokens"
+    unit = "token"  # the comparable unit: byte / second / note
+
+    def __init__(
+        self,
+        seq_len: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 1234,
+        cache_dir: Optional[str] = None,
+    ):
+        """
+        Args:
+            seq_len: Tokens per training/evaluation window (the model's context length T).
+            batch_size: Windows per batch on each device.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training-window stream (independent of the model's init seed).
+            cache_dir: Where token shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+        """
+        super().__init__()
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"data.seq_len and data.batch_size must be >= 1 (got {seq_len}, {batch_size})")
+        self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else shards.default_cache_dir()
+        self.consumed = 0  # training samples this rank has taken from the stream
+        self.meta: Optional[dict] = None
+        self._data: dict[str, np.ndarray] = {}
+
+    # --- what a modality provides ------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """Everything that decides the token stream; hashed into the shard directory name."""
+        raise NotImplementedError
+
+    def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
+        """Tokenize the source into ``writer``; return (extra meta, units per token id)."""
+        raise NotImplementedError
+
+    # --- shards ------------------------------------------------------------------------------------
+    @property
+    def shard_dir(self) -> Path:
+        return self.cache_dir / f"{self.name}-{shards.cache_key(self.settings())}"
+
+    def prepare_data(self) -> None:
+        """Tokenize once (Lightning calls this on local rank 0; the other ranks wait)."""
+        if shards.is_complete(self.shard_dir):
+            return
+        log.info("preparing %s shards in %s", self.name, self.shard_dir)
+        writer = shards.ShardWriter(self.shard_dir, self.vocab_size)
+        try:
+            meta, units = self.write_shards(writer)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit({"source": self.name, "settings": self.settings(), "unit": self.unit, **meta}, units)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if not shards.is_complete(self.shard_dir):
+            self.prepare_data()  # used outside a Trainer, or prepare_data_per_node on a fresh node
+        self.meta = shards.load_meta(self.shard_dir)
+        if self.meta["vocab_size"] != self.vocab_size:
+            raise ValueError(
+                f"shards in {self.shard_dir} have vocabulary {self.meta['vocab_size']} but the data settings "
+                f"give {self.vocab_size}; delete that directory to rebuild it"
+            )
+        self._data = {s: shards.open_split(self.shard_dir, s) for s in shards.SPLITS}
+        self.units_per_token = torch.from_numpy(shards.load_units(self.shard_dir))
+        t = self.trainer
+        if t is not None and t.world_size > 1 and t._accelerator_connector.use_distributed_sampler:
+            raise ValueError(
+                "trainer.use_distributed_sampler must be false: the DataModule already gives each rank "
+                "disjoint training windows and unpadded evaluation slices (Lightning's sampler would pad)"
+            )
+
+    @property
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    # --- loaders -----------------------------------------------------------------------------------
+    def _loader(self, ds, sampler=None) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=sampler is not None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world
+        ds = TrainWindows(self._data["train"], self.seq_len, self.seed, rank, world)
+        return self._loader(ds, ResumableSampler(len(ds), lambda: self.consumed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(EvalWindows(self._data["val"], self.seq_len, *self._rank_world))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(EvalWindows(self._data["test"], self.seq_len, *self._rank_world))
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.consumed += batch["input"].shape[0]
+        return batch
+
+    # --- checkpoint --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "vocab_size": self.vocab_size,
+            "shard_key": self.shard_dir.name,
+            "tokenizer": self.settings().get("tokenizer"),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed or state.get("seq_len", self.seq_len) != self.seq_len:
+            log.warning("resuming with a different data seed or seq_len: the training stream changes")
+        self.consumed = int(state.get("consumed", 0))
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError

@@ -1,0 +1,133 @@
+"""Token shards on disk: ``train.bin``, ``val.bin``, ``test.bin``, ``units.npy`` and ``meta.json``.
+
+A shard directory is self-describing (copy it to an air-gapped node and it still loads) and is
+written atomically: everything goes into a temporary sibling directory that is renamed into place
+only when complete, so a crash never leaves a half-written shard that a later run would trust.
+The directory name carries a cache key over the source and tokenizer settings; equal settings
+reuse the shards, different settings get a new directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIT_VATTN_CACHE", "~/.cache/lit_vattn")).expanduser()
+
+
+def cache_key(settings: dict) -> str:
+    """sha256 over the canonical JSON of everything that decides the token stream."""
+    blob = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+class ShardWriter:
+    """Collects token documents per split into a temporary directory; ``commit`` renames it."""
+
+    def __init__(self, final_dir: Path, vocab_size: int):
+        self.final_dir = Path(final_dir)
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-", dir=self.final_dir.parent))
+        self.dtype = token_dtype(vocab_size)
+        self.vocab_size = vocab_size
+        self._files = {s: open(self.tmp / f"{s}.bin", "wb") for s in SPLITS}
+        self.tokens = {s: 0 for s in SPLITS}
+        self.documents = {s: 0 for s in SPLITS}
+
+    def add(self, split: str, ids: Iterable[int] | np.ndarray) -> None:
+        arr = np.asarray(ids, dtype=np.int64)
+        if arr.size == 0:
+            return
+        if arr.min() < 0 or arr.max() >= self.vocab_size:
+            raise ValueError(f"token id out of range [0, {self.vocab_size}) in split {split!r}")
+        self._files[split].write(arr.astype(self.dtype).tobytes())
+        self.tokens[split] += arr.size
+        self.documents[split] += 1
+
+    def commit(self, meta: dict, units_per_token: np.ndarray) -> Path:
+        for f in self._files.values():
+            f.close()
+        for s in SPLITS:
+            if self.tokens[s] == 0:
+                self.abort()
+                raise ValueError(
+                    f"split {s!r} is empty after tokenization; the source has too few documents "
+                    f"(train/val/test documents: {self.documents}). Add data or change the split fractions."
+                )
+        np.save(self.tmp / "units.npy", np.asarray(units_per_token, dtype=np.float64))
+        meta = {
+            "format": FORMAT_VERSION,
+            "vocab_size": self.vocab_size,
+            "dtype": self.dtype.name,
+            "splits": {s: {"tokens": self.tokens[s], "documents": self.documents[s]} for s in SPLITS},
+            **meta,
+        }
+        with open(self.tmp / "meta.json", "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        try:
+            os.rename(self.tmp, self.final_dir)
+        except OSError:  # another process finished the same shards first: keep theirs
+            if not (self.final_dir / "meta.json").exists():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.final_dir
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def is_complete(shard_dir: Path) -> bool:
+    return (Path(shard_dir) / "meta.json").is_file()
+
+
+def load_meta(shard_dir: Path) -> dict:
+    with open(Path(shard_dir) / "meta.json") as f:
+        return json.load(f)
+
+
+def open_split(shard_dir: Path, split: str) -> np.memmap:
+    meta = load_meta(shard_dir)
+    return np.memmap(Path(shard_dir) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def load_units(shard_dir: Path) -> np.ndarray:
+    return np.load(Path(shard_dir) / "units.npy")
+
+
+def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
+    """Deterministic document-level split from a hash of the document's key (never by offset)."""
+    u = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
+    if u < val_fraction:
+        return "val"
+    if u < val_fraction + test_fraction:
+        return "test"
+    return "train"
+
+
+def batched(it: Iterable, n: int) -> Iterator[list]:
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

@@ -1,0 +1,151 @@
+"""Text DataModule: the embedded corpus, local text files or any HF dataset id -> BPE token shards.
+
+Unit: bits per byte (UTF-8 bytes of the target tokens), comparable across tokenizers.
+Documents are separated by <|endoftext|>; splits are by document (hash of its key), never by offset,
+unless an HF dataset brings its own train/validation/test splits.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import islice
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from datamodules import shards
+from datamodules.base import TokenDataModule
+from datamodules.text_sources import embedded_documents, file_documents, hf_documents
+from datamodules.text_tokenizers import GPT2Tokenizer, TrainedBPE
+
+
+class TextDataModule(TokenDataModule):
+    name = "text"
+    unit = "byte"
+
+    def __init__(
+        self,
+        source: str = "embedded",
+        files: Optional[list[str]] = None,
+        hf_config: Optional[str] = None,
+        text_column: str = "text",
+        streaming: bool = False,
+        sample_by: Literal["document", "paragraph"] = "document",
+        max_documents: Optional[int] = None,
+        val_fraction: float = 0.01,
+        test_fraction: float = 0.01,
+        tokenizer: Literal["gpt2", "bpe"] = "gpt2",
+        bpe_vocab_size: int = 8192,
+        seq_len: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 1234,
+        cache_dir: Optional[str] = None,
+    ):
+        """
+        Args:
+            source: "embedded" (GCIDE dictionary + King James Bible, pip-installed), "files" (use
+                data.files), or an HF hub dataset id such as "Salesforce/wikitext".
+            files: Local UTF-8 text files, directories or globs (with source="files").
+            hf_config: HF dataset configuration name, e.g. "wikitext-103-raw-v1".
+            text_column: Column holding the text in an HF dataset.
+            streaming: Stream the HF dataset instead of downloading it whole (for large corpora).
+            sample_by: For local files: one document per file, or per blank-line separated paragraph.
+            max_documents: Use at most this many documents per source split (None = all).
+            val_fraction: Fraction of documents held out for validation (hash split by document).
+            test_fraction: Fraction of documents held out for test (hash split by document).
+            tokenizer: "gpt2" = the real GPT-2 BPE (50,257 ids, offline); "bpe" = train a byte-level
+                BPE with HF tokenizers on the training split.
+            bpe_vocab_size: Vocabulary size of the trained BPE (tokenizer="bpe").
+            seq_len: Tokens per window (context length T).
+            batch_size: Windows per batch on each device.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training-window stream.
+            cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+        """
+        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
+        if source == "files" and not files:
+            raise ValueError('data.source="files" needs data.files (paths, directories or globs of text files)')
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in (0, 1) and sum below 1")
+        self.source, self.files, self.hf_config = source, files, hf_config
+        self.text_column, self.streaming, self.sample_by = text_column, streaming, sample_by
+        self.max_documents = max_documents
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.tokenizer_kind, self.bpe_vocab_size = tokenizer, bpe_vocab_size
+        self._tok = None
+
+    @property
+    def vocab_size(self) -> int:
+        return GPT2Tokenizer.vocab_size if self.tokenizer_kind == "gpt2" else self.bpe_vocab_size
+
+    def settings(self) -> dict:
+        s = {
+            "source": self.source, "max_documents": self.max_documents,
+            "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+            "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
+        }
+        if self.source == "files":  # edits to the files must invalidate the cache
+            s["files"] = [(p, os.path.getsize(p), os.path.getmtime(p)) if os.path.isfile(p) else p for p in self.files]
+            s["sample_by"] = self.sample_by
+        elif self.source != "embedded":
+            s.update(hf_config=self.hf_config, text_column=self.text_column)
+        return s
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            if self.tokenizer_kind == "gpt2":
+                self._tok = GPT2Tokenizer()
+            else:
+                path = self.shard_dir / "tokenizer.json"
+                if not path.exists():
+                    raise FileNotFoundError(f"trained BPE {path} is missing: run prepare_data/setup first")
+                self._tok = TrainedBPE(self.bpe_vocab_size, path)
+        return self._tok
+
+    def _documents(self) -> dict:
+        if self.source == "embedded":
+            docs = {"all": embedded_documents()}
+        elif self.source == "files":
+            docs = {"all": file_documents(self.files, self.sample_by)}
+        else:
+            docs = hf_documents(self.source, self.hf_config, self.text_column, self.streaming, self.max_documents)
+        if self.max_documents is not None:
+            docs = {k: islice(v, self.max_documents) for k, v in docs.items()}
+        return docs
+
+    def _split_docs(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {s: [] for s in shards.SPLITS}
+        for split, docs in self._documents().items():
+            for key, text in docs:
+                s = shards.split_of(key, self.val_fraction, self.test_fraction) if split == "all" else split
+                out[s].append(text)
+        if not any(out.values()):
+            raise ValueError(f"text source {self.source!r} produced no non-empty documents")
+        return out
+
+    def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
+        docs = self._split_docs()
+        if self.tokenizer_kind == "bpe":
+            tok = TrainedBPE(self.bpe_vocab_size)
+            tok.train(docs["train"])
+            tok.save(writer.tmp / "tokenizer.json")
+        else:
+            tok = GPT2Tokenizer()
+        units = tok.token_bytes()
+        unit_counts = {}
+        for split, texts in docs.items():
+            n_bytes = 0
+            for batch in shards.batched(texts, 4096):
+                for ids in tok.encode_batch(batch):
+                    writer.add(split, ids + [tok.eot_id])
+                n_bytes += sum(len(t.encode("utf-8")) for t in batch)
+            unit_counts[split] = n_bytes
+        self._tok = tok
+        meta = {"tokenizer": tok.spec(), "eot_id": tok.eot_id, "unit_counts": unit_counts}
+        return meta, units
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)

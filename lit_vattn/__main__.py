@@ -1,0 +1,3 @@
+from lit_vattn.cli import cli_main
+
+cli_main()

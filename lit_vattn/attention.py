@@ -1,0 +1,114 @@
+"""Attention kernels: the plain causal case and attention over keys concatenated from several sources.
+
+Several architectures attend over keys/values gathered from more than one layer (SLA's concat mode,
+LAS's final layer). Every source holds the same T token positions, so the keys are laid out as m
+blocks of T and the only correct mask is block-causal: key ``kv`` is visible to query ``q`` iff
+``kv % T <= q``. Neither built-in causal flag gives that: SDPA's ``is_causal`` is top-left aligned
+(query t sees only the first block's prefix) and FlashAttention's is bottom-right aligned (query t
+sees the future of every earlier block).
+
+Backends (``backend`` argument):
+- ``"oracle"``: explicit boolean mask, float32, SDPA math kernel. Slow; the reference every fast
+  path is tested against, forward and backward.
+- ``"sdpa"``: explicit boolean mask in the input dtype through SDPA (CPU default; memory-efficient
+  kernel on CUDA).
+- ``"flex"``: FlexAttention with a BlockMask built once per (T, m, device) and cached; compiled on
+  CUDA (the default there), eager on CPU (used by the equivalence tests).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "oracle", "sdpa", "flex")
+
+
+def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Plain causal self-attention; q, k, v: (B, H, T, d). SDPA picks flash/cuDNN on CUDA."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+@lru_cache(maxsize=64)
+def block_causal_mask(T: int, m: int, device: torch.device) -> Tensor:
+    """(T, m*T) bool, True = visible: key j is visible to query t iff j % T <= t."""
+    q = torch.arange(T, device=device)[:, None]
+    kv = torch.arange(m * T, device=device)[None, :]
+    return (kv % T) <= q
+
+
+def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "auto") -> Tensor:
+    """Attention of q over the concatenation of several (k, v) sources at the same positions.
+
+    q: (B, H, T, d); each k, v: (B, H, T, d). Returns (B, H, T, d) in q's dtype.
+    """
+    if len(ks) != len(vs) or not ks:
+        raise ValueError(f"multi_source needs as many key as value sources (got {len(ks)} and {len(vs)})")
+    if len(ks) == 1:
+        return causal(q, ks[0], vs[0]) if backend != "oracle" else oracle(q, ks, vs).to(q.dtype)
+    if backend == "auto":
+        backend = "flex" if q.is_cuda else "sdpa"
+    if backend == "oracle":
+        return oracle(q, ks, vs).to(q.dtype)
+    k, v = torch.cat(ks, dim=2), torch.cat(vs, dim=2)  # (B, H, m*T, d)
+    T, m = q.shape[2], len(ks)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(T, m, q.device))
+    if backend == "flex":
+        return _flex(q, k, v, _flex_block_mask(T, m, q.device))
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+
+
+def oracle(q: Tensor, ks: list[Tensor], vs: list[Tensor]) -> Tensor:
+    """The reference: float32, explicit boolean block-causal mask, SDPA math kernel."""
+    k, v = torch.cat(ks, dim=2).float(), torch.cat(vs, dim=2).float()
+    mask = block_causal_mask(q.shape[2], len(ks), q.device)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q.float(), k, v, attn_mask=mask)
+
+
+def source_mass(q: Tensor, ks: list[Tensor]) -> Tensor:
+    """Attention probability mass each source receives, (B, H, T, m): for analysis, not training."""
+    T, m = q.shape[2], len(ks)
+    k = torch.cat(ks, dim=2).float()
+    s = (q.float() @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, m*T)
+    s = s.masked_fill(~block_causal_mask(T, m, q.device), float("-inf"))
+    p = s.softmax(-1)
+    return p.unflatten(-1, (m, T)).sum(-1)
+
+
+# FlexAttention -----------------------------------------------------------------------------------
+
+_compiled_flex = None
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:  # one compiled instance for the process, as torchtitan does
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+_block_masks: dict = {}
+
+
+def _flex_block_mask(T: int, m: int, device: torch.device):
+    """BlockMask for ``kv % T <= q``, built once per (T, m, device) and reused by every layer/step."""
+    key = (T, m, str(device))
+    if key not in _block_masks:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx % T) <= q_idx
+
+        _block_masks[key] = create_block_mask(mask_mod, None, None, T, m * T, device=str(device))
+    return _block_masks[key]

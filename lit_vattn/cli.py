@@ -1,0 +1,63 @@
+"""``lit-vattn fit|validate|test --config configs/<modality>/<arch>.yaml``: Lightning's own CLI.
+
+The YAML names the LightningModule and the DataModule (subclass mode); the vocabulary size is
+linked from the data to the model; the resolved config, CSV metrics and checkpoints land in one run
+directory (``runs/<name>/version_<n>/``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from jsonargparse import set_parsing_settings
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from lit_vattn.callbacks import TokenThroughputMonitor
+
+
+class CLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.every_n_train_steps": 100,
+            "checkpoint.save_top_k": 0,
+        })
+        parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
+
+
+def cli_main(args=None, run: bool = True) -> CLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # field docstrings of the config dataclasses become --help text (as in litgpt)
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    # Lightning cannot see that our sampler resumes through the DataModule's state_dict
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    return CLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=1234,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "use_distributed_sampler": False,  # the DataModule slices data per rank itself
+            "max_steps": 1000,
+            "val_check_interval": 100,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 10,
+            "gradient_clip_val": 1.0,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
+            "callbacks": [LearningRateMonitor(logging_interval="step")],
+        },
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,49 @@
+"""Token-weighted NLL and the modality's comparable unit, exact under DDP.
+
+Every rank sums NLL (nats), target tokens and target units (bytes / seconds / notes, from the
+DataModule's per-token-id unit table); torchmetrics reduces the sums across ranks at ``compute``,
+so the result equals a single-process evaluation over the same windows, whatever the split sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import SumMetric
+
+LN2 = math.log(2.0)
+UNIT_METRIC = {"byte": "bits_per_byte", "second": "bits_per_second", "note": "bits_per_note", "token": "bits_per_unit"}
+
+
+class NLLMetrics(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.nll = SumMetric()
+        self.tokens = SumMetric()
+        self.units = SumMetric()
+
+    @torch.no_grad()
+    def update(self, nll_sum: Tensor, targets: Tensor, units_per_token: Tensor | None) -> None:
+        """nll_sum: summed nats over the valid targets; targets: (B, T) with -100 = not scored."""
+        valid = targets >= 0
+        self.nll.update(nll_sum.detach().double())
+        self.tokens.update(valid.sum().double())
+        if units_per_token is not None:
+            u = units_per_token.to(targets.device)[targets.clamp_min(0)]
+            self.units.update((u * valid).sum().double())
+
+    def compute(self, unit: str) -> dict[str, Tensor]:
+        nll, n = self.nll.compute(), self.tokens.compute()
+        mean = nll / n
+        out = {"nll": mean, "bpt": mean / LN2, "ppl": torch.exp(mean)}
+        units = self.units.compute()
+        if units > 0:
+            out[UNIT_METRIC.get(unit, f"bits_per_{unit}")] = nll / LN2 / units
+        out["tokens"] = n
+        return {k: v.float() for k, v in out.items()}
+
+    def reset(self) -> None:
+        for m in (self.nll, self.tokens, self.units):
+            m.reset()

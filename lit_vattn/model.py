@@ -1,0 +1,156 @@
+"""LLaMA-style decoder (RMSNorm pre-norm, RoPE, SwiGLU, no biases) open to a depth memory.
+
+The architecture-specific part lives in a reader (``lit_vattn.arch``); this file is the part every
+architecture shares, in the spirit of nanoGPT/nanochat's single ``gpt.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_vattn.arch.base import Arch, DepthMemory, Vanilla
+from lit_vattn.config import GPTConfig
+
+
+def rope_table(T: int, head_dim: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    ang = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv)  # (T, d/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, T, d); rotate pairs (x1, x2) taken from the two halves of the head dim."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[: x.shape[2]], sin[: x.shape[2]]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.proj.residual_out = True  # scaled init
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.n_head, self.head_dim)).transpose(1, 2)  # (B, H, T, d)
+
+    def project_kv(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """This layer's K/V projection applied to another input (LAS reads features through it)."""
+        D = self.n_head * self.head_dim
+        k, v = F.linear(x, self.qkv.weight[D:]).chunk(2, dim=-1)
+        return apply_rope(self.split_heads(k), *rope), self.split_heads(v)
+
+    def forward(self, x: Tensor, l: int, rope, reader: Arch, mem: DepthMemory) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, T, D) each
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if l in mem.keep_kv:
+            mem.kv[l] = (k, v)
+        y = reader.attend(l, self, q, k, v, mem)  # (B, H, T, d)
+        return self.proj(y.transpose(1, 2).flatten(2))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.hidden, bias=False)
+        self.down = nn.Linear(cfg.hidden, cfg.d_model, bias=False)
+        self.down.residual_out = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, z: Tensor, l: int, rope, reader: Arch, mem: DepthMemory) -> Tensor:
+        """Returns the block's delta a + m; the caller adds it to z (so readers see both)."""
+        a = self.attn(self.norm1(z), l, rope, reader, mem)  # (B, T, D)
+        m = self.mlp(self.norm2(z + a))  # (B, T, D)
+        return a + m
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, vocab_size: int, arch: Optional[Arch] = None):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        V = cfg.padded_vocab(vocab_size)
+        self.embed = nn.Embedding(V, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, V, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        with torch.random.fork_rng():  # the reader's construction must not shift the base init
+            self.arch = (arch if arch is not None else Vanilla()).bind(cfg)
+        cos, sin = rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for matrices, scaled by 1/sqrt(2L) on residual outputs (GPT-2);
+        then the reader re-applies its own init (so a global re-init cannot destroy it)."""
+        std = self.cfg.init_std
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                s = std / math.sqrt(2 * self.cfg.n_layer) if getattr(mod, "residual_out", False) else std
+                nn.init.normal_(mod.weight, 0.0, s)
+            elif isinstance(mod, nn.Embedding):
+                nn.init.normal_(mod.weight, 0.0, std)
+            elif isinstance(mod, nn.RMSNorm):
+                nn.init.ones_(mod.weight)
+        if hasattr(self.arch, "reset_parameters"):
+            self.arch.reset_parameters()
+
+    def hidden_states(self, idx: Tensor, return_all: bool = False):
+        """Final hidden (B, T, D) before the final norm; with return_all also the list of residual
+        states [x0, h_1, ..., h_L] (for the logit lens) and the depth memory."""
+        B, T = idx.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds GPTConfig.max_seq_len={self.cfg.max_seq_len}")
+        rope = (self.rope_cos, self.rope_sin)
+        x0 = self.embed(idx)  # (B, T, D)
+        mem = DepthMemory(x0=x0, keep_kv=self.arch.kv_layers(), rope=rope)
+        h, states = x0, [x0]
+        for l, block in enumerate(self.blocks):
+            z = self.arch.block_input(l, h, mem)  # (B, T, D)
+            delta = block(z, l, rope, self.arch, mem)  # (B, T, D)
+            h = z + delta
+            self.arch.record(l, z, delta, h, mem)
+            states.append(h)
+        out = self.arch.readout(h, mem)
+        return (out, states, mem) if return_all else out
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """Logits (B, T, vocab_size) over the real (unpadded) vocabulary."""
+        h = self.hidden_states(idx)
+        return self.head(self.norm(h))[..., : self.vocab_size]
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+        return n
+
+    def flops_per_token(self, T: int) -> float:
+        """Training FLOPs per token: 6 N (matmul weights incl. head) + 12 L D T attention (PaLM
+        appendix B convention), plus what the architecture adds in attention."""
+        N = self.num_params(non_embedding=True)
+        if self.cfg.tie_embeddings:
+            N += self.head.weight.numel()
+        return 6.0 * N + 12.0 * self.cfg.n_layer * self.cfg.d_model * T + self.arch.extra_attention_flops(T)

@@ -1,0 +1,192 @@
+"""The LightningModule: train/val/test steps, metrics, optimizer and schedule around one GPT.
+
+Lightning owns the loop, precision, strategies and checkpointing; this file owns what is specific
+to language modelling across depth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_vattn.arch.base import Arch
+from lit_vattn.config import GPTConfig
+from lit_vattn.metrics import NLLMetrics
+from lit_vattn.model import GPT
+
+
+class LanguageModel(pl.LightningModule):
+    def __init__(
+        self,
+        config: GPTConfig = GPTConfig(),
+        arch: Optional[Arch] = None,
+        vocab_size: int = 50257,
+        lr: float = 1e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 100,
+        schedule: Literal["cosine", "wsd", "constant"] = "cosine",
+        decay_fraction: float = 0.2,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        mix_lr_mult: float = 1.0,
+        compile: bool = False,
+    ):
+        """
+        Args:
+            config: Decoder shape (layers, heads, width, ...).
+            arch: The depth-memory reader: lit_vattn.arch.Vanilla (default), VerticalAttention,
+                LayerwiseAttentionShortcuts or SkipLayerAttention, with its switches.
+            vocab_size: Vocabulary size; linked from the DataModule by the CLI.
+            lr: Peak AdamW learning rate.
+            min_lr_ratio: Final learning rate as a fraction of lr (cosine and wsd).
+            warmup_steps: Linear warmup steps.
+            schedule: cosine decay to min_lr_ratio; wsd = warmup-stable-decay (linear decay over the
+                last decay_fraction of training); constant after warmup.
+            decay_fraction: Fraction of steps spent decaying in the wsd schedule.
+            weight_decay: AdamW decay on matrices; norms, embeddings, scalars and depth-mixing
+                weights get none.
+            betas: AdamW betas.
+            mix_lr_mult: Learning-rate multiplier for depth-mixing weights and routers.
+            compile: torch.compile the network (in place; checkpoints keep the plain keys).
+        """
+        super().__init__()
+        # under LightningCLI these are the config dicts, so `test --ckpt_path` rebuilds this model
+        self.save_hyperparameters()
+        self.config = config
+        self.net = GPT(self.config, vocab_size, arch)
+        self.val_metrics, self.test_metrics = NLLMetrics(), NLLMetrics()
+        self.units_per_token: Optional[Tensor] = None
+        self.unit = "token"
+
+    # --- setup -------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            if dm.seq_len > self.config.max_seq_len:
+                raise ValueError(f"data.seq_len={dm.seq_len} exceeds model config.max_seq_len={self.config.max_seq_len}")
+            if getattr(dm, "units_per_token", None) is not None:
+                self.units_per_token = dm.units_per_token.float()
+                self.unit = dm.unit
+            # ThroughputMonitor reads this for FLOPs/s and MFU
+            self.flops_per_batch = self.net.flops_per_token(dm.seq_len) * dm.seq_len * dm.batch_size
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.net(idx)
+
+    # --- steps -------------------------------------------------------------------------------------
+    def _nll_sum(self, batch: dict) -> tuple[Tensor, Tensor]:
+        logits = self.net(batch["input"])  # (B, T, V)
+        tgt = batch["target"]
+        nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
+        return nll, (tgt >= 0).sum()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        nll, n = self._nll_sum(batch)
+        loss = nll / n.clamp_min(1)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        nll, _ = self._nll_sum(batch)
+        self.val_metrics.update(nll, batch["target"], self.units_per_token)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        nll, _ = self._nll_sum(batch)
+        self.test_metrics.update(nll, batch["target"], self.units_per_token)
+
+    def _log_eval(self, metrics: NLLMetrics, stage: str) -> None:
+        values = metrics.compute(self.unit)  # already reduced across ranks by torchmetrics
+        metrics.reset()
+        values.pop("tokens")
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
+        self.log(f"{stage}_nll", values["nll"], prog_bar=True, logger=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval(self.test_metrics, "test")
+
+    # --- optimizer ---------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        decay, no_decay, mix, seen = [], [], [], set()
+        embed_ids = {id(self.net.embed.weight)}
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if getattr(p, "depth_mix", False):
+                mix.append(p)
+            elif p.ndim >= 2 and id(p) not in embed_ids:
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay, "lr_mult": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        ]
+        if mix:
+            groups.append({"params": mix, "weight_decay": 0.0, "lr_mult": self.hparams.mix_lr_mult})
+        for g in groups:
+            g["lr"] = self.hparams.lr * g["lr_mult"]
+        return groups
+
+    def lr_lambda(self, total_steps: int):
+        warm, sched = self.hparams.warmup_steps, self.hparams.schedule
+        floor = self.hparams.min_lr_ratio
+
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if sched == "constant":
+                return 1.0
+            if sched == "wsd":
+                start = int(total_steps * (1 - self.hparams.decay_fraction))
+                if step < start:
+                    return 1.0
+                frac = min(1.0, (step - start) / max(1, total_steps - start))
+                return 1.0 - (1.0 - floor) * frac
+            frac = min(1.0, (step - warm) / max(1, total_steps - warm))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+        return f
+
+    def configure_optimizers(self):
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(self.param_groups(), betas=tuple(self.hparams.betas), fused=fused)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        total = int(total) if math.isfinite(total) else 10**9
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        checkpoint["lit_vattn"] = {
+            "vocab_size": self.hparams.vocab_size,
+            "arch": {"class": type(self.net.arch).__name__, **self.net.arch.switches()},
+            "tokenizer": dm.settings().get("tokenizer") if dm is not None else None,
+            "data": type(dm).__name__ if dm is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        info = checkpoint.get("lit_vattn", {})
+        ck_vocab = info.get("vocab_size", checkpoint.get("hyper_parameters", {}).get("vocab_size"))
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_tok = dm.settings().get("tokenizer") if dm is not None else None
+        if ck_vocab is not None and ck_vocab != self.hparams.vocab_size or (
+            data_tok is not None and info.get("tokenizer") not in (None, data_tok)
+        ):
+            raise ValueError(
+                f"vocabulary mismatch: the checkpoint was trained on vocabulary {ck_vocab} "
+                f"(tokenizer {info.get('tokenizer')}), but the data gives {self.hparams.vocab_size} "
+                f"(tokenizer {data_tok}). Use the data settings the checkpoint was trained with."
+            )

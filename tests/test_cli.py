@@ -1,0 +1,119 @@
+"""The `lit-vattn` command: every shipped YAML, exact resume, test on a checkpoint, bad configs."""
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from lit_vattn.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = str(ROOT / "configs/trainer/cpu.yaml")
+TEXT = str(ROOT / "configs/text/vanilla.yaml")
+MODEL_YAMLS = sorted(p for p in glob.glob(str(ROOT / "configs/**/*.yaml"), recursive=True) if "/trainer/" not in p)
+TINY = [
+    "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
+    "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
+]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, bpe_text):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("yaml", MODEL_YAMLS, ids=lambda p: os.path.relpath(p, ROOT / "configs"))
+def test_every_shipped_yaml_runs_fit_fast_dev_run(yaml, in_tmp):
+    cli_main(["fit", "--config", yaml, "--config", CPU, "--trainer.fast_dev_run", "true"])
+
+
+@pytest.mark.parametrize("preset", sorted(glob.glob(str(ROOT / "configs/trainer/*.yaml"))), ids=os.path.basename)
+def test_trainer_presets_compose_with_a_model_yaml(preset, in_tmp, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["fit", "--config", TEXT, "--config", preset, "--print_config"])
+    assert e.value.code == 0
+    assert "class_path: lit_vattn.LanguageModel" in capsys.readouterr().out
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.losses, self.batches = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+        self.batches.append(batch["index"].tolist())
+
+
+def _fit(steps: int, ckpt=None, every=None) -> Recorder:
+    args = ["--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", str(steps),
+            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"]
+    if every:
+        args += ["--checkpoint.every_n_train_steps", str(every)]
+    cli = cli_main(args, run=False)
+    rec = Recorder()
+    cli.trainer.callbacks.append(rec)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    return rec
+
+
+def test_exact_resume_continues_the_same_stream(in_tmp):
+    N, M = 5, 4
+    straight = _fit(N + M)
+    first = _fit(N, every=N)
+    ckpt = sorted(in_tmp.glob("runs/text-vanilla/version_*/checkpoints/last.ckpt"))[-1]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == N and state["TextDataModule"]["consumed"] == N * 4
+    resumed = _fit(N + M, ckpt=str(ckpt))
+    assert first.batches == straight.batches[:N]
+    assert resumed.batches == straight.batches[N:]  # same windows after the restart
+    assert first.losses == pytest.approx(straight.losses[:N], rel=1e-5)
+    assert resumed.losses == pytest.approx(straight.losses[N:], rel=1e-4)
+    assert len({i for b in straight.batches for i in b}) == (N + M) * 4  # no window drawn twice
+
+
+@pytest.fixture
+def tiny_ckpt(in_tmp):
+    cli_main(["fit", "--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", "3",
+              "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1"])
+    runs = sorted(in_tmp.glob("runs/text-vanilla/version_*"))
+    assert runs, "fit wrote no run directory"
+    run = runs[-1]
+    assert (run / "config.yaml").exists() and (run / "metrics.csv").exists()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/nll", "val/bpt", "val/ppl", "val/bits_per_byte"} <= set(header)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_test_command_prints_metrics_from_a_checkpoint(tiny_ckpt, capsys):
+    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "3",
+              "--ckpt_path", str(tiny_ckpt)])
+    out = capsys.readouterr().out
+    for key in ("test/nll", "test/bpt", "test/ppl", "test/bits_per_byte"):
+        assert key in out
+
+
+def test_vocabulary_mismatch_between_checkpoint_and_data(tiny_ckpt):
+    with pytest.raises(ValueError, match="vocabulary mismatch.*8192.*50257"):
+        cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--data.init_args.tokenizer", "gpt2",
+                  "--data.init_args.max_documents", "2000", "--ckpt_path", str(tiny_ckpt)])
+
+
+def test_unknown_config_key_is_named(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", TEXT, "--model.init_args.config.n_layers", "3"])
+    assert "n_layers" in capsys.readouterr().err
+    bad = in_tmp / "bad.yaml"
+    bad.write_text("data:\n  class_path: datamodules.TextDataModule\n  init_args:\n    sequence_length: 128\n")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", TEXT, "--config", str(bad)])
+    assert "sequence_length" in capsys.readouterr().err
+
+
+def test_seq_len_beyond_the_model_context_is_rejected(in_tmp):
+    with pytest.raises(ValueError, match="data.seq_len=64 exceeds model config.max_seq_len=32"):
+        cli_main(["fit", "--config", TEXT, "--config", CPU, *TINY, "--model.init_args.config.max_seq_len", "32",
+                  "--data.init_args.seq_len", "64", "--trainer.fast_dev_run", "true"])
