@@ -1,0 +1,138 @@
+"""Layerwise Attention Shortcuts (LAS).
+
+Verma & Pilanci. "Adaptive Large Language Models By Layerwise Attention Shortcuts".
+arXiv:2409.10870 (2024), https://arxiv.org/abs/2409.10870
+
+MLP feature maps phi_s on a chosen set of intermediate layers; the final layer's attention takes
+its queries from its own input and its keys/values from the concatenation over (selected layer,
+position) of those features, under a block-causal mask: key (layer s, position p) is visible to the
+query at position t iff p <= t. One softmax therefore chooses both the depth and the past token to
+read. Switches for what the paper leaves open (shared/reference/architectures.md section 3):
+
+    layers           which residual states feed features (block indices, 0-based; default every
+                     second block: 1, 3, 5, ... below the final block)
+    feature_dim      hidden width of each phi_s = RMSNorm -> Linear(D, F) -> SiLU -> Linear(F, D)
+    keep_self        the final layer's own K/V stay one more source (default) or are dropped
+    depth_embedding  a learned per-source vector added to the keys (else sources differ only
+                     through phi_s)
+
+The features are projected by the final layer's own K/V weights (post-RoPE, same positions).
+Not identity at init: the shortcut keys take attention mass from step 0.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from lit_vattn import attention
+from lit_vattn.arch.base import Arch, DepthMemory
+from lit_vattn.config import GPTConfig
+
+
+class LayerwiseAttentionShortcuts(Arch):
+    name = "las"
+
+    def __init__(
+        self,
+        layers: Optional[list[int]] = None,
+        feature_dim: Optional[int] = None,
+        keep_self: bool = True,
+        depth_embedding: bool = False,
+    ):
+        """
+        Args:
+            layers: Blocks (0-based) whose output residual states feed a feature map; each must be
+                below the final block. Default: every second block, 1, 3, 5, ...
+            feature_dim: Hidden width of each feature-map MLP (default d_model).
+            keep_self: Keep the final layer's own keys/values as one more source.
+            depth_embedding: Add a learned per-source embedding to the keys.
+        """
+        super().__init__()
+        self.layers_arg, self.feature_dim, self.keep_self = layers, feature_dim, keep_self
+        self.depth_embedding = depth_embedding
+        self.record_maps = False
+
+    def switches(self) -> dict:
+        return dict(layers=list(self.layers), feature_dim=self.feature_dim, keep_self=self.keep_self,
+                    depth_embedding=self.depth_embedding)
+
+    def validate(self, cfg: GPTConfig) -> None:
+        L = cfg.n_layer
+        if L < 2:
+            raise ValueError(f"LayerwiseAttentionShortcuts needs config.n_layer >= 2 (got {L}): the final layer reads earlier ones")
+        layers = self.layers_arg if self.layers_arg is not None else list(range(1, L - 1, 2)) or [0]
+        for s in layers:
+            if not 0 <= s < L - 1:
+                raise ValueError(
+                    f"LayerwiseAttentionShortcuts.layers: index {s} is outside [0, {L - 2}] "
+                    f"(blocks below the final block of a {L}-layer model)"
+                )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"LayerwiseAttentionShortcuts.layers has duplicates: {layers}")
+        if not layers and not self.keep_self:
+            raise ValueError("LayerwiseAttentionShortcuts: no layers and keep_self=false leaves the final layer nothing to attend to")
+        if self.feature_dim is not None and self.feature_dim < 1:
+            raise ValueError(f"LayerwiseAttentionShortcuts.feature_dim must be >= 1, got {self.feature_dim}")
+        self.layers = sorted(layers)
+
+    def bind(self, cfg: GPTConfig) -> "LayerwiseAttentionShortcuts":
+        super().bind(cfg)
+        D, Fd = cfg.d_model, self.feature_dim or cfg.d_model
+        self.phi = nn.ModuleDict({
+            str(s): nn.Sequential(nn.RMSNorm(D, eps=cfg.norm_eps), nn.Linear(D, Fd, bias=False), nn.SiLU(),
+                                  nn.Linear(Fd, D, bias=False))
+            for s in self.layers
+        })
+        self.n_sources = len(self.layers) + int(self.keep_self)
+        if self.depth_embedding:
+            self.depth_emb = nn.Parameter(torch.zeros(self.n_sources, cfg.n_head, 1, cfg.head_dim))
+            self.depth_emb.depth_mix = True
+        self.register_buffer("mass_sum", torch.zeros(self.n_sources), persistent=False)
+        self.register_buffer("mass_count", torch.zeros(()), persistent=False)
+        return self
+
+    def reset_parameters(self) -> None:
+        if self.depth_embedding:
+            nn.init.normal_(self.depth_emb, 0.0, 0.02)
+
+    def record(self, l: int, z: Tensor, delta: Tensor, h: Tensor, mem: DepthMemory) -> None:
+        if str(l) in self.phi:
+            mem.feats.append(self.phi[str(l)](h))  # (B, T, D)
+
+    def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
+        if l != self.cfg.n_layer - 1:
+            return attention.causal(q, k, v)
+        ks, vs = [], []
+        for f in mem.feats:  # in depth order
+            kf, vf = attn.project_kv(f, mem.rope)  # (B, H, T, d) each
+            ks.append(kf)
+            vs.append(vf)
+        if self.keep_self:
+            ks.append(k)
+            vs.append(v)
+        if self.depth_embedding:
+            ks = [kk + self.depth_emb[i].to(kk.dtype) for i, kk in enumerate(ks)]
+        if self.record_maps:
+            with torch.no_grad():
+                self.mass_sum += attention.source_mass(q, ks).mean((0, 1, 2))
+                self.mass_count += 1
+        return attention.multi_source(q, ks, vs, self.cfg.attn_backend)
+
+    def extra_attention_flops(self, T: int) -> float:
+        D = self.cfg.d_model
+        # final layer: n_sources x the attention of one layer, plus K/V projections of the features
+        return 12.0 * D * T * (self.n_sources - 1) + 12.0 * D * D * len(self.layers)
+
+    @torch.no_grad()
+    def depth_map(self) -> dict[str, Tensor]:
+        """'mass': attention mass of the final layer per source (features of each selected layer,
+        then its own K/V), averaged over what was recorded with record_maps on."""
+        if self.mass_count == 0:
+            return {}
+        return {"mass": (self.mass_sum / self.mass_count).cpu()}
+
+    def source_names(self) -> list[str]:
+        return [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self else [])

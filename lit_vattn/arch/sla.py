@@ -1,0 +1,136 @@
+"""Skip-Layer Attention (SLA).
+
+Chen, Wang, Zhang, Zheng, Zhang, Deng, Yu, Liu, Ma, Zhang. "Skip-Layer Attention: Bridging Abstract
+and Detailed Dependencies in Transformers". arXiv:2406.11274 (2024), https://arxiv.org/abs/2406.11274
+
+In the chosen layers, ``n_skip_heads`` of the heads take their keys/values from a preceding layer
+(that layer's own post-RoPE K/V, the "reuse cached" reading). With the default mode "replace" the
+skip heads attend to the earlier layer's K/V *instead of* their own: no extra parameters or FLOPs,
+the paper's "without additional computational burden". Mode "concat" lets them attend to their own
+and the earlier K/V together (2T keys under the block-causal mask): an ablation that costs FLOPs.
+
+Reading of the paper's best setting "9 skip layers, 9 skip heads" on a 12-layer GPT-2 (the method
+section was not readable, see shared/reference/architectures.md section 4): the last 9 blocks
+(3..11, 0-based) use SLA, 9 of 12 heads in each read the K/V of the block directly below
+(``source: 1, source_mode: distance``). The defaults scale that to any shape: the last
+round(3L/4) blocks and round(3H/4) heads. The other reading (a skip distance of 9: blocks 9..11 read
+blocks 0..2) is ``skip_layers: [9, 10, 11], source: 9``. The first ``n_skip_heads`` heads are the skip
+heads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lit_vattn import attention
+from lit_vattn.arch.base import Arch, DepthMemory
+from lit_vattn.config import GPTConfig
+
+
+class SkipLayerAttention(Arch):
+    name = "sla"
+
+    def __init__(
+        self,
+        skip_layers: Optional[list[int]] = None,
+        n_skip_layers: Optional[int] = None,
+        n_skip_heads: Optional[int] = None,
+        source: int = 1,
+        source_mode: Literal["distance", "absolute"] = "distance",
+        mode: Literal["replace", "concat"] = "replace",
+    ):
+        """
+        Args:
+            skip_layers: Blocks (0-based) that use skip heads. Default: the last n_skip_layers blocks.
+            n_skip_layers: How many final blocks use skip heads when skip_layers is not given
+                (default round(3 * n_layer / 4): 9 of 12 as in the paper's best setting).
+            n_skip_heads: Heads per skip block that read the earlier layer (default round(3 * n_head / 4)).
+            source: Distance to the block whose K/V are read (source_mode=distance, 1 = the block
+                directly below), or that block's index (source_mode=absolute).
+            source_mode: How ``source`` is read: "distance" or "absolute".
+            mode: "replace" = skip heads attend only to the earlier K/V (no extra FLOPs); "concat" =
+                to their own and the earlier K/V together (2T keys, block-causal mask).
+        """
+        super().__init__()
+        self.skip_layers_arg, self.n_skip_layers, self.n_skip_heads_arg = skip_layers, n_skip_layers, n_skip_heads
+        self.source, self.source_mode, self.mode = source, source_mode, mode
+        self.record_maps = False
+
+    def switches(self) -> dict:
+        return dict(skip_layers=list(self.skip_layers), n_skip_heads=self.n_skip_heads, source=self.source,
+                    source_mode=self.source_mode, mode=self.mode)
+
+    def src(self, l: int) -> int:
+        return l - self.source if self.source_mode == "distance" else self.source
+
+    def validate(self, cfg: GPTConfig) -> None:
+        L, H = cfg.n_layer, cfg.n_head
+        n_l = self.n_skip_layers if self.n_skip_layers is not None else round(3 * L / 4)
+        if not 0 <= n_l <= L:
+            raise ValueError(f"SkipLayerAttention.n_skip_layers={n_l} must be in [0, {L}]")
+        layers = self.skip_layers_arg if self.skip_layers_arg is not None else list(range(L - n_l, L))
+        n_h = self.n_skip_heads_arg if self.n_skip_heads_arg is not None else round(3 * H / 4)
+        if not 1 <= n_h <= H:
+            raise ValueError(f"SkipLayerAttention.n_skip_heads={n_h} must be between 1 and the {H} heads (config.n_head)")
+        if self.source_mode == "distance" and self.source < 1:
+            raise ValueError(f"SkipLayerAttention.source={self.source}: a distance must be >= 1 (a preceding layer)")
+        for l in layers:
+            if not 0 <= l < L:
+                raise ValueError(f"SkipLayerAttention.skip_layers: index {l} is outside [0, {L - 1}]")
+            s = self.src(l)
+            if s < 0:
+                raise ValueError(
+                    f"SkipLayerAttention: the skip source of layer {l} would be layer {s}, before layer 0 "
+                    f"(source={self.source}, source_mode={self.source_mode}); drop layer {l} from skip_layers or lower source"
+                )
+            if s >= l:
+                raise ValueError(f"SkipLayerAttention: layer {l} cannot read layer {s} (source must precede it)")
+        self.skip_layers, self.n_skip_heads = sorted(set(layers)), n_h
+
+    def bind(self, cfg: GPTConfig) -> "SkipLayerAttention":
+        super().bind(cfg)
+        self._skip = frozenset(self.skip_layers)
+        self.register_buffer("earlier_mass", torch.zeros(cfg.n_layer, cfg.n_head), persistent=False)
+        self.register_buffer("mass_count", torch.zeros(cfg.n_layer), persistent=False)
+        return self
+
+    def kv_layers(self) -> frozenset:
+        return frozenset(self.src(l) for l in self.skip_layers)
+
+    def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
+        if l not in self._skip:
+            return attention.causal(q, k, v)
+        n = self.n_skip_heads
+        ks, vs = mem.kv[self.src(l)]  # the source layer's own K/V, (B, H, T, d)
+        if self.mode == "replace":
+            k2 = torch.cat([ks[:, :n], k[:, n:]], dim=1)
+            v2 = torch.cat([vs[:, :n], v[:, n:]], dim=1)
+            return attention.causal(q, k2, v2)
+        qs = q[:, :n]
+        if self.record_maps:
+            with torch.no_grad():
+                self.earlier_mass[l, :n] += attention.source_mass(qs, [k[:, :n], ks[:, :n]])[..., 1].mean((0, 2))
+                self.mass_count[l] += 1
+        y_skip = attention.multi_source(qs, [k[:, :n], ks[:, :n]], [v[:, :n], vs[:, :n]], self.cfg.attn_backend)
+        y_rest = attention.causal(q[:, n:], k[:, n:], v[:, n:])
+        return torch.cat([y_skip, y_rest], dim=1)
+
+    def extra_attention_flops(self, T: int) -> float:
+        if self.mode == "replace":
+            return 0.0
+        return 12.0 * T * self.n_skip_heads * self.cfg.head_dim * len(self.skip_layers)
+
+    @torch.no_grad()
+    def depth_map(self) -> dict[str, Tensor]:
+        """'routing': (L, H) 1 where a head reads the earlier layer's K/V; in concat mode with
+        record_maps on, also 'earlier_mass': the attention mass those heads put on the earlier K/V."""
+        r = torch.zeros(self.cfg.n_layer, self.cfg.n_head)
+        for l in self.skip_layers:
+            r[l, : self.n_skip_heads] = 1.0
+        out = {"routing": r}
+        if self.mass_count.sum() > 0:
+            out["earlier_mass"] = (self.earlier_mass / self.mass_count.clamp_min(1)[:, None]).cpu()
+        return out

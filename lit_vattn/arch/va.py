@@ -1,0 +1,169 @@
+"""Vertical Attention (VA).
+
+Kojima, Iwasawa, Yokota, Miyao, Suzuki, Matsuo. "Vertical Attention: Automatic Exploration of
+Inter-Layer Connections in Transformer-based Language Models". ICLR 2026 submission #24363,
+https://openreview.net/forum?id=A6uabXKiXc
+
+Before every block a small attention over depth mixes the outputs of all earlier layers (the
+embedding included) into that block's input, with softmax weights and per-source normalisation.
+The method section was not readable (see shared/reference/architectures.md section 2); what the
+reviews settle is implemented as the default, every open point is a switch:
+
+    sources  o_0 = x0,  o_j = block j's output (a_j + m_j)  or  residual state h_j   (sources=)
+    weights  alpha_{l,j} = softmax_j(s_{l,j}),  s = free logits  or  logits + q(o_{l-1}) . k(o_j)   (weights=)
+    input    z_l = sum_j alpha_{l,j} * o_j / RMS(o_j)                              (norm=)
+             (+ h_{l-1} if keep_residual)
+    readout  final norm of h_L, or of one more mixture over all L+1 sources        (readout=)
+
+Not identity at init: with uniform init every layer starts from the average of its normalised
+sources; "previous" init only puts most of the weight on the latest source.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_vattn.arch.base import Arch, DepthMemory
+from lit_vattn.config import GPTConfig
+
+
+def _rms(x: Tensor, eps: float = 1e-6) -> Tensor:
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
+
+
+class VerticalAttention(Arch):
+    name = "va"
+
+    def __init__(
+        self,
+        weights: Literal["logits", "qk"] = "logits",
+        norm: Literal["rms", "none"] = "rms",
+        sources: Literal["outputs", "residual"] = "outputs",
+        keep_residual: bool = False,
+        init: Literal["uniform", "previous"] = "uniform",
+        readout: Literal["plain", "mixed"] = "plain",
+        qk_heads: int = 1,
+        qk_dim: int = 16,
+        previous_logit: float = 4.0,
+    ):
+        """
+        Args:
+            weights: "logits" = one learned logit per (layer, source), input independent (the
+                reviewers' reading); "qk" = those logits plus a per-token query-key score over depth.
+            norm: Normalise each source to unit RMS before mixing ("rms"), or not ("none").
+            sources: What is mixed: each block's output a + m ("outputs", ELC-BERT style) or the
+                residual state after each block ("residual").
+            keep_residual: Add the mixture to the ordinary residual stream instead of replacing it.
+            init: "uniform" = all sources equal at step 0; "previous" = most weight on the latest.
+            readout: "plain" = final norm of the last residual state; "mixed" = one more VA row
+                mixing all L + 1 sources for the head.
+            qk_heads: Heads of the query-key form; each head mixes its own slice of channels.
+            qk_dim: Query/key width per head of the query-key form.
+            previous_logit: Logit of the latest source under init="previous" (others 0).
+        """
+        super().__init__()
+        self.weights, self.norm, self.sources = weights, norm, sources
+        self.keep_residual, self.init, self.readout_mode = keep_residual, init, readout
+        self.qk_heads, self.qk_dim, self.previous_logit = qk_heads, qk_dim, previous_logit
+        self.record_maps = False
+
+    def switches(self) -> dict:
+        return dict(weights=self.weights, norm=self.norm, sources=self.sources, keep_residual=self.keep_residual,
+                    init=self.init, readout=self.readout_mode, qk_heads=self.qk_heads, qk_dim=self.qk_dim)
+
+    def validate(self, cfg: GPTConfig) -> None:
+        if cfg.n_layer < 1:
+            raise ValueError("VerticalAttention needs at least one layer (config.n_layer >= 1)")
+        if self.weights == "qk" and (self.qk_heads < 1 or cfg.d_model % self.qk_heads or self.qk_dim < 1):
+            raise ValueError(f"VerticalAttention.qk_heads={self.qk_heads} must be >= 1 and divide d_model={cfg.d_model}; qk_dim={self.qk_dim} must be >= 1")
+
+    def bind(self, cfg: GPTConfig) -> "VerticalAttention":
+        super().bind(cfg)
+        L, D = cfg.n_layer, cfg.d_model
+        self.rows = L + (self.readout_mode == "mixed")
+        self.logits = nn.Parameter(torch.zeros(self.rows, L + 1))  # row l reads sources 0..l
+        self.logits.depth_mix = True
+        if self.weights == "qk":
+            self.q = nn.Linear(D, self.qk_heads * self.qk_dim, bias=False)
+            self.k = nn.Linear(D, self.qk_heads * self.qk_dim, bias=False)
+            self.q.weight.depth_mix = self.k.weight.depth_mix = True
+        self.register_buffer("map_sum", torch.zeros(self.rows, L + 1), persistent=False)
+        self.register_buffer("map_count", torch.zeros(()), persistent=False)
+        self.reset_parameters()
+        return self
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.logits.zero_()
+        if self.init == "previous":
+            for l in range(self.rows):
+                self.logits[l, l] = self.previous_logit
+        if self.weights == "qk":
+            nn.init.zeros_(self.q.weight)  # starts as the static logits
+            nn.init.normal_(self.k.weight, 0.0, 1.0 / math.sqrt(self.cfg.d_model))
+
+    def _normed(self, x: Tensor) -> Tensor:
+        return _rms(x) if self.norm == "rms" else x
+
+    def _mix(self, row: int, mem: DepthMemory) -> Tensor:
+        src = torch.stack(mem.outputs)  # (n, B, T, D), n = row + 1 sources
+        n = src.shape[0]
+        static = self.logits[row, :n]
+        if self.weights == "logits":
+            alpha = static.softmax(-1).to(src.dtype)  # (n,)
+            if self.record_maps:
+                self._record(row, alpha.float().expand(1, n))
+            return torch.einsum("n,nbtd->btd", alpha, src)
+        Hq, dk = self.qk_heads, self.qk_dim
+        q = self.q(src[-1]).unflatten(-1, (Hq, dk))  # (B, T, Hq, dk), from the latest source
+        k = self.k(src).unflatten(-1, (Hq, dk))  # (n, B, T, Hq, dk)
+        s = torch.einsum("bthe,nbthe->bthn", q, k) / math.sqrt(dk) + static  # (B, T, Hq, n)
+        alpha = s.float().softmax(-1).to(src.dtype)
+        if self.record_maps:
+            self._record(row, alpha.flatten(0, 2))
+        v = src.unflatten(-1, (Hq, -1))  # (n, B, T, Hq, D/Hq)
+        return torch.einsum("bthn,nbthc->bthc", alpha, v).flatten(-2)
+
+    @torch.no_grad()
+    def _record(self, row: int, alpha: Tensor) -> None:
+        self.map_sum[row, : alpha.shape[-1]] += alpha.float().mean(0)
+        if row == 0:
+            self.map_count += 1
+
+    def block_input(self, l: int, h: Tensor, mem: DepthMemory) -> Tensor:
+        if l == 0:
+            mem.outputs = [self._normed(mem.x0)]
+            if self.keep_residual:
+                return h
+        z = self._mix(l, mem)  # (B, T, D)
+        return h + z if self.keep_residual else z
+
+    def record(self, l: int, z: Tensor, delta: Tensor, h: Tensor, mem: DepthMemory) -> None:
+        mem.outputs.append(self._normed(delta if self.sources == "outputs" else h))
+
+    def readout(self, h: Tensor, mem: DepthMemory) -> Tensor:
+        return self._mix(self.cfg.n_layer, mem) if self.readout_mode == "mixed" else h
+
+    def extra_attention_flops(self, T: int) -> float:
+        L, D = self.cfg.n_layer, self.cfg.d_model
+        n_mix = sum(l + 1 for l in range(self.rows))  # sources read over all rows
+        flops = 6.0 * n_mix * D  # weighted sums, forward + backward
+        if self.weights == "qk":
+            flops += 6.0 * n_mix * self.qk_heads * self.qk_dim  # the scores
+        return flops
+
+    @torch.no_grad()
+    def depth_map(self) -> dict[str, Tensor]:
+        """'weights': (rows, L + 1), row l = the weights block l gives sources x0, o_1, ...;
+        with record_maps on, the per-token weights averaged over what was recorded."""
+        if self.map_count > 0:
+            m = self.map_sum / self.map_count
+        else:
+            m = torch.zeros_like(self.logits)
+            for r in range(self.rows):
+                m[r, : r + 1] = self.logits[r, : r + 1].softmax(-1)
+        return {"weights": m.cpu()}

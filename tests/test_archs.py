@@ -1,0 +1,179 @@
+"""The three inter-layer architectures: causality, gradients, budgets, learning, bad switches."""
+
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_vattn import GPT, GPTConfig
+from lit_vattn.arch import LayerwiseAttentionShortcuts, SkipLayerAttention, Vanilla, VerticalAttention, va
+
+from test_model import assert_causal
+
+CFG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=32)
+V = 61
+SETTINGS = {
+    "vanilla": lambda: Vanilla(),
+    "va": lambda: VerticalAttention(),
+    "va-qk-residual-mixed": lambda: VerticalAttention(weights="qk", qk_heads=2, sources="residual", readout="mixed"),
+    "va-keep-previous-nonorm": lambda: VerticalAttention(keep_residual=True, init="previous", norm="none"),
+    "las": lambda: LayerwiseAttentionShortcuts(),
+    "las-all-depthemb-noself": lambda: LayerwiseAttentionShortcuts(layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=32),
+    "sla": lambda: SkipLayerAttention(),
+    "sla-concat": lambda: SkipLayerAttention(mode="concat", n_skip_heads=2),
+    "sla-absolute": lambda: SkipLayerAttention(skip_layers=[2, 3], source=0, source_mode="absolute"),
+}
+
+
+def build(name, seed=0, **cfg):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**CFG, **cfg}), V, SETTINGS[name]())
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_causal(name):
+    assert_causal(build(name), V)
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_finite_loss_and_gradient_in_every_parameter(name):
+    net = build(name)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randint(0, V, (2, 16))
+    for _ in range(2):  # the qk form's keys get gradient once its zero-init query has moved
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    dead = [n for n in dead if not n.startswith("embed")]  # rows of unseen tokens stay zero
+    assert not dead
+
+
+def test_parameter_budgets_against_vanilla():
+    base = build("vanilla").num_params()
+    L, D = CFG["n_layer"], CFG["d_model"]
+    assert build("sla").num_params() == base  # zero new parameters
+    assert build("va").num_params() == base + L * (L + 1)  # one logit per (layer, source)
+    assert build("va-qk-residual-mixed").num_params() == base + (L + 1) ** 2 + 2 * D * 2 * 16
+    las = build("las")
+    assert las.arch.layers == [1]
+    assert las.num_params() == base + D + 2 * D * D  # RMSNorm + two D x D maps
+    # extra FLOPs: none for SLA replace, K sources for LAS, 2T keys on skip heads for SLA concat
+    T = 32
+    assert build("sla").flops_per_token(T) == build("vanilla").flops_per_token(T)
+    assert build("sla-concat").flops_per_token(T) > build("vanilla").flops_per_token(T)
+    assert build("las").arch.extra_attention_flops(T) == 12 * D * T * 1 + 12 * D * D
+
+
+@pytest.mark.parametrize("name", [n for n in SETTINGS if n != "vanilla"])
+def test_same_base_init_as_vanilla(name):
+    """Like with like: with the same seed every architecture starts from vanilla's weights."""
+    ref = dict(build("vanilla").named_parameters())
+    for n, p in build(name).named_parameters():
+        if n in ref:
+            assert torch.equal(p, ref[n]), n
+
+
+def test_no_setting_is_identity_at_init_and_the_docs_say_so():
+    x = torch.randint(0, V, (2, 16))
+    ref = build("vanilla")(x)
+    for name, mod in [("va", va), ("las", None), ("sla", None)]:
+        out = build(name)(x)
+        assert not torch.allclose(out, ref, atol=1e-4), name
+    assert "Not identity at init" in inspect.getmodule(LayerwiseAttentionShortcuts).__doc__
+    assert "Not identity at init" in va.__doc__
+
+
+@pytest.mark.parametrize("name", ["vanilla", "va", "las", "sla", "sla-concat"])
+def test_loss_decreases_on_real_text(name, bpe_text):
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(**CFG), bpe_text.vocab_size, SETTINGS[name]())
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    it = iter(bpe_text.train_dataloader())
+    losses = []
+    for _ in range(40):
+        b = next(it)
+        loss = F.cross_entropy(net(b["input"]).flatten(0, 1), b["target"].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, (first, last)
+
+
+def test_depth_maps_for_analysis():
+    net = build("va")
+    w = net.arch.depth_map()["weights"]
+    assert w.shape == (4, 5)
+    torch.testing.assert_close(w.sum(1), torch.ones(4))
+    assert torch.all(w.triu(1) == 0)  # block l reads only sources 0..l
+    qk = build("va-qk-residual-mixed")
+    qk.arch.record_maps = True
+    qk(torch.randint(0, V, (2, 16)))
+    assert qk.arch.depth_map()["weights"].shape == (5, 5)
+    las = build("las-all-depthemb-noself")
+    las.arch.record_maps = True
+    las(torch.randint(0, V, (2, 16)))
+    mass = las.arch.depth_map()["mass"]
+    assert mass.shape == (3,) and abs(mass.sum().item() - 1) < 1e-5
+    sla = build("sla-concat")
+    sla.arch.record_maps = True
+    sla(torch.randint(0, V, (2, 16)))
+    m = sla.arch.depth_map()
+    assert m["routing"].sum() == 3 * 2 and m["earlier_mass"].shape == (4, 4)
+    assert 0 < m["earlier_mass"][3, 0] < 1
+
+
+def test_sla_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):
+    from lit_vattn import attention
+
+    calls = []
+    real = attention.causal
+
+    def spy(q, k, v):
+        calls.append((k.detach().clone(), v.detach().clone()))
+        return real(q, k, v)
+
+    monkeypatch.setattr(attention, "causal", spy)
+    net = build("sla-absolute")  # blocks 2 and 3: heads 0..2 read block 0's own K/V
+    net(torch.randint(0, V, (2, 16)))
+    assert len(calls) == 4
+    k0, v0 = calls[0]  # block 0 is not a skip block: its own K/V
+    for l in (2, 3):
+        k, v = calls[l]
+        assert torch.equal(k[:, :3], k0[:, :3]) and torch.equal(v[:, :3], v0[:, :3])
+        assert not torch.allclose(k[:, 3:], k0[:, 3:])  # the other heads keep their own
+    assert not torch.allclose(calls[1][0][:, :3], k0[:, :3])  # block 1 is not a skip block
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: SkipLayerAttention(skip_layers=[0, 1]), "before layer 0"),
+        (lambda: SkipLayerAttention(source=3, skip_layers=[2]), "before layer 0"),
+        (lambda: SkipLayerAttention(n_skip_heads=5), "n_skip_heads=5"),
+        (lambda: SkipLayerAttention(skip_layers=[4]), "skip_layers: index 4"),
+        (lambda: SkipLayerAttention(source=2, source_mode="absolute", skip_layers=[1]), "cannot read layer 2"),
+        (lambda: LayerwiseAttentionShortcuts(layers=[1, 7]), "layers: index 7"),
+        (lambda: LayerwiseAttentionShortcuts(layers=[3]), "layers: index 3"),
+        (lambda: LayerwiseAttentionShortcuts(layers=[], keep_self=False), "keep_self"),
+        (lambda: VerticalAttention(weights="qk", qk_heads=3), "qk_heads=3"),
+    ],
+)
+def test_impossible_switches_fail_at_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        GPT(GPTConfig(**CFG), V, make())
+
+
+def test_va_with_zero_layers_fails():
+    with pytest.raises(ValueError, match="n_layer"):
+        GPT(GPTConfig(**{**CFG, "n_layer": 0}), V, VerticalAttention())
+
+
+def test_paper_default_reading_of_sla_on_gpt2_small():
+    net = GPT(GPTConfig(n_layer=12, n_head=12, d_model=96), 10, SkipLayerAttention())
+    assert net.arch.skip_layers == list(range(3, 12)) and net.arch.n_skip_heads == 9
