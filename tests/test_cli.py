@@ -117,3 +117,12 @@ def test_seq_len_beyond_the_model_context_is_rejected(in_tmp):
     with pytest.raises(ValueError, match="data.seq_len=64 exceeds model config.max_seq_len=32"):
         cli_main(["fit", "--config", TEXT, "--config", CPU, *TINY, "--model.init_args.config.max_seq_len", "32",
                   "--data.init_args.seq_len", "64", "--trainer.fast_dev_run", "true"])
+
+
+def test_prepare_command_tokenizes_and_stops(in_tmp, capsys, bpe_text):
+    from lit_vattn.prepare import main
+
+    main(["--config", TEXT])
+    out = capsys.readouterr().out
+    assert "shards ready in" in out and str(bpe_text.shard_dir) in out
+    assert not (in_tmp / "runs").exists()  # nothing trained

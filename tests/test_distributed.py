@@ -1,0 +1,114 @@
+"""Many processes on the CPU (gloo): DDP through the real command, torchrun "nodes", resume, FSDP."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = str(ROOT / "configs/trainer/cpu.yaml")
+TEXT = str(ROOT / "configs/text/vanilla.yaml")
+TINY = [
+    "--config", TEXT, "--config", CPU,
+    "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
+    "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
+    "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+]
+B = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lit_vattn(cwd, *args, launcher=None, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = (launcher or [sys.executable, "-m", "lit_vattn"]) + list(args)
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-6000:]}"
+    return p
+
+
+def last_metric(run: Path, key: str) -> float:
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get(key)]
+    return float(rows[-1][key])
+
+
+def indices(run: Path, rank: int) -> list[int]:
+    return json.loads((run / f"batch_indices_rank{rank}.json").read_text())
+
+
+@pytest.fixture
+def ddp_run(tmp_path, bpe_text):
+    port = str(free_port())
+    os.environ["MASTER_PORT"] = port
+    lit_vattn(tmp_path, "fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+              "--trainer.max_steps", "6", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "1.0",
+              "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger")
+    return tmp_path / "runs/text-vanilla/version_0"
+
+
+def test_ddp_two_processes_disjoint_windows_and_exact_validation(ddp_run, tmp_path):
+    run = ddp_run
+    r0, r1 = indices(run, 0), indices(run, 1)
+    assert len(r0) == len(r1) == 6 * B
+    assert not set(r0) & set(r1)  # the two ranks saw disjoint training windows
+    assert r0 == [2 * k for k in range(6 * B)] and r1 == [2 * k + 1 for k in range(6 * B)]
+    ddp_nll = last_metric(run, "val/nll")
+    ddp_bpb = last_metric(run, "val/bits_per_byte")
+    # one process evaluates the same checkpoint on the same (whole) validation split
+    ckpt = run / "checkpoints/last.ckpt"
+    lit_vattn(tmp_path, "validate", *TINY, "--trainer.limit_val_batches", "1.0", "--ckpt_path", str(ckpt))
+    single = tmp_path / "runs/text-vanilla/version_1"
+    assert last_metric(single, "val/nll") == pytest.approx(ddp_nll, rel=1e-5)
+    assert last_metric(single, "val/bits_per_byte") == pytest.approx(ddp_bpb, rel=1e-5)
+
+
+def test_ddp_resume_continues_each_ranks_stream(ddp_run, tmp_path):
+    ckpt = ddp_run / "checkpoints/last.ckpt"
+    os.environ["MASTER_PORT"] = str(free_port())
+    lit_vattn(tmp_path, "fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+              "--trainer.max_steps", "9", "--trainer.limit_val_batches", "0",
+              "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger", "--ckpt_path", str(ckpt))
+    resumed = tmp_path / "runs/text-vanilla/version_1"
+    assert indices(resumed, 0) == [2 * k for k in range(6 * B, 9 * B)]
+    assert indices(resumed, 1) == [2 * k + 1 for k in range(6 * B, 9 * B)]
+    state = torch.load(resumed / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 9
+
+
+def test_torchrun_two_nodes_one_process_each(tmp_path, bpe_text):
+    port = str(free_port())
+    args = ["fit", *TINY, "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
+            "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "lit_vattn", *args]
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-5000:]
+    ckpts = list(tmp_path.glob("runs/**/*.ckpt"))
+    assert [c.name for c in ckpts] == ["last.ckpt"]
+    assert torch.load(ckpts[0], map_location="cpu", weights_only=False)["global_step"] == 3
+
+
+def test_fsdp_preset_runs_a_few_steps_where_the_platform_allows(tmp_path, bpe_text):
+    if not (torch.cuda.is_available() and torch.cuda.device_count() >= 1):
+        # Lightning 2.6: "The strategy `fsdp` requires a GPU accelerator, but received `accelerator='cpu'`"
+        pytest.skip("Lightning's FSDPStrategy refuses accelerator='cpu'; runs on a GPU machine")
+    os.environ["MASTER_PORT"] = str(free_port())
+    lit_vattn(tmp_path, "fit", "--config", TEXT, "--config", str(ROOT / "configs/trainer/fsdp.yaml"),
+              "--trainer.devices", "1", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2",
+              "--trainer.val_check_interval", "3")
+    assert list(tmp_path.glob("runs/**/last.ckpt"))
