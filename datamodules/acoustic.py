@@ -1,0 +1,189 @@
+"""Acoustic-token DataModule: audio -> EnCodec codes -> one flat stream. Unit: bits per second.
+
+Codes are flattened frame by frame: codebook k of frame f sits at position f * n_q + k with id
+k * 1024 + code, so every codebook has its own id range; utterances/tracks are separated by an EOS
+token (id n_q * 1024). At 6 kbps that is 8 codebooks x 75 frames/s = 600 tokens per second of audio,
+so a target code token carries 1/600 s and bits per second = NLL bits / seconds of the targets.
+
+The codec is saved with the shards (``codec.pt``, checksum in meta.json), so every run on these
+shards reads the same tokens, and ``decode``/``to_wav`` turn tokens back into audio through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from datamodules import codec, shards
+from datamodules.audio_sources import file_clips, hf_clips, rendered_music_clips, speech_clips
+from datamodules.base import TokenDataModule
+from datamodules.music import report_skipped
+
+log = logging.getLogger(__name__)
+
+
+class AcousticDataModule(TokenDataModule):
+    name = "acoustic"
+    unit = "second"
+
+    def __init__(
+        self,
+        source: Literal["speech", "music", "files"] | str = "speech",
+        files: Optional[list[str]] = None,
+        hf_config: Optional[str] = None,
+        hf_split: str = "train",
+        audio_column: str = "audio",
+        seconds: float = 1800.0,
+        max_clips: Optional[int] = None,
+        min_seconds: float = 0.5,
+        val_fraction: float = 0.02,
+        test_fraction: float = 0.02,
+        bandwidth: float = 6.0,
+        codec_weights: str = "auto",
+        kmeans_seconds: float = 300.0,
+        codec_seed: int = 0,
+        seq_len: int = 1200,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 1234,
+        cache_dir: Optional[str] = None,
+    ):
+        """
+        Args:
+            source: "speech" = the embedded text corpus read by espeak-ng (offline, any amount);
+                "music" = the embedded MIDI corpus rendered with a General MIDI soundfont;
+                "files" = your audio files (data.files); or an HF audio dataset id such as
+                "openslr/librispeech_asr" (with hf_config / hf_split).
+            files: Audio files, directories or globs (source="files").
+            hf_config: HF dataset configuration, e.g. "clean".
+            hf_split: HF dataset split to read, e.g. "train.100".
+            audio_column: Column holding the audio in an HF dataset.
+            seconds: Seconds of audio to synthesise or render (speech / music sources).
+            max_clips: Use at most this many clips (None = all).
+            min_seconds: Clips shorter than this are skipped (and reported).
+            val_fraction: Fraction of clips held out for validation (by utterance/track).
+            test_fraction: Fraction of clips held out for test.
+            bandwidth: EnCodec bandwidth in kbps: 1.5, 3, 6 (8 codebooks), 12 or 24. With random
+                weights keep <= 6 (deeper levels collapse).
+            codec_weights: "auto" = the pretrained 24 kHz model if its weights are in torch hub's
+                cache, else random; "pretrained"; "random" = seeded random weights with codebooks
+                initialised by k-means on training audio; or a path to a checkpoint.
+            kmeans_seconds: Seconds of training audio the random codec's k-means uses.
+            codec_seed: Seed of the random codec's weights and k-means.
+            seq_len: Tokens per window (600 tokens = 1 s at 6 kbps).
+            batch_size: Windows per batch on each device.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training-window stream.
+            cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+        """
+        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
+        if bandwidth not in codec.N_Q:
+            raise ValueError(f"data.bandwidth={bandwidth} must be one of {sorted(codec.N_Q)} kbps")
+        if source == "files" and not files:
+            raise ValueError('data.source="files" needs data.files (audio files, directories or globs)')
+        self.source, self.files, self.hf_config, self.hf_split = source, files, hf_config, hf_split
+        self.audio_column, self.seconds, self.max_clips, self.min_seconds = audio_column, seconds, max_clips, min_seconds
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.bandwidth, self.n_q = bandwidth, codec.N_Q[bandwidth]
+        if codec_weights == "auto":
+            codec_weights = "pretrained" if codec.pretrained_path() is not None else "random"
+            if codec_weights == "random":
+                log.warning("no pretrained EnCodec weights in the torch hub cache: using a random codec with k-means codebooks")
+        self.codec_weights, self.kmeans_seconds, self.codec_seed = codec_weights, kmeans_seconds, codec_seed
+        self._codec = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_q * codec.BINS + 1  # + EOS
+
+    @property
+    def eos_id(self) -> int:
+        return self.n_q * codec.BINS
+
+    def settings(self) -> dict:
+        s = {"source": self.source, "seconds": self.seconds, "max_clips": self.max_clips, "min_seconds": self.min_seconds,
+             "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+             "tokenizer": {"kind": "encodec_24khz", "bandwidth": self.bandwidth, "weights": self.codec_weights,
+                           "vocab_size": self.vocab_size}}
+        if self.codec_weights == "random":
+            s["tokenizer"].update(kmeans_seconds=self.kmeans_seconds, seed=self.codec_seed)
+        if self.source == "files":
+            s["files"] = self.files
+        elif self.source not in ("speech", "music"):
+            s.update(hf_config=self.hf_config, hf_split=self.hf_split, audio_column=self.audio_column)
+        return s
+
+    def _clips(self, skipped: list):
+        if self.source == "speech":
+            return speech_clips(self.seconds, seed=self.codec_seed)
+        if self.source == "music":
+            return rendered_music_clips(self.seconds, skipped=skipped)
+        if self.source == "files":
+            return file_clips(self.files, skipped)
+        return hf_clips(self.source, self.hf_config, self.hf_split, self.audio_column, self.max_clips, skipped)
+
+    def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
+        skipped: list = []
+        clips = {s: [] for s in shards.SPLITS}
+        for n, (key, name, wav) in enumerate(self._clips(skipped)):
+            if self.max_clips is not None and n >= self.max_clips:
+                break
+            if len(wav) < self.min_seconds * codec.SAMPLE_RATE:
+                skipped.append((name, f"too short ({len(wav) / codec.SAMPLE_RATE:.2f} s < min_seconds={self.min_seconds})"))
+            elif not np.isfinite(wav).all() or np.abs(wav).max() < 1e-4:
+                skipped.append((name, "silent"))
+            else:
+                clips[shards.split_of(key, self.val_fraction, self.test_fraction)].append(wav)
+        report_skipped(skipped, "unusable audio clips")
+        if not clips["train"]:
+            raise ValueError(f"no usable audio in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
+        if self.codec_weights == "random":
+            model = codec.random_codec(np.concatenate(clips["train"])[: int(self.kmeans_seconds * codec.SAMPLE_RATE)],
+                                       self.bandwidth, seed=self.codec_seed)
+        else:
+            model = codec.build(self.codec_weights, self.bandwidth)
+        codec.check_initialised(model, self.bandwidth)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        seconds = {}
+        for split, wavs in clips.items():
+            codes = codec.encode(model, wavs, device) if wavs else []
+            for c in codes:
+                writer.add(split, np.append(codec.flatten(c), self.eos_id))
+            seconds[split] = float(sum(c.shape[1] for c in codes) / codec.FRAME_RATE)
+            if split == "train":
+                codec.check_diversity(np.concatenate(codes, 1))
+        model = model.cpu()
+        codec.save(model, writer.tmp / "codec.pt")
+        self._codec = model
+        units = np.full(self.vocab_size, 1.0 / (codec.FRAME_RATE * self.n_q))
+        units[self.eos_id] = 0.0
+        meta = {"tokenizer": self.settings()["tokenizer"], "codec_checksum": codec.checksum(model),
+                "unit_counts": seconds, "skipped": len(skipped), "eos_id": self.eos_id, "n_q": self.n_q,
+                "frame_rate": codec.FRAME_RATE}
+        return meta, units
+
+    @property
+    def codec(self):
+        if self._codec is None:
+            self._codec = codec.load(self.shard_dir / "codec.pt", self.bandwidth)
+        return self._codec
+
+    def decode(self, ids) -> np.ndarray:
+        """Token ids -> waveform (24 kHz); EOS and a trailing partial frame are dropped."""
+        ids = np.asarray([int(i) for i in ids if int(i) != self.eos_id])
+        return codec.decode(self.codec, codec.unflatten(ids, self.n_q))
+
+    def to_wav(self, ids, path: str):
+        import os
+        from pathlib import Path
+
+        import soundfile as sf
+
+        out = Path(path)
+        tmp = out.with_suffix(".tmp.wav")
+        sf.write(str(tmp), self.decode(ids), codec.SAMPLE_RATE)
+        os.replace(tmp, out)
+        return out

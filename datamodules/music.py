@@ -1,0 +1,203 @@
+"""Symbolic-music DataModule: MIDI/ABC pieces -> miditok tokens -> shards. Unit: bits per note.
+
+Each piece becomes BOS + tokens + EOS in one stream (miditok with ``use_programs``, so all tracks
+of a piece share one sequence). A note is one Pitch token (Pitch_/PitchDrum_), so the notes behind
+any target are counted exactly from the token id, BPE merges included.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+
+from datamodules import shards
+from datamodules.base import TokenDataModule
+from datamodules.music_sources import abc_pieces, file_pieces, score_pieces
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKENIZER_OPTIONS = {
+    "use_programs": True, "use_rests": True, "use_tempos": True, "use_time_signatures": True,
+    "special_tokens": ["PAD", "BOS", "EOS"],
+}
+
+
+def report_skipped(skipped: list, what: str) -> None:
+    if skipped:
+        names = ", ".join(f"{n} ({why[:60]})" for n, why in skipped[:5])
+        log.warning("skipped %d %s: %s%s", len(skipped), what, names, ", ..." if len(skipped) > 5 else "")
+
+
+class MusicDataModule(TokenDataModule):
+    name = "music"
+    unit = "note"
+
+    def __init__(
+        self,
+        source: Literal["embedded", "full", "files"] = "embedded",
+        files: Optional[list[str]] = None,
+        max_pieces: Optional[int] = None,
+        val_fraction: float = 0.02,
+        test_fraction: float = 0.02,
+        tokenizer: str = "REMI",
+        tokenizer_options: Optional[dict[str, Any]] = None,
+        bpe_vocab_size: Optional[int] = None,
+        kern_timeout: int = 120,
+        seq_len: int = 512,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 1234,
+        cache_dir: Optional[str] = None,
+    ):
+        """
+        Args:
+            source: "embedded" = music21's 12,976 ABC tunes through symusic's abc2midi (seconds);
+                "full" = those plus ~2,000 kern/MusicXML scores through music21 (~20 min once,
+                cached); "files" = your MIDI files (data.files), e.g. a MAESTRO folder.
+            files: MIDI files, directories or globs (source="files").
+            max_pieces: Use at most this many pieces (None = all).
+            val_fraction: Fraction held out for validation, by source file (groups of 25 adjacent
+                tunes for multi-tune ABC files, so variants of one tune stay together).
+            test_fraction: Fraction held out for test, likewise.
+            tokenizer: Any miditok tokenizer class name: REMI, TSD, MIDILike, Structured, MMM, ...
+            tokenizer_options: miditok TokenizerConfig arguments; default use_programs, rests,
+                tempos, time signatures and PAD/BOS/EOS specials.
+            bpe_vocab_size: Train a miditok BPE of this size on the training split (None = no BPE).
+            kern_timeout: Seconds allowed to convert one kern/MusicXML score (source="full").
+            seq_len: Tokens per window.
+            batch_size: Windows per batch on each device.
+            num_workers: DataLoader worker processes.
+            seed: Seed of the training-window stream.
+            cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+        """
+        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
+        if source == "files" and not files:
+            raise ValueError('data.source="files" needs data.files (MIDI files, directories or globs)')
+        self.source, self.files, self.max_pieces = source, files, max_pieces
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.tokenizer_name = tokenizer
+        self.tokenizer_options = {**DEFAULT_TOKENIZER_OPTIONS, **(tokenizer_options or {})}
+        self.bpe_vocab_size, self.kern_timeout = bpe_vocab_size, kern_timeout
+        self._tok = None
+        self._base_vocab = len(self._new_tokenizer())
+
+    def _new_tokenizer(self):
+        import miditok
+
+        cls = getattr(miditok, self.tokenizer_name, None)
+        if cls is None or not isinstance(cls, type):
+            raise ValueError(f"data.tokenizer={self.tokenizer_name!r} is not a miditok tokenizer (e.g. REMI, TSD, MIDILike)")
+        tok = cls(miditok.TokenizerConfig(**self.tokenizer_options))
+        if isinstance(tok.vocab, list):
+            raise ValueError(f"data.tokenizer={self.tokenizer_name!r} has several vocabularies (compound tokens); use a single-stream tokenizer")
+        for special in ("BOS_None", "EOS_None"):
+            if special not in tok.vocab:
+                raise ValueError(f"data.tokenizer_options.special_tokens must include BOS and EOS (got {self.tokenizer_options.get('special_tokens')})")
+        return tok
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bpe_vocab_size or self._base_vocab
+
+    def settings(self) -> dict:
+        s = {"source": self.source, "max_pieces": self.max_pieces, "val_fraction": self.val_fraction,
+             "test_fraction": self.test_fraction,
+             "tokenizer": {"kind": f"miditok.{self.tokenizer_name}", "options": self.tokenizer_options,
+                           "bpe": self.bpe_vocab_size, "vocab_size": self.vocab_size}}
+        if self.source == "files":
+            s["files"] = self.files
+        return s
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            import miditok
+
+            path = self.shard_dir / "tokenizer.json"
+            if not path.exists():
+                raise FileNotFoundError(f"tokenizer {path} is missing: run prepare_data/setup first")
+            self._tok = getattr(miditok, self.tokenizer_name)(params=path)
+        return self._tok
+
+    def _pieces(self, skipped: list):
+        if self.source == "files":
+            yield from file_pieces(self.files, skipped)
+            return
+        yield from abc_pieces(self.max_pieces, skipped)
+        if self.source == "full":
+            yield from score_pieces(self.cache_dir / "music21-midi", self.kern_timeout, skipped=skipped)
+
+    @staticmethod
+    def _ids(tok, score) -> list[int]:
+        seq = tok.encode(score)
+        if isinstance(seq, list):  # one sequence per track: play them one after another
+            return [i for s in seq for i in s.ids]
+        return seq.ids
+
+    def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
+        skipped: list = []
+        pieces = {s: [] for s in shards.SPLITS}
+        for n, (key, name, score) in enumerate(self._pieces(skipped)):
+            if self.max_pieces is not None and n >= self.max_pieces:
+                break
+            if score.note_num() == 0:
+                skipped.append((name, "no notes"))
+                continue
+            pieces[shards.split_of(key, self.val_fraction, self.test_fraction)].append((name, score))
+        report_skipped(skipped, "unreadable or empty pieces")
+        if not pieces["train"]:
+            raise ValueError(f"no usable music pieces in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
+        tok = self._new_tokenizer()
+        if self.bpe_vocab_size:
+            with tempfile.TemporaryDirectory() as d:
+                paths = []
+                for i, (_, score) in enumerate(pieces["train"]):
+                    p = Path(d) / f"{i}.mid"
+                    score.dump_midi(str(p))
+                    paths.append(p)
+                tok.train(vocab_size=self.bpe_vocab_size, model="BPE", files_paths=paths)
+        tok.save(writer.tmp / "tokenizer.json")
+        units = self._notes_per_token(tok)
+        bos, eos = tok.vocab["BOS_None"], tok.vocab["EOS_None"]
+        counts = {}
+        for split, items in pieces.items():
+            notes = 0
+            for name, score in items:
+                ids = self._ids(tok, score)
+                if not ids:
+                    skipped.append((name, "no tokens"))
+                    continue
+                writer.add(split, [bos, *ids, eos])
+                notes += int(units[np.asarray(ids)].sum())
+            counts[split] = notes
+        self._tok = tok
+        return {"tokenizer": self.settings()["tokenizer"], "unit_counts": counts, "skipped": len(skipped),
+                "bos_id": bos, "eos_id": eos}, units
+
+    def _notes_per_token(self, tok) -> np.ndarray:
+        units = np.zeros(self.vocab_size)
+        is_note = lambda t: t.startswith("Pitch_") or t.startswith("PitchDrum_")  # noqa: E731
+        if tok.is_trained:
+            for byte_tok, i in tok.vocab_model.items():
+                units[i] = sum(is_note(t) for t in tok._vocab_learned_bytes_to_tokens[byte_tok])
+        else:
+            for t, i in tok.vocab.items():
+                units[i] = is_note(t)
+        return units
+
+    def decode(self, ids):
+        """Token ids (specials allowed) -> symusic.Score; ``to_midi`` writes it to a file."""
+        tok = self.tokenizer
+        specials = {tok.vocab[s] for s in ("PAD_None", "BOS_None", "EOS_None") if s in tok.vocab}
+        return tok.decode([int(i) for i in ids if int(i) not in specials])
+
+    def to_midi(self, ids, path: str) -> Path:
+        out = Path(path)
+        tmp = out.with_suffix(".tmp.mid")
+        self.decode(ids).dump_midi(str(tmp))
+        tmp.replace(out)
+        return out
