@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+
+import torch
 
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 
@@ -51,3 +54,66 @@ class BatchIndexLogger(Callback):
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.indices))
         os.replace(tmp, out)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on a GPU, peak resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+class RunStats(Callback):
+    """Writes ``<log_dir>/stats.json`` at the end of training: parameters, FLOPs per token,
+    tokens seen, training wall time, mean tokens/s after the first (compile/warm-up) steps, peak
+    memory. ``lit-vattn-reproduce`` reads it for its tables."""
+
+    def __init__(self, skip_steps: int = 5):
+        """
+        Args:
+            skip_steps: Steps excluded from the tokens/s mean (warm-up, compilation).
+        """
+        self.skip_steps = skip_steps
+        self.t0 = self.t_skip = None
+        self.tokens = self.tokens_after_skip = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = batch["input"].numel() * trainer.world_size
+        self.tokens += n
+        if trainer.global_step == self.skip_steps and self.t_skip is None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.t_skip = time.perf_counter()
+        elif self.t_skip is not None:
+            self.tokens_after_skip += n
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        dm = trainer.datamodule
+        stats = {
+            "params": pl_module.net.num_params(),
+            "flops_per_token": pl_module.net.flops_per_token(dm.seq_len) if dm is not None else None,
+            "global_step": trainer.global_step,
+            "tokens_seen": int(dm.consumed * dm.seq_len * trainer.world_size) if dm is not None else self.tokens,
+            "train_seconds": now - self.t0,
+            "tokens_per_sec": self.tokens_after_skip / (now - self.t_skip) if self.t_skip and self.tokens_after_skip else None,
+            "peak_memory_gib": peak_memory_gib(pl_module.device),
+            "device": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
+            "world_size": trainer.world_size,
+        }
+        if trainer.global_rank == 0 and trainer.log_dir:
+            out = Path(trainer.log_dir) / "stats.json"
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stats, indent=2))
+            os.replace(tmp, out)

@@ -1,0 +1,88 @@
+"""Preparation speed of the embedded defaults: text, music (pieces/s) and acoustic (audio seconds/s).
+
+Each stage prepares shards from scratch in a fresh cache directory and times the stages inside:
+
+    python benchmarks/prepare_speed.py --audio-seconds 600 --out results/prepare-speed-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import git_commit, hardware  # noqa: E402
+
+from datamodules import MusicDataModule, TextDataModule, codec  # noqa: E402
+from datamodules.audio_sources import speech_clips  # noqa: E402
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--audio-seconds", type=float, default=600)
+    p.add_argument("--kmeans-seconds", type=float, default=300)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tok in ("gpt2", "bpe"):
+            dm = TextDataModule(tokenizer=tok, cache_dir=f"{tmp}/t-{tok}")
+            _, dt = timed(dm.prepare_data)
+            dm.setup()
+            mb = sum(dm.meta["unit_counts"].values()) / 1e6
+            n = sum(s["tokens"] for s in dm.meta["splits"].values())
+            rows.append((f"text, embedded, {tok}", f"{mb:.1f} MB -> {n / 1e6:.2f} M tokens", dt, f"{mb / dt:.2f} MB/s"))
+        dm = MusicDataModule(cache_dir=f"{tmp}/m")
+        _, dt = timed(dm.prepare_data)
+        dm.setup()
+        pieces = sum(s["documents"] for s in dm.meta["splits"].values())
+        notes = sum(dm.meta["unit_counts"].values())
+        n = sum(s["tokens"] for s in dm.meta["splits"].values())
+        rows.append(("music, embedded ABC, REMI", f"{pieces:,} pieces, {notes / 1e6:.2f} M notes, {n / 1e6:.2f} M tokens", dt,
+                     f"{pieces / dt:.0f} pieces/s"))
+        clips, dt = timed(lambda: [c[2] for c in speech_clips(args.audio_seconds)])
+        secs = sum(len(c) for c in clips) / codec.SAMPLE_RATE
+        rows.append(("speech synthesis (espeak-ng, 1 core)", f"{secs:.0f} s of audio, {len(clips)} utterances", dt, f"{secs / dt:.0f} audio s/s"))
+        audio = np.concatenate(clips)[: int(args.kmeans_seconds * codec.SAMPLE_RATE)]
+        model, dt = timed(lambda: codec.random_codec(audio, 6.0))
+        rows.append((f"EnCodec k-means init (8 levels, {args.kmeans_seconds:.0f} s)", "random weights, 10 iterations", dt, "-"))
+        _, dt = timed(lambda: codec.encode(model, clips, device))
+        rows.append((f"EnCodec 6 kbps encode ({device.type})", f"{secs:.0f} s of audio", dt, f"{secs / dt:.1f} audio s/s"))
+    lines = [
+        "# Preparation speed of the embedded defaults",
+        "",
+        f"- command: `python {' '.join(sys.argv)}`",
+        f"- commit: {git_commit()}, date: {datetime.date.today().isoformat()}",
+        f"- hardware: {hardware()}",
+        "",
+        "| stage | amount | seconds | rate |",
+        "|---|---|---|---|",
+    ] + [f"| {a} | {b} | {c:.1f} | {d} |" for a, b, c, d in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(table)
+        os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()

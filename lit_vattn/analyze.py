@@ -1,0 +1,204 @@
+"""``lit-vattn-analyze``: what a trained checkpoint does across depth (PNG + CSV).
+
+    lit-vattn-analyze depth-maps --ckpt_path runs/.../checkpoints/last.ckpt
+    lit-vattn-analyze logit-lens --ckpt_path ...
+    lit-vattn-analyze all --ckpt_path ... --batches 20 --out results/analysis/text-va
+
+- depth-maps: the architecture's own depth-attention statistics averaged over validation batches:
+  VA's L x (L+1) weights (per-token weights averaged for the query-key form; Kojima et al. report
+  strong lower-to-upper links and sparse middle layers), LAS's attention mass of the final layer
+  per source layer, SLA's routing and, in concat mode, each skip head's mass on the earlier K/V.
+- logit-lens: the final norm + head applied to every residual state h_0 (embedding) ... h_L:
+  next-token NLL per layer and top-1 agreement with the model's output (VA's paper reports that
+  prediction is postponed to the final layer).
+The run's ``config.yaml`` (next to ``checkpoints/``) rebuilds the model and its data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def load(ckpt_path: str, config: Optional[str] = None):
+    from lit_vattn.cli import cli_main
+
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (--ckpt_path)")
+    cfg = Path(config) if config else ckpt.parent.parent / "config.yaml"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
+    import tempfile
+
+    import yaml
+
+    saved = yaml.safe_load(cfg.read_text())
+    for key in ("ckpt_path", "weights_only"):  # arguments of the fit subcommand, not of the objects
+        saved.pop(key, None)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(saved, f)
+    try:
+        cli = cli_main(["--config", f.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu"], run=False)
+    finally:
+        os.unlink(f.name)
+    model, dm = cli.model, cli.datamodule
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    dm.prepare_data()
+    dm.setup("validate")
+    return model, dm
+
+
+def _batches(dm, n: int):
+    for i, b in enumerate(dm.val_dataloader()):
+        if i >= n:
+            return
+        yield b
+
+
+def _save_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _savefig(fig, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@torch.no_grad()
+def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    net, arch = model.net, model.net.arch
+    if not hasattr(arch, "record_maps"):
+        print(f"{type(arch).__name__} reads no depth memory: no depth map")
+        return []
+    for name, buf in arch.named_buffers():
+        if name.endswith(("_sum", "_count", "earlier_mass")):
+            buf.zero_()
+    arch.record_maps = True
+    for b in _batches(dm, batches):
+        net(b["input"])
+    arch.record_maps = False
+    maps = arch.depth_map()
+    plt = _plt()
+    written = []
+    for name, m in maps.items():
+        m = m.numpy()
+        path = out / f"depth_{name}.png"
+        if m.ndim == 1:  # LAS: mass per source
+            labels = arch.source_names()
+            _save_csv(out / f"depth_{name}.csv", ["source", name], [[s, f"{v:.6f}"] for s, v in zip(labels, m)])
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            ax.bar(labels, m)
+            ax.set_ylabel("attention mass of the final layer")
+            ax.set_xlabel("source (residual state after block; self = own K/V)")
+        else:
+            rows, cols = m.shape
+            if name == "weights":  # VA: consumer block x source
+                ylabels = [f"block {r}" for r in range(rows)]
+                if rows > arch.cfg.n_layer:
+                    ylabels[-1] = "readout"
+                xlabels = ["x0"] + [f"o{j}" for j in range(1, cols)]
+            else:  # SLA: block x head
+                ylabels, xlabels = [f"block {r}" for r in range(rows)], [f"head {h}" for h in range(cols)]
+            _save_csv(out / f"depth_{name}.csv", ["row"] + xlabels,
+                      [[ylabels[r]] + [f"{v:.6f}" for v in m[r]] for r in range(rows)])
+            fig, ax = plt.subplots(figsize=(1.2 + 0.45 * cols, 1.0 + 0.4 * rows))
+            im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(1e-6, float(m.max())))
+            ax.set_xticks(range(cols), xlabels, rotation=90, fontsize=7)
+            ax.set_yticks(range(rows), ylabels, fontsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_title(f"{title}: {name}", fontsize=9)
+        fig.tight_layout()
+        _savefig(fig, path)
+        plt.close(fig)
+        written += [path, out / f"depth_{name}.csv"]
+    return written
+
+
+@torch.no_grad()
+def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    net = model.net
+    V = net.vocab_size
+    nll, agree, n = None, None, 0
+    for b in _batches(dm, batches):
+        y = b["target"]
+        valid = y >= 0
+        final, states, _ = net.hidden_states(b["input"], return_all=True)
+        top_final = net.head(net.norm(final))[..., :V].argmax(-1)
+        rows_nll, rows_agree = [], []
+        for h in states + [final]:
+            logits = net.head(net.norm(h))[..., :V].float()
+            rows_nll.append(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").item())
+            rows_agree.append(((logits.argmax(-1) == top_final) & valid).sum().item())
+        nll = np.array(rows_nll) if nll is None else nll + rows_nll
+        agree = np.array(rows_agree) if agree is None else agree + rows_agree
+        n += valid.sum().item()
+    labels = ["x0"] + [f"h{l}" for l in range(1, len(nll) - 1)] + ["output"]
+    _save_csv(out / "logit_lens.csv", ["state", "nll", "top1_agreement_with_output"],
+              [[s, f"{a / n:.6f}", f"{g / n:.6f}"] for s, a, g in zip(labels, nll, agree)])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(labels, nll / n, "o-", label="next-token NLL (nats)")
+    ax.set_ylabel("NLL (nats/token)")
+    ax2 = ax.twinx()
+    ax2.plot(labels, agree / n, "s--", color="tab:orange", label="top-1 = output's")
+    ax2.set_ylabel("top-1 agreement with the output")
+    ax2.set_ylim(0, 1.02)
+    ax.set_title(f"{title}: logit lens ({n:,} tokens)", fontsize=9)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    _savefig(fig, out / "logit_lens.png")
+    plt.close(fig)
+    return [out / "logit_lens.png", out / "logit_lens.csv"]
+
+
+def main(argv: Optional[list[str]] = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["depth-maps", "logit-lens", "all"])
+    p.add_argument("--ckpt_path", required=True)
+    p.add_argument("--config", default=None, help="the run's YAML; default <run>/config.yaml")
+    p.add_argument("--batches", type=int, default=20, help="validation batches averaged over")
+    p.add_argument("--out", default=None, help="output folder; default <run>/analysis")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    model, dm = load(args.ckpt_path, args.config)
+    out = Path(args.out) if args.out else Path(args.ckpt_path).parent.parent / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    title = args.title or type(model.net.arch).__name__
+    written = []
+    if args.what in ("depth-maps", "all"):
+        written += depth_maps(model, dm, args.batches, out, title)
+    if args.what in ("logit-lens", "all"):
+        written += logit_lens(model, dm, args.batches, out, title)
+    for w in written:
+        print(w)
+    return written
+
+
+if __name__ == "__main__":
+    main()

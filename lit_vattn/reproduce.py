@@ -1,0 +1,251 @@
+"""``lit-vattn-reproduce``: one NLL table per modality, every architecture under the same budget.
+
+Each (architecture, seed) is trained and tested through the same ``lit-vattn fit``/``test``
+commands a user runs, composing ``configs/<modality>/<arch>.yaml`` with the preset
+``configs/reproduce/<preset>.yaml`` (and ``<modality>-<preset>.yaml`` if present), so data, tokens,
+width, depth, optimizer and schedule are equal across architectures. A run that finished
+(``done.json``) is skipped; one that stopped early resumes from its ``last.ckpt``. Then
+``results/<modality>-<preset>.md`` (aggregated) and ``.csv`` (one row per run) are written with
+the command, commit, date, hardware and wall time, plus ``-loss.png`` (training curves).
+
+    lit-vattn-reproduce --modality text --preset tiny --archs vanilla,va,las,sla --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits/note"),
+        "acoustic": ("bits_per_second", "bits/s")}
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str]:
+    model = config_dir / modality / f"{arch}.yaml"
+    if not model.exists():
+        raise FileNotFoundError(f"no config {model} for --modality {modality} --archs {arch}")
+    preset_file = config_dir / "reproduce" / f"{preset}.yaml"
+    if not preset_file.exists():
+        raise FileNotFoundError(f"no preset {preset_file} (--preset {preset})")
+    out = ["--config", str(model), "--config", str(preset_file)]
+    extra = config_dir / "reproduce" / f"{modality}-{preset}.yaml"
+    if extra.exists():
+        out += ["--config", str(extra)]
+    return out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return list(csv.DictReader(open(path)))
+
+
+def last(rows: list[dict], key: str) -> Optional[float]:
+    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return vals[-1] if vals else None
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.root = Path(args.runs)
+        self.config_dir = Path(args.config_dir)
+
+    def run_dir(self, arch: str, seed: int) -> Path:
+        return self.root / f"{self.args.modality}-{self.args.preset}" / arch / f"seed{seed}"
+
+    def _cmd(self, sub: str, arch: str, seed: int, version: str) -> list[str]:
+        a = self.args
+        return [sys.executable, "-m", "lit_vattn", sub, *configs(a.modality, arch, a.preset, self.config_dir),
+                "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+                "--trainer.logger.init_args.save_dir", str(self.root),
+                "--trainer.logger.init_args.name", f"{a.modality}-{a.preset}/{arch}/seed{seed}",
+                "--trainer.logger.init_args.version", version, *a.override]
+
+    def _call(self, cmd: list[str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(f"\n$ {' '.join(cmd)}\n")
+            f.flush()
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        if p.returncode != 0:
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"run failed ({p.returncode}): {' '.join(cmd)}\nlog {log}:\n{tail}")
+
+    def one(self, arch: str, seed: int) -> dict:
+        d = self.run_dir(arch, seed)
+        done = d / "done.json"
+        if done.exists():
+            print(f"[skip] {arch} seed {seed}: finished ({done})", flush=True)
+            return json.loads(done.read_text())
+        fit_dir, test_dir = d / "fit", d / "test"
+        ckpt = fit_dir / "checkpoints" / "last.ckpt"
+        t0 = time.time()
+        fit = self._cmd("fit", arch, seed, "fit") + ["--trainer.callbacks+=lit_vattn.callbacks.RunStats"]
+        if ckpt.exists():
+            print(f"[resume] {arch} seed {seed} from {ckpt}", flush=True)
+            fit += ["--ckpt_path", str(ckpt)]
+        else:
+            print(f"[train] {arch} seed {seed}", flush=True)
+        self._call(fit, d / "fit.log")
+        self._call(self._cmd("test", arch, seed, "test") + ["--ckpt_path", str(ckpt)], d / "test.log")
+        unit = UNIT[self.args.modality][0]
+        fm, tm = read_metrics(fit_dir / "metrics.csv"), read_metrics(test_dir / "metrics.csv")
+        stats = json.loads((fit_dir / "stats.json").read_text())
+        result = {
+            "arch": arch, "seed": seed, "params": stats["params"], "tokens_seen": stats["tokens_seen"],
+            "steps": stats["global_step"], "val_nll": last(fm, "val/nll"), "test_nll": last(tm, "test/nll"),
+            f"val_{unit}": last(fm, f"val/{unit}"), f"test_{unit}": last(tm, f"test/{unit}"),
+            "tokens_per_sec": stats["tokens_per_sec"], "peak_memory_gib": stats["peak_memory_gib"],
+            "flops_per_token": stats["flops_per_token"], "device": stats["device"],
+            "wall_seconds": time.time() - t0, "run_dir": str(d),
+        }
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, done)
+        return result
+
+
+def fmt(xs: list[float], digits: int = 4) -> str:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{mean(xs):.{digits}f} ± {stdev(xs):.{digits}f}"
+
+
+def write_tables(args, results: list[dict], wall: float) -> tuple[Path, Path]:
+    unit, unit_label = UNIT[args.modality]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{args.modality}-{args.preset}"
+    fields = ["arch", "seed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
+              "tokens_per_sec", "peak_memory_gib", "flops_per_token", "device", "wall_seconds"]
+    tmp = stem.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            w.writerow(r)
+    os.replace(tmp, stem.with_suffix(".csv"))
+
+    archs = list(dict.fromkeys(r["arch"] for r in results))
+    by = {a: sorted((r for r in results if r["arch"] == a), key=lambda r: r["seed"]) for a in archs}
+    base = {r["seed"]: r for r in by.get("vanilla", [])}
+    devices = sorted({r["device"] for r in results})
+    hw = ", ".join(devices) if devices != ["cpu"] else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    lines = [
+        f"# {args.modality} NLL table, preset `{args.preset}`",
+        "",
+        f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
+        f"- commit: {git_commit()}; date: {datetime.date.today().isoformat()}; hardware: {hw}",
+        f"- wall time: {wall / 60:.1f} min for this invocation; "
+        f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs",
+        f"- seeds: {sorted({r['seed'] for r in results})}; each run: same data, tokens, width, depth, optimizer and schedule; "
+        f"mean ± sample std over seeds; Δ = paired difference to vanilla on the same seed",
+        "",
+        f"| arch | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla | tokens/s | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in archs:
+        rs = by[a]
+        delta = [r["test_nll"] - base[r["seed"]]["test_nll"] for r in rs if r["seed"] in base] if a != "vanilla" else []
+        lines.append(
+            f"| {a} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
+            f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
+            f"{fmt(delta) if delta else '—'} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
+            f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
+        )
+    lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`."]
+    tmp = stem.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, stem.with_suffix(".md"))
+    plot_curves(results, stem.with_name(stem.name + "-loss.png"), f"{args.modality}, preset {args.preset}")
+    return stem.with_suffix(".md"), stem.with_suffix(".csv")
+
+
+def plot_curves(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arch in dict.fromkeys(r["arch"] for r in results):
+        curves = []
+        for r in results:
+            if r["arch"] != arch:
+                continue
+            rows = read_metrics(Path(r["run_dir"]) / "fit" / "metrics.csv")
+            pts = {int(x["step"]): float(x["train/loss"]) for x in rows if x.get("train/loss")}
+            curves.append(pts)
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if steps:
+            ax.plot(steps, [mean(c[s] for c in curves) for s in steps], label=f"{arch} (n={len(curves)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/token), mean over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modality", required=True, choices=sorted(UNIT))
+    p.add_argument("--preset", default="tiny", help="tiny (CPU), small (~20 M, GPU), base (GPT-2 small shape, GPU)")
+    p.add_argument("--archs", default="vanilla,va,las,sla", help="comma-separated config names in configs/<modality>/")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--runs", default="runs/reproduce", help="where run directories go")
+    p.add_argument("--out", default="results", help="where the tables go")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
+    p.add_argument("--config-dir", default=str(ROOT / "configs"))
+    p.add_argument("--override", nargs=argparse.REMAINDER, default=[],
+                   help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50")
+    args = p.parse_args(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    if "vanilla" in archs:  # the baseline first, so the table reads top-down
+        archs.remove("vanilla")
+        archs.insert(0, "vanilla")
+    runner = Runner(args)
+    for a in archs:
+        configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
+    t0 = time.time()
+    jobs = [(a, s) for s in seeds for a in archs]
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        results = list(pool.map(lambda job: runner.one(*job), jobs))
+    md, _ = write_tables(args, results, time.time() - t0)
+    print(md.read_text())
+    return results
+
+
+if __name__ == "__main__":
+    main()

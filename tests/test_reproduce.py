@@ -1,0 +1,97 @@
+"""lit-vattn-reproduce end to end at the tiny preset, and lit-vattn-analyze on its checkpoints."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_vattn import analyze, reproduce
+
+SHORT = ["--override", "--trainer.max_steps", "8", "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "1",
+         "--trainer.limit_val_batches", "4", "--trainer.limit_test_batches", "4"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, shard_cache, bpe_text):
+    tmp = tmp_path_factory.mktemp("repro")
+    args = ["--modality", "text", "--preset", "tiny", "--archs", "vanilla,va", "--seeds", "0,1",
+            "--runs", str(tmp / "runs"), "--out", str(tmp / "results"), *SHORT]
+    results = reproduce.main(args)
+    return tmp, args, results
+
+
+def test_table_written_and_equal_to_the_runs_own_logs(table):
+    tmp, _, results = table
+    md = (tmp / "results/text-tiny.md").read_text()
+    assert "lit-vattn-reproduce" in md and "commit:" in md and "hardware:" in md and "wall time" in md
+    assert "| vanilla |" in md and "| va |" in md and "bits/byte" in md
+    assert (tmp / "results/text-tiny-loss.png").stat().st_size > 1000
+    rows = list(csv.DictReader(open(tmp / "results/text-tiny.csv")))
+    assert sorted((r["arch"], r["seed"]) for r in rows) == [("va", "0"), ("va", "1"), ("vanilla", "0"), ("vanilla", "1")]
+    for r in rows:
+        run = tmp / "runs/text-tiny" / r["arch"] / f"seed{r['seed']}"
+        fit = [x for x in csv.DictReader(open(run / "fit/metrics.csv")) if x.get("val/nll")]
+        test = [x for x in csv.DictReader(open(run / "test/metrics.csv")) if x.get("test/nll")]
+        assert float(r["val_nll"]) == float(fit[-1]["val/nll"])
+        assert float(r["test_nll"]) == float(test[-1]["test/nll"])
+        assert float(r["test_bits_per_byte"]) == float(test[-1]["test/bits_per_byte"])
+        assert int(r["tokens_seen"]) == 8 * 8 * 128  # steps x batch x seq_len of the tiny preset
+        assert int(r["steps"]) == 8
+    # seeds differ, architectures differ, vanilla's params are the smallest
+    vals = {(r["arch"], r["seed"]): float(r["test_nll"]) for r in rows}
+    assert vals[("vanilla", "0")] != vals[("vanilla", "1")] and vals[("vanilla", "0")] != vals[("va", "0")]
+    assert int(next(r for r in rows if r["arch"] == "vanilla")["params"]) < int(next(r for r in rows if r["arch"] == "va")["params"])
+
+
+def test_rerun_skips_finished_runs(table, capsys):
+    tmp, args, results = table
+    done = tmp / "runs/text-tiny/vanilla/seed0/done.json"
+    mtime = done.stat().st_mtime_ns
+    again = reproduce.main(args)
+    assert done.stat().st_mtime_ns == mtime
+    assert capsys.readouterr().out.count("[skip]") == 4
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
+
+
+def test_unfinished_run_resumes_from_its_checkpoint(table, capsys):
+    tmp, args, _ = table
+    run = tmp / "runs/text-tiny/va/seed1"
+    (run / "done.json").unlink()
+    reproduce.main(args)
+    out = capsys.readouterr().out
+    assert "[resume] va seed 1" in out and out.count("[skip]") == 3
+    assert json.loads((run / "done.json").read_text())["steps"] == 8
+
+
+def test_unknown_arch_or_preset_fails_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        reproduce.main(["--modality", "text", "--archs", "vanilla,nope", "--runs", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="huge"):
+        reproduce.main(["--modality", "text", "--preset", "huge", "--runs", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_analysis_depth_maps_and_logit_lens_on_a_tiny_checkpoint(table):
+    tmp, _, _ = table
+    ckpt = tmp / "runs/text-tiny/va/seed0/fit/checkpoints/last.ckpt"
+    out = tmp / "analysis"
+    written = analyze.main(["all", "--ckpt_path", str(ckpt), "--batches", "3", "--out", str(out)])
+    names = {Path(w).name for w in written}
+    assert {"depth_weights.png", "depth_weights.csv", "logit_lens.png", "logit_lens.csv"} <= names
+    rows = list(csv.reader(open(out / "depth_weights.csv")))
+    assert rows[0][:2] == ["row", "x0"] and len(rows) == 1 + 4  # 4 blocks x (x0, o1..o4)
+    weights = [[float(v) for v in r[1:]] for r in rows[1:]]
+    for i, w in enumerate(weights):
+        assert sum(w) == pytest.approx(1.0, abs=1e-4) and all(v == 0 for v in w[i + 1 :])
+    lens = list(csv.DictReader(open(out / "logit_lens.csv")))
+    assert [r["state"] for r in lens] == ["x0", "h1", "h2", "h3", "h4", "output"]
+    assert float(lens[-1]["top1_agreement_with_output"]) == pytest.approx(1.0)
+    assert all(float(r["nll"]) > 0 for r in lens)
+
+
+def test_analysis_of_vanilla_has_a_logit_lens_but_no_depth_map(table):
+    tmp, _, _ = table
+    ckpt = tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"
+    written = analyze.main(["all", "--ckpt_path", str(ckpt), "--batches", "2", "--out", str(tmp / "an-vanilla")])
+    assert {Path(w).name for w in written} == {"logit_lens.png", "logit_lens.csv"}
