@@ -13,7 +13,9 @@ from lit_vattn.cli import cli_main
 ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
 TEXT = str(ROOT / "configs/text/vanilla.yaml")
-MODEL_YAMLS = sorted(p for p in glob.glob(str(ROOT / "configs/**/*.yaml"), recursive=True) if "/trainer/" not in p)
+MODEL_YAMLS = sorted(p for p in glob.glob(str(ROOT / "configs/**/*.yaml"), recursive=True)
+                     if "/trainer/" not in p and "/reproduce/" not in p)
+PRESETS = ["tiny", "small", "base"]
 TINY = [
     "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
     "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
@@ -49,6 +51,19 @@ def test_trainer_presets_compose_with_a_model_yaml(preset, in_tmp, capsys):
         cli_main(["fit", "--config", TEXT, "--config", preset, "--print_config"])
     assert e.value.code == 0
     assert "class_path: lit_vattn.LanguageModel" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("modality", ["text", "music", "acoustic"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_reproduce_presets_compose_with_every_modality(modality, preset, in_tmp, capsys):
+    """The overlays lit-vattn-reproduce stacks on a model YAML (tiny runs end to end in test_reproduce)."""
+    from lit_vattn.reproduce import configs
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["fit", *configs(modality, "las", preset, ROOT / "configs"), "--print_config"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "LayerwiseAttentionShortcuts" in out and "max_seq_len" in out
 
 
 class Recorder(Callback):
