@@ -170,8 +170,8 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
     ax2.set_ylim(0, 1.02)
     ax.set_title(f"{title}: logit lens ({n:,} tokens)", fontsize=9)
     ax.tick_params(axis="x", labelsize=7)
-    fig.legend(loc="upper right", fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # keep the legend clear of the title and the curves
     _savefig(fig, out / "logit_lens.png")
     plt.close(fig)
     return [out / "logit_lens.png", out / "logit_lens.csv"]
