@@ -84,6 +84,15 @@ class RunStats(Callback):
         self.tokens = self.tokens_after_skip = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
+        # peak memory of training only, not of shard preparation earlier in the same process
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # Linux >= 4.0: reset the peak resident set size (VmHWM)
+            except OSError:
+                pass
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
