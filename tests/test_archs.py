@@ -80,7 +80,7 @@ def test_same_base_init_as_vanilla(name):
 def test_no_setting_is_identity_at_init_and_the_docs_say_so():
     x = torch.randint(0, V, (2, 16))
     ref = build("vanilla")(x)
-    for name, mod in [("va", va), ("las", None), ("sla", None)]:
+    for name in ("va", "las", "sla"):
         out = build(name)(x)
         assert not torch.allclose(out, ref, atol=1e-4), name
     assert "Not identity at init" in inspect.getmodule(LayerwiseAttentionShortcuts).__doc__
