@@ -21,7 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import git_commit, hardware  # noqa: E402
+from throughput import hardware  # noqa: E402
+
+from lit_vattn.reproduce import git_commit  # noqa: E402
 
 from datamodules import MusicDataModule, TextDataModule, codec  # noqa: E402
 from datamodules.audio_sources import speech_clips  # noqa: E402

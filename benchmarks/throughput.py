@@ -15,7 +15,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from lightning.fabric.utilities.throughput import get_available_flops  # noqa: E
 from datamodules import TextDataModule  # noqa: E402
 from lit_vattn import GPTConfig, LanguageModel  # noqa: E402
 from lit_vattn.arch import registry  # noqa: E402
+from lit_vattn.reproduce import git_commit  # noqa: E402
 
 
 def make_arch(name: str):
@@ -61,13 +61,6 @@ def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads (torch {torch.__version__})"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=Path(__file__).parent).strip()
-    except Exception:
-        return "unknown"
 
 
 def plain_loop(args, dm, arch, device) -> dict:

@@ -19,8 +19,7 @@ import torch
 
 from datamodules import codec, shards
 from datamodules.audio_sources import file_clips, hf_clips, rendered_music_clips, speech_clips
-from datamodules.base import TokenDataModule
-from datamodules.music import report_skipped
+from datamodules.base import TokenDataModule, report_skipped
 
 log = logging.getLogger(__name__)
 

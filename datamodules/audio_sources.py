@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from datamodules.codec import SAMPLE_RATE
+from datamodules.shards import expand_paths
 
 Clip = tuple[str, str, np.ndarray]
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3"}
@@ -126,26 +127,8 @@ def read_audio(path_or_bytes) -> np.ndarray:
     return to_24k_mono(x, sr)
 
 
-def audio_paths(patterns: list[str]) -> list[str]:
-    import glob
-
-    paths: list[str] = []
-    for p in patterns:
-        if os.path.isdir(p):
-            paths += sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in AUDIO_SUFFIXES)
-        elif any(c in p for c in "*?["):
-            paths += sorted(glob.glob(p, recursive=True))
-        elif os.path.isfile(p):
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"audio path {p!r} does not exist (data.files); give audio files, directories or globs")
-    if not paths:
-        raise FileNotFoundError(f"no audio files found in data.files={patterns}")
-    return paths
-
-
 def file_clips(patterns: list[str], skipped: list) -> Iterator[Clip]:
-    for path in audio_paths(patterns):
+    for path in expand_paths(patterns, "audio file", AUDIO_SUFFIXES):
         try:
             wav = read_audio(path)
         except Exception as e:
@@ -187,6 +170,7 @@ def rendered_music_clips(seconds: float, max_clip_seconds: float = 60.0, skipped
     """Pieces of the embedded symbolic corpus rendered to audio (tinysoundfont, one loaded font)."""
     import tempfile
 
+    import symusic
     import tinysoundfont
 
     from datamodules.music_sources import abc_pieces
@@ -198,8 +182,6 @@ def rendered_music_clips(seconds: float, max_clip_seconds: float = 60.0, skipped
         for key, name, score in abc_pieces(skipped=skipped):
             mid = os.path.join(d, "piece.mid")
             score.dump_midi(mid)
-            import symusic
-
             dur = min(symusic.Score(mid, ttype="second").end() + 1.0, max_clip_seconds)
             synth.notes_off()
             seq = tinysoundfont.Sequencer(synth)

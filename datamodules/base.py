@@ -23,6 +23,12 @@ from datamodules.windows import EvalWindows, ResumableSampler, TrainWindows
 log = logging.getLogger(__name__)
 
 
+def report_skipped(skipped: list, what: str) -> None:
+    if skipped:
+        names = ", ".join(f"{n} ({why[:60]})" for n, why in skipped[:5])
+        log.warning("skipped %d %s: %s%s", len(skipped), what, names, ", ..." if len(skipped) > 5 else "")
+
+
 class TokenDataModule(pl.LightningDataModule):
     name = "tokens"
     unit = "token"  # the comparable unit: byte / second / note

@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from datamodules import shards
-from datamodules.base import TokenDataModule
+from datamodules.base import TokenDataModule, report_skipped
 from datamodules.music_sources import abc_pieces, file_pieces, score_pieces
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,6 @@ DEFAULT_TOKENIZER_OPTIONS = {
     "use_programs": True, "use_rests": True, "use_tempos": True, "use_time_signatures": True,
     "special_tokens": ["PAD", "BOS", "EOS"],
 }
-
-
-def report_skipped(skipped: list, what: str) -> None:
-    if skipped:
-        names = ", ".join(f"{n} ({why[:60]})" for n, why in skipped[:5])
-        log.warning("skipped %d %s: %s%s", len(skipped), what, names, ", ..." if len(skipped) > 5 else "")
 
 
 class MusicDataModule(TokenDataModule):

@@ -13,7 +13,6 @@ of one file so near-duplicate variants do not leak across splits.
 from __future__ import annotations
 
 import contextlib
-import glob
 import importlib.util
 import logging
 import os
@@ -21,9 +20,11 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
+from datamodules.shards import expand_paths
+
 log = logging.getLogger(__name__)
 Piece = tuple[str, str, "object"]
-MIDI_SUFFIXES = (".mid", ".midi", ".MID", ".MIDI")
+MIDI_SUFFIXES = {".mid", ".midi"}
 
 
 def music21_corpus() -> Path:
@@ -144,27 +145,11 @@ def score_pieces(cache: Path, timeout: int = 120, workers: int = 2, skipped: Opt
         yield rel, rel, symusic.Score(str(out))
 
 
-def midi_files(patterns: list[str]) -> list[str]:
-    paths: list[str] = []
-    for p in patterns:
-        if os.path.isdir(p):
-            paths += sorted(str(q) for q in Path(p).rglob("*") if q.suffix in MIDI_SUFFIXES)
-        elif any(c in p for c in "*?["):
-            paths += sorted(glob.glob(p, recursive=True))
-        elif os.path.isfile(p):
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"MIDI path {p!r} does not exist (data.files); give MIDI files, directories or globs")
-    if not paths:
-        raise FileNotFoundError(f"no MIDI files found in data.files={patterns}")
-    return paths
-
-
 def file_pieces(patterns: list[str], skipped: Optional[list] = None) -> Iterator[Piece]:
     """MIDI files (e.g. a MAESTRO folder); unreadable files are skipped and reported."""
     import symusic
 
-    for path in midi_files(patterns):
+    for path in expand_paths(patterns, "MIDI file", MIDI_SUFFIXES):
         try:
             score = symusic.Score(path)
         except Exception as e:

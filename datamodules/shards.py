@@ -9,13 +9,14 @@ reuse the shards, different settings get a new directory.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -120,6 +121,25 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
     if u < val_fraction + test_fraction:
         return "test"
     return "train"
+
+
+def expand_paths(patterns: list[str], what: str, suffixes: Optional[set[str]] = None) -> list[str]:
+    """Files, directories (searched recursively, filtered by ``suffixes``) and globs from
+    ``data.files``; a missing path or an empty result is an error naming ``what``."""
+    paths: list[str] = []
+    for p in patterns:
+        if os.path.isdir(p):
+            paths += sorted(str(q) for q in Path(p).rglob("*")
+                            if q.is_file() and (suffixes is None or q.suffix.lower() in suffixes))
+        elif any(c in p for c in "*?["):
+            paths += sorted(glob.glob(p, recursive=True))
+        elif os.path.isfile(p):
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"{what} {p!r} does not exist (data.files); give existing files, directories or globs")
+    if not paths:
+        raise FileNotFoundError(f"no {what}s found in data.files={patterns}")
+    return paths
 
 
 def batched(it: Iterable, n: int) -> Iterator[list]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from itertools import islice
-from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np

@@ -8,12 +8,13 @@ Documents come as (key, text); the key decides the train/val/test split.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 from pathlib import Path
 from typing import Iterator, Optional
+
+from datamodules.shards import expand_paths
 
 Doc = tuple[str, str]
 
@@ -64,18 +65,7 @@ def embedded_documents() -> Iterator[Doc]:
 def file_documents(patterns: list[str], sample_by: str = "document") -> Iterator[Doc]:
     """Local UTF-8 text files (paths, directories or globs). One file = one document, or one
     paragraph (blank-line separated) = one document with sample_by='paragraph'."""
-    paths: list[str] = []
-    for p in patterns:
-        if os.path.isdir(p):
-            paths += sorted(str(q) for q in Path(p).rglob("*") if q.is_file())
-        elif any(c in p for c in "*?["):
-            paths += sorted(glob.glob(p, recursive=True))
-        elif os.path.isfile(p):
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"text file {p!r} does not exist (data.files); give existing paths, directories or globs")
-    if not paths:
-        raise FileNotFoundError(f"no text files match data.files={patterns}")
+    paths = expand_paths(patterns, "text file")
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:

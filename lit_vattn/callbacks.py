@@ -30,7 +30,8 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
-        if trainer.global_rank == 0:
+        # only when Lightning logs (every log_every_n_steps): keep the window math off other steps
+        if trainer.global_rank == 0 and trainer._logger_connector.should_update_logs:
             m = self._throughputs[trainer.state.stage].compute()
             tps = m.get("items_per_sec", m.get(f"device{self.kwargs.get('separator', '/')}items_per_sec"))
             if tps is not None:  # present once the window is full

@@ -149,7 +149,7 @@ class VerticalAttention(Arch):
         return self._mix(self.cfg.n_layer, mem) if self.readout_mode == "mixed" else h
 
     def extra_attention_flops(self, T: int) -> float:
-        L, D = self.cfg.n_layer, self.cfg.d_model
+        D = self.cfg.d_model
         n_mix = sum(l + 1 for l in range(self.rows))  # sources read over all rows
         flops = 6.0 * n_mix * D  # weighted sums, forward + backward
         if self.weights == "qk":
