@@ -112,7 +112,8 @@ def lightning_path(args, dm, arch, device) -> dict:
 
 
 def config(args) -> GPTConfig:
-    return GPTConfig(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, max_seq_len=args.seq_len)
+    return GPTConfig(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, max_seq_len=args.seq_len,
+                     attn_backend=args.attn_backend)
 
 
 def sync(device):
@@ -143,6 +144,8 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--precision", default="32-true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--attn-backend", default="auto", choices=["auto", "sdpa", "flex", "merge"],
+                   help="multi-source attention kernel (LAS, SLA concat); auto = flex on CUDA")
     p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bpe"])
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--out", default=None, help="Markdown file to write the table to")
@@ -172,7 +175,8 @@ def main():
         f"- commit: {git_commit()}, date: {datetime.date.today().isoformat()}",
         f"- hardware: {hardware()}",
         f"- shape: d={args.d_model}, L={args.n_layer}, H={args.n_head}, T={args.seq_len}, batch {args.batch_size}, "
-        f"vocab {dm.vocab_size} ({args.tokenizer}), precision {args.precision}, compile {args.compile}; "
+        f"vocab {dm.vocab_size} ({args.tokenizer}), precision {args.precision}, compile {args.compile}, "
+        f"multi-source attention {args.attn_backend}; "
         f"{args.steps} timed steps after {args.warmup} warm-up steps",
         "",
         "| arch | params | FLOPs/token | plain tok/s | Lightning tok/s | Lightning / plain | vs first arch | MFU (Lightning) | peak mem plain (GiB) | peak mem Lightning (GiB) |",

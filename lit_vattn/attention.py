@@ -14,6 +14,12 @@ Backends (``backend`` argument):
   kernel on CUDA).
 - ``"flex"``: FlexAttention with a BlockMask built once per (T, m, device) and cached; compiled on
   CUDA (the default there), eager on CPU (used by the equivalence tests).
+- ``"merge"``: every source is a plain causal attention (all sources hold the same positions), so
+  one flash call per source gives an output and its log-sum-exp, and the outputs are merged with
+  weights exp(lse_i - lse). The backward runs the flash backward once per source with the *merged*
+  output and log-sum-exp, which yields exactly the gradients of the concatenated softmax (the trick
+  ring attention uses), so nothing per source is kept for backward. CUDA needs fp16/bf16 inputs
+  (the flash kernel); on the CPU it uses PyTorch's CPU flash kernel.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "oracle", "sdpa", "flex")
+BACKENDS = ("auto", "oracle", "sdpa", "flex", "merge")
 
 
 def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -53,6 +59,8 @@ def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "
         backend = "flex" if q.is_cuda else "sdpa"
     if backend == "oracle":
         return oracle(q, ks, vs).to(q.dtype)
+    if backend == "merge":
+        return _MergedCausal.apply(q, *ks, *vs)
     k, v = torch.cat(ks, dim=2), torch.cat(vs, dim=2)  # (B, H, m*T, d)
     T, m = q.shape[2], len(ks)
     if backend == "sdpa":
@@ -112,3 +120,67 @@ def _flex_block_mask(T: int, m: int, device: torch.device):
 
         _block_masks[key] = create_block_mask(mask_mod, None, None, T, m * T, device=str(device))
     return _block_masks[key]
+
+
+# One flash call per source, merged by log-sum-exp -------------------------------------------------
+
+
+def _flash_forward(q: Tensor, k: Tensor, v: Tensor):
+    """Causal flash attention returning (out, lse (B, H, T) float32, what its backward needs)."""
+    if q.is_cuda:
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"attn_backend='merge' on CUDA runs the flash kernel, which needs fp16/bf16 inputs (got {q.dtype}); "
+                "train with precision bf16-mixed or choose attn_backend 'flex'"
+            )
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, True
+        )
+        return out, lse, ([cum_q, cum_k, seed, offset], (max_q, max_k))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
+    return out, lse, ([], ())
+
+
+def _flash_backward(g: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, aux: list, sizes: tuple):
+    if not q.is_cuda:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(g, q, k, v, out, lse, 0.0, True)
+    cum_q, cum_k, seed, offset = aux
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        g, q, k, v, out, lse, cum_q, cum_k, *sizes, 0.0, True, seed, offset
+    )
+
+
+class _MergedCausal(torch.autograd.Function):
+    """softmax over the concatenated sources == sum_i exp(lse_i - lse) * softmax over source i."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, *kvs: Tensor) -> Tensor:
+        m = len(kvs) // 2
+        ks, vs = kvs[:m], kvs[m:]
+        outs, lses = [], []
+        for k, v in zip(ks, vs):
+            o, lse_i, (aux, sizes) = _flash_forward(q, k, v)  # (B, H, T, d), (B, H, T)
+            outs.append(o)
+            lses.append(lse_i)
+        lse = torch.stack(lses).logsumexp(0)  # (B, H, T)
+        out = sum((lse_i - lse).exp().unsqueeze(-1) * o.float() for o, lse_i in zip(outs, lses)).to(q.dtype)
+        # with dropout 0 the RNG state in aux is unused and every call's sizes are (T, T): any call's will do
+        ctx.m, ctx.sizes = m, sizes
+        ctx.save_for_backward(q, *ks, *vs, out, lse, *aux)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        q, *rest = ctx.saved_tensors
+        m = ctx.m
+        ks, vs, out, lse, aux = rest[:m], rest[m : 2 * m], rest[2 * m], rest[2 * m + 1], rest[2 * m + 2 :]
+        g = g.contiguous()
+        dq, dks, dvs = torch.zeros_like(q, dtype=torch.float32), [], []
+        for k, v in zip(ks, vs):
+            # P_i = exp(S_i - lse) is source i's share of the merged softmax, and rowsum(dO * O) uses
+            # the merged O: the flash backward then gives exactly this source's gradients.
+            dq_i, dk, dv = _flash_backward(g, q, k, v, out, lse, list(aux), ctx.sizes)
+            dq += dq_i.float()
+            dks.append(dk)
+            dvs.append(dv)
+        return (dq.to(q.dtype), *dks, *dvs)

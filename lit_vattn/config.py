@@ -30,8 +30,9 @@ class GPTConfig:
     """Std of the normal init; residual output projections are scaled by 1/sqrt(2 * n_layer)."""
     vocab_multiple: int = 64
     """Pad the embedding/head rows up to a multiple of this (50257 -> 50304) for fast matmuls."""
-    attn_backend: Literal["auto", "sdpa", "flex", "oracle"] = "auto"
-    """Kernel for attention over several key sources: auto = flex on CUDA, sdpa on CPU."""
+    attn_backend: Literal["auto", "sdpa", "flex", "merge", "oracle"] = "auto"
+    """Kernel for attention over several key sources: auto = flex on CUDA, sdpa on CPU; merge = one
+    flash call per source merged by log-sum-exp (CUDA: fp16/bf16 only); oracle = float32 reference."""
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "max_seq_len", "vocab_multiple"):

@@ -52,6 +52,24 @@ def test_finite_loss_and_gradient_in_every_parameter(name):
     assert not dead
 
 
+@pytest.mark.parametrize("name", ["las", "las-all-depthemb-noself", "sla-concat"])
+def test_every_attention_backend_gives_the_same_model(name):
+    """Whole-model logits and parameter gradients agree across the multi-source backends."""
+    x = torch.randint(0, V, (2, 17), generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for backend in ("oracle", "sdpa", "merge"):
+        net = build(name, attn_backend=backend)
+        loss = F.cross_entropy(net(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        grads[backend] = (loss.detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    ref_loss, ref = grads.pop("oracle")
+    for backend, (loss, g) in grads.items():
+        torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5, msg=backend)
+        assert g.keys() == ref.keys()
+        for n in g:
+            torch.testing.assert_close(g[n], ref[n], atol=1e-5, rtol=1e-4, msg=f"{backend}: {n}")
+
+
 def test_parameter_budgets_against_vanilla():
     base = build("vanilla").num_params()
     L, D = CFG["n_layer"], CFG["d_model"]

@@ -54,8 +54,8 @@ def test_flex_block_mask_matches_oracle_forward_cpu(m):
     torch.testing.assert_close(attention.multi_source(q, ks, vs, "flex"), attention.oracle(q, ks, vs), atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "auto"])
-@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("backend", ["sdpa", "auto", "merge"])
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
 def test_fast_path_matches_oracle_forward_and_backward_cpu(backend, m):
     q, ks, vs = rand_qkv(T=40, m=m)
     ref = attention.oracle(q, ks, vs)
@@ -68,6 +68,33 @@ def test_fast_path_matches_oracle_forward_and_backward_cpu(backend, m):
         torch.testing.assert_close(a, b, atol=5e-5, rtol=5e-5)
 
 
+def test_merge_in_bf16_and_with_one_source():
+    """The log-sum-exp merge in bf16 (CPU flash kernel) stays within bf16 rounding of the oracle, and
+    its single-source case equals SDPA's causal flash attention."""
+    q, ks, vs = rand_qkv(T=64, m=3, dtype=torch.bfloat16)
+    ref = attention.oracle(q, ks, vs)
+    out = attention.multi_source(q, ks, vs, "merge")
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()) < 1e-2
+    gout = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, [q, *ks, *vs], gout)
+    g_out = torch.autograd.grad(out, [q, *ks, *vs], gout.bfloat16())
+    for a, b in zip(g_out, g_ref):
+        assert (a.float() - b).norm() / b.norm() < 2e-2
+    q, ks, vs = rand_qkv(T=40, m=1)
+    torch.testing.assert_close(attention._MergedCausal.apply(q, ks[0], vs[0]), attention.causal(q, ks[0], vs[0]))
+
+
+def test_merge_traces_into_one_compiled_graph():
+    """torch.compile must not break the graph at the custom autograd.Function (fullgraph=True)."""
+    q, ks, vs = rand_qkv(T=16, m=3)
+    fn = torch.compile(lambda q, ks, vs: attention.multi_source(q, ks, vs, "merge"), backend="aot_eager", fullgraph=True)
+    out, ref = fn(q, ks, vs), attention.oracle(q, ks, vs)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    for a, b in zip(torch.autograd.grad(out.sum(), [q, *ks]), torch.autograd.grad(ref.sum(), [q, *ks])):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=5e-5)
+
+
 def test_source_mass_sums_to_one():
     q, ks, _ = rand_qkv(m=3)
     mass = attention.source_mass(q, ks)
@@ -75,7 +102,7 @@ def test_source_mass_sums_to_one():
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA kernels need a GPU")
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "merge"])
 @pytest.mark.parametrize("T,m", [(1024, 2), (1024, 5), (256, 3)])
 def test_cuda_fast_paths_match_oracle_bf16(backend, T, m):
     q, ks, vs = rand_qkv(B=2, H=4, T=T, d=64, m=m, device="cuda", dtype=torch.bfloat16)
