@@ -27,6 +27,7 @@ from lit_vattn.reproduce import git_commit  # noqa: E402
 
 from datamodules import MusicDataModule, TextDataModule, codec  # noqa: E402
 from datamodules.audio_sources import speech_clips  # noqa: E402
+from datamodules.music_sources import score_files, score_pieces  # noqa: E402
 
 
 def timed(fn):
@@ -39,6 +40,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--audio-seconds", type=float, default=600)
     p.add_argument("--kmeans-seconds", type=float, default=300)
+    p.add_argument("--scores", type=int, default=200,
+                   help="kern/MusicXML scores (evenly spaced over music21's corpus) to convert for source='full'")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,6 +62,14 @@ def main():
         n = sum(s["tokens"] for s in dm.meta["splits"].values())
         rows.append(("music, embedded ABC, REMI", f"{pieces:,} pieces, {notes / 1e6:.2f} M notes, {n / 1e6:.2f} M tokens", dt,
                      f"{pieces / dt:.0f} pieces/s"))
+        if args.scores:
+            failed: list = []
+            scores, dt = timed(lambda: list(score_pieces(Path(tmp) / "scores", skipped=failed, max_files=args.scores)))
+            notes = sum(s.note_num() for _, _, s in scores)
+            rows.append(("music, kern/MusicXML via music21 (source='full' part; 2 workers, 120 s timeout)",
+                         f"{len(scores) + len(failed)} of {len(score_files())} scores: {len(scores)} converted "
+                         f"({notes / 1e3:.0f} k notes), {len(failed)} failed or timed out", dt,
+                         f"{(len(scores) + len(failed)) / dt:.2f} scores/s"))
         clips, dt = timed(lambda: [c[2] for c in speech_clips(args.audio_seconds)])
         secs = sum(len(c) for c in clips) / codec.SAMPLE_RATE
         rows.append(("speech synthesis (espeak-ng, 1 core)", f"{secs:.0f} s of audio, {len(clips)} utterances", dt, f"{secs / dt:.0f} audio s/s"))

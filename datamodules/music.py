@@ -53,7 +53,8 @@ class MusicDataModule(TokenDataModule):
                 "full" = those plus ~2,000 kern/MusicXML scores through music21 (~20 min once,
                 cached); "files" = your MIDI files (data.files), e.g. a MAESTRO folder.
             files: MIDI files, directories or globs (source="files").
-            max_pieces: Use at most this many pieces (None = all).
+            max_pieces: Use at most this many pieces (None = all); evenly spaced over the corpus. With
+                source="full", a quarter of them (at least one) are kern/MusicXML scores.
             val_fraction: Fraction held out for validation, by source file (groups of 25 adjacent
                 tunes for multi-tune ABC files, so variants of one tune stay together).
             test_fraction: Fraction held out for test, likewise.
@@ -121,9 +122,13 @@ class MusicDataModule(TokenDataModule):
         if self.source == "files":
             yield from file_pieces(self.files, skipped)
             return
-        yield from abc_pieces(self.max_pieces, skipped)
+        n_scores = None
+        if self.source == "full" and self.max_pieces is not None:
+            n_scores = max(1, self.max_pieces // 4)  # a capped "full" still holds both kinds of source
+        n_abc = None if self.max_pieces is None else self.max_pieces - (n_scores or 0)
+        yield from abc_pieces(n_abc, skipped)
         if self.source == "full":
-            yield from score_pieces(self.cache_dir / "music21-midi", self.kern_timeout, skipped=skipped)
+            yield from score_pieces(self.cache_dir / "music21-midi", self.kern_timeout, skipped=skipped, max_files=n_scores)
 
     @staticmethod
     def _ids(tok, score) -> list[int]:

@@ -112,14 +112,24 @@ def _kern_worker(args: tuple[str, int]) -> tuple[str, Optional[bytes], str]:
         signal.alarm(0)
 
 
-def score_pieces(cache: Path, timeout: int = 120, workers: int = 2, skipped: Optional[list] = None) -> Iterator[Piece]:
+def score_files(max_files: Optional[int] = None) -> list[str]:
+    """The kern/MusicXML scores of music21's corpus; with ``max_files``, an evenly spaced subset."""
+    root = music21_corpus()
+    files = sorted(str(p) for ext in ("*.krn", "*.mxl", "*.xml", "*.musicxml") for p in root.rglob(ext))
+    if max_files is not None:
+        files = files[:: max(1, len(files) // max(1, max_files))][:max_files]
+    return files
+
+
+def score_pieces(cache: Path, timeout: int = 120, workers: int = 2, skipped: Optional[list] = None,
+                 max_files: Optional[int] = None) -> Iterator[Piece]:
     """The kern/MusicXML part of music21's corpus, converted once into ``cache`` as MIDI files."""
     import multiprocessing as mp
 
     import symusic
 
     root = music21_corpus()
-    files = sorted(str(p) for ext in ("*.krn", "*.mxl", "*.xml", "*.musicxml") for p in root.rglob(ext))
+    files = score_files(max_files)
     cache.mkdir(parents=True, exist_ok=True)
     todo = [f for f in files if not (cache / (Path(f).relative_to(root).as_posix().replace("/", "__") + ".mid")).exists()
             and not (cache / (Path(f).relative_to(root).as_posix().replace("/", "__") + ".failed")).exists()]

@@ -126,3 +126,29 @@ def test_bpe_trained_on_the_training_split(tmp_path):
     assert units.max() > 1  # merged tokens carry several notes
     seqs = pieces(dm, "val")
     assert sum(dm.decode(s).note_num() for s in seqs) == sum(units[s].sum() for s in seqs)
+
+
+def test_full_source_converts_kern_and_musicxml_scores_once(tmp_path, monkeypatch):
+    """source="full" runs music21 on kern/MusicXML scores in worker processes, caches the MIDI, and
+    puts those pieces in the shards next to the ABC tunes (a capped run keeps a quarter of each)."""
+    from datamodules.music_sources import score_files, score_pieces
+
+    common = dict(max_pieces=12, val_fraction=0.3, test_fraction=0.3, seq_len=64, cache_dir=str(tmp_path))
+    full, abc = MusicDataModule(source="full", **common), MusicDataModule(**{**common, "max_pieces": 9})
+    for dm in (full, abc):
+        dm.prepare_data()
+        dm.setup()
+    cached = sorted((tmp_path / "music21-midi").glob("*.mid"))
+    assert len(cached) == 3 and len(score_files(3)) == 3
+    docs = lambda dm: sum(s["documents"] for s in dm.meta["splits"].values())  # noqa: E731
+    assert docs(full) == 12 and docs(abc) == 9
+    # the three scores add exactly the notes their own tokens carry; reading them again converts nothing
+    units = full.units_per_token.numpy()
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *a: pytest.fail("converted a cached score again"))
+    scores = [score for _, _, score in score_pieces(tmp_path / "music21-midi", max_files=3)]
+    assert all(s.note_num() > 0 for s in scores)
+    extra = sum(units[full._ids(full.tokenizer, s)].sum() for s in scores)
+    notes = lambda dm: sum(dm.meta["unit_counts"].values())  # noqa: E731
+    assert extra > 0 and notes(full) == pytest.approx(notes(abc) + extra)
