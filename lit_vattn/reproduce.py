@@ -34,9 +34,11 @@ UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits
 
 
 def git_commit() -> str:
+    """Short HEAD, with "+dirty" when tracked code or configs differ from it. Files under results/
+    are what these scripts write, so a run rewriting its own table does not make itself dirty."""
     try:
         sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)results"], cwd=ROOT).returncode != 0
         return sha + ("+dirty" if dirty else "")
     except Exception:
         return "unknown"
