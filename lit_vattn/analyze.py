@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 
 def load(ckpt_path: str, config: Optional[str] = None):
-    from lit_vattn.cli import cli_main
+    from lit_vattn.cli import from_run_config
 
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
@@ -36,19 +36,7 @@ def load(ckpt_path: str, config: Optional[str] = None):
     cfg = Path(config) if config else ckpt.parent.parent / "config.yaml"
     if not cfg.is_file():
         raise FileNotFoundError(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
-    import tempfile
-
-    import yaml
-
-    saved = yaml.safe_load(cfg.read_text())
-    for key in ("ckpt_path", "weights_only"):  # arguments of the fit subcommand, not of the objects
-        saved.pop(key, None)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(saved, f)
-    try:
-        cli = cli_main(["--config", f.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu"], run=False)
-    finally:
-        os.unlink(f.name)
+    cli = from_run_config(cfg)
     model, dm = cli.model, cli.datamodule
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
@@ -200,5 +188,11 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The console script: ``main`` returns its results for Python callers, and a returned object
+    would become the process's exit status."""
     main()
+
+
+if __name__ == "__main__":
+    console()

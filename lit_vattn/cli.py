@@ -59,5 +59,28 @@ def cli_main(args=None, run: bool = True) -> CLI:
     )
 
 
-if __name__ == "__main__":
+def from_run_config(path, *extra: str) -> CLI:
+    """Rebuild a run's model and DataModule, untrained, from the ``config.yaml`` Lightning saved."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    saved = yaml.safe_load(Path(path).read_text())
+    for key in ("ckpt_path", "weights_only"):  # arguments of the fit subcommand, not of the objects
+        saved.pop(key, None)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(saved, f)
+    try:
+        return cli_main(["--config", f.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu", *extra], run=False)
+    finally:
+        os.unlink(f.name)
+
+
+def main() -> None:
+    """The ``lit-vattn`` console script: exit status 0 on success (``cli_main`` returns the CLI)."""
     cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,8 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits/note"),
         "acoustic": ("bits_per_second", "bits/s")}
@@ -130,6 +132,27 @@ class Runner:
         return result
 
 
+def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> list[dict]:
+    """Unigram and bigram count models of the training split, scored on the targets the runs were
+    scored on (their DataModule, their limit_{val,test}_batches); see lit_vattn/baselines.py."""
+    from lit_vattn import baselines
+    from lit_vattn.cli import from_run_config
+
+    cli = from_run_config(Path(results[0]["run_dir"]) / "fit" / "config.yaml")
+    dm, trainer = cli.datamodule, cli.trainer
+    dm.prepare_data()
+    dm.setup()
+    train = np.asarray(dm._data["train"][:max_train_tokens])
+    models = [baselines.Unigram(train, dm.vocab_size), baselines.Bigram(train, dm.vocab_size)]
+    units = dm.units_per_token
+    scored = {}
+    for split, loader, limit in (("val", dm.val_dataloader(), trainer.limit_val_batches),
+                                 ("test", dm.test_dataloader(), trainer.limit_test_batches)):
+        scored[split] = baselines.score(models, loader, baselines.n_batches(limit, len(loader)), units)
+    return [{"arch": m.name, "train_tokens": len(train), **{f"{split}_{k}": v for split in scored
+             for k, v in scored[split][m.name].items()}} for m in models]
+
+
 def fmt(xs: list[float], digits: int = 4) -> str:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     if not xs:
@@ -139,7 +162,7 @@ def fmt(xs: list[float], digits: int = 4) -> str:
     return f"{mean(xs):.{digits}f} ± {stdev(xs):.{digits}f}"
 
 
-def write_tables(args, results: list[dict], wall: float) -> tuple[Path, Path]:
+def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None) -> tuple[Path, Path]:
     unit, unit_label = UNIT[args.modality]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +204,14 @@ def write_tables(args, results: list[dict], wall: float) -> tuple[Path, Path]:
             f"{fmt(delta) if delta else '—'} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
             f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
         )
+    for c in counts or []:
+        lines.append(
+            f"| {c['arch']} | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
+            f"{c['test_bits_per_unit']:.3f} | — | — | — |"
+        )
+    if counts:
+        lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
+                  "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`)."]
     lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`."]
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
@@ -229,6 +260,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--out", default="results", help="where the tables go")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
+    p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
     p.add_argument("--override", nargs=argparse.REMAINDER, default=[],
                    help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50")
     args = p.parse_args(argv)
@@ -244,10 +276,17 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     jobs = [(a, s) for s in seeds for a in archs]
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         results = list(pool.map(lambda job: runner.one(*job), jobs))
-    md, _ = write_tables(args, results, time.time() - t0)
+    wall = time.time() - t0
+    md, _ = write_tables(args, results, wall, None if args.no_baselines else count_baselines(results))
     print(md.read_text())
     return results
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The console script: ``main`` returns its results for Python callers, and a returned object
+    would become the process's exit status."""
     main()
+
+
+if __name__ == "__main__":
+    console()

@@ -26,6 +26,10 @@ def test_table_written_and_equal_to_the_runs_own_logs(table):
     md = (tmp / "results/text-tiny.md").read_text()
     assert "lit-vattn-reproduce" in md and "commit:" in md and "hardware:" in md and "wall time" in md
     assert "| vanilla |" in md and "| va |" in md and "bits/byte" in md
+    # the count floor: a bigram of the training split beats a unigram on the same targets
+    count = {line.split("|")[1].strip(): float(line.split("|")[4]) for line in md.splitlines() if "(counts)" in line}
+    assert set(count) == {"unigram (counts)", "bigram (counts)"}
+    assert count["bigram (counts)"] < count["unigram (counts)"]
     assert (tmp / "results/text-tiny-loss.png").stat().st_size > 1000
     rows = list(csv.DictReader(open(tmp / "results/text-tiny.csv")))
     assert sorted((r["arch"], r["seed"]) for r in rows) == [("va", "0"), ("va", "1"), ("vanilla", "0"), ("vanilla", "1")]
@@ -52,6 +56,29 @@ def test_rerun_skips_finished_runs(table, capsys):
     assert done.stat().st_mtime_ns == mtime
     assert capsys.readouterr().out.count("[skip]") == 4
     assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
+
+
+def test_console_scripts_exit_zero(table):
+    """setuptools' wrapper does sys.exit(func()): a returned list would exit 1 after a success."""
+    import importlib
+    import inspect
+    import re
+    import subprocess
+    import sys
+
+    toml = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    section = toml.split("[project.scripts]")[1].split("\n[")[0]
+    scripts = dict(re.findall(r'^(\S+) = "(\S+)"', section, re.M))
+    assert scripts["lit-vattn-reproduce"] == "lit_vattn.reproduce:console" and len(scripts) == 4
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        ret = inspect.signature(getattr(importlib.import_module(module), func)).return_annotation
+        assert ret in (None, "None"), f"{name} -> {target} returns {ret}"
+    tmp, args, _ = table
+    code = f"import sys; from lit_vattn.reproduce import console; sys.argv = ['lit-vattn-reproduce', *{args!r}]; sys.exit(console())"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("[skip]") == 4
 
 
 def test_unfinished_run_resumes_from_its_checkpoint(table, capsys):
