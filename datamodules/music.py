@@ -50,8 +50,8 @@ class MusicDataModule(TokenDataModule):
         """
         Args:
             source: "embedded" = music21's 12,976 ABC tunes through symusic's abc2midi (seconds);
-                "full" = those plus ~2,000 kern/MusicXML scores through music21 (~20 min once,
-                cached); "files" = your MIDI files (data.files), e.g. a MAESTRO folder.
+                "full" = those plus 1,980 kern/MusicXML scores through music21 (~30 min once
+                on 2 cores, cached); "files" = your MIDI files (data.files), e.g. a MAESTRO folder.
             files: MIDI files, directories or globs (source="files").
             max_pieces: Use at most this many pieces (None = all); evenly spaced over the corpus. With
                 source="full", a quarter of them (at least one) are kern/MusicXML scores.
