@@ -60,7 +60,10 @@ def cli_main(args=None, run: bool = True) -> CLI:
 
 
 def from_run_config(path, *extra: str) -> CLI:
-    """Rebuild a run's model and DataModule, untrained, from the ``config.yaml`` Lightning saved."""
+    """Rebuild a run's model and DataModule, untrained, from the ``config.yaml`` Lightning saved.
+
+    The trainer is reduced to one CPU process in float32 (for analysis and count baselines), so a
+    config made for FSDP on 8 GPUs x 4 nodes still loads on a login node."""
     import tempfile
     from pathlib import Path
 
@@ -72,7 +75,9 @@ def from_run_config(path, *extra: str) -> CLI:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(saved, f)
     try:
-        return cli_main(["--config", f.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu", *extra], run=False)
+        single = ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                  "--trainer.num_nodes", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]
+        return cli_main(["--config", f.name, *single, *extra], run=False)
     finally:
         os.unlink(f.name)
 

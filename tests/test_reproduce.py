@@ -122,3 +122,22 @@ def test_analysis_of_vanilla_has_a_logit_lens_but_no_depth_map(table):
     ckpt = tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"
     written = analyze.main(["all", "--ckpt_path", str(ckpt), "--batches", "2", "--out", str(tmp / "an-vanilla")])
     assert {Path(w).name for w in written} == {"logit_lens.png", "logit_lens.csv"}
+
+
+def test_a_multi_gpu_fsdp_run_config_loads_on_one_cpu_for_analysis(table, tmp_path):
+    """Analysis and the count rows rebuild a run from its config.yaml; one made for FSDP on GPUs
+    across nodes must load on a login node's CPU (Lightning refuses FSDP without a GPU)."""
+    import yaml
+
+    from lit_vattn.cli import from_run_config
+
+    runs, _, _ = table
+    cfg = yaml.safe_load((runs / "runs/text-tiny/vanilla/seed0/fit/config.yaml").read_text())
+    cfg["trainer"].update(yaml.safe_load((Path(__file__).parents[1] / "configs/trainer/fsdp.yaml").read_text())["trainer"])
+    cfg["trainer"]["num_nodes"] = 4
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli = from_run_config(path)
+    assert type(cli.trainer.strategy).__name__ == "SingleDeviceStrategy"
+    assert cli.trainer.num_devices == 1 and cli.trainer.num_nodes == 1 and cli.trainer.precision == "32-true"
+    assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
