@@ -77,7 +77,9 @@ def from_run_config(path, *extra: str) -> CLI:
     try:
         single = ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
                   "--trainer.num_nodes", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]
-        return cli_main(["--config", f.name, *single, *extra], run=False)
+        with warnings.catch_warnings():  # the calling tool's own sys.argv is not meant for this parser
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+            return cli_main(["--config", f.name, *single, *extra], run=False)
     finally:
         os.unlink(f.name)
 
