@@ -41,10 +41,10 @@ class Bigram:
         train = np.asarray(train, dtype=np.int64)
         self.V, self.D = vocab, discount
         self.p_uni = np.exp(Unigram(train, vocab).logp)  # (V,)
-        pairs, self.pair_counts = np.unique(train[:-1] * vocab + train[1:], return_counts=True)
-        self.pairs = pairs  # sorted (v * V + w) codes
+        # sorted (v * V + w) codes of the pairs seen, and how often each was seen
+        self.pairs, self.pair_counts = np.unique(train[:-1] * vocab + train[1:], return_counts=True)
         self.ctx = np.bincount(train[:-1], minlength=vocab).astype(np.float64)  # c(v)
-        self.followers = np.bincount(pairs // vocab, minlength=vocab).astype(np.float64)  # N1+(v)
+        self.followers = np.bincount(self.pairs // vocab, minlength=vocab).astype(np.float64)  # N1+(v)
 
     def prob(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         code = prev.astype(np.int64) * self.V + nxt
