@@ -15,12 +15,18 @@ from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting tokens: logs train/items_per_sec (tokens/s, all
     devices), train/device/mfu (FLOPs from ``LanguageModel.flops_per_batch`` over the GPU's peak,
-    CUDA only) and shows tokens/s in the progress bar."""
+    CUDA only) and shows tokens/s in the progress bar.
 
-    def __init__(self, window_size: int = 20):
+    Unlike Lightning's, it synchronises the GPU only on logging steps (every
+    ``trainer.log_every_n_steps``): samples and tokens are counted on every batch on the host, and
+    the timed window is made of logging steps. A synchronisation per batch stops the host from
+    queueing the next step while the GPU works, which costs throughput on every step."""
+
+    def __init__(self, window_size: int = 5):
         """
         Args:
-            window_size: Batches in the sliding window that tokens/s and MFU are averaged over.
+            window_size: Logging steps in the sliding window that tokens/s and MFU are averaged over
+                (the window spans window_size x trainer.log_every_n_steps batches).
         """
         super().__init__(
             batch_size_fn=lambda b: b["input"].shape[0],
@@ -29,13 +35,31 @@ class TokenThroughputMonitor(ThroughputMonitor):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
-        # only when Lightning logs (every log_every_n_steps): keep the window math off other steps
-        if trainer.global_rank == 0 and trainer._logger_connector.should_update_logs:
-            m = self._throughputs[trainer.state.stage].compute()
-            tps = m.get("items_per_sec", m.get(f"device{self.kwargs.get('separator', '/')}items_per_sec"))
-            if tps is not None:  # present once the window is full
-                pl_module.log("tok/s", float(tps), prog_bar=True, logger=False, on_step=True)
+        if trainer.global_rank != 0:
+            return
+        stage = trainer.state.stage
+        self._samples[stage] += self.batch_size_fn(batch)
+        self._lengths[stage] += self.length_fn(batch)
+        self._batches[stage] += 1
+        self._pending = getattr(self, "_pending", 0) + 1  # batches since the last window update
+        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # the host clock must see the GPU's work done
+        flops = getattr(pl_module, "flops_per_batch", None)
+        self._throughputs[stage].update(
+            time=time.perf_counter() - self._t0s[stage],
+            batches=self._batches[stage],
+            samples=self._samples[stage],
+            lengths=self._lengths[stage],
+            flops=None if flops is None else flops * self._pending,  # FLOPs since the last update
+        )
+        self._pending = 0
+        self._compute(trainer)
+        m = self._throughputs[stage].compute()
+        tps = m.get("items_per_sec", m.get(f"device{self.kwargs.get('separator', '/')}items_per_sec"))
+        if tps is not None:  # present once the window is full
+            pl_module.log("tok/s", float(tps), prog_bar=True, logger=False, on_step=True)
 
 
 class BatchIndexLogger(Callback):

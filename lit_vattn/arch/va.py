@@ -153,7 +153,10 @@ class VerticalAttention(Arch):
         n_mix = sum(l + 1 for l in range(self.rows))  # sources read over all rows
         flops = 6.0 * n_mix * D  # weighted sums, forward + backward
         if self.weights == "qk":
-            flops += 6.0 * n_mix * self.qk_heads * self.qk_dim  # the scores
+            e = self.qk_heads * self.qk_dim
+            # per row: the query of the latest source, the keys of all its sources (recomputed at
+            # every row), and the scores; one use of each of q and k is already in 6 N
+            flops += 6.0 * (self.rows - 1) * D * e + 6.0 * (n_mix - 1) * D * e + 6.0 * n_mix * e
         return flops
 
     @torch.no_grad()
