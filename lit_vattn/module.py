@@ -159,8 +159,26 @@ class LanguageModel(pl.LightningModule):
 
         return f
 
+    def _grad_scaler(self):
+        """The fp16 GradScaler of the precision plugin, if any (bf16 and fp32 have none)."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip with torch directly when no fp16 grad scaler is in play. Lightning's mixed-precision
+        plugin refuses to clip for a fused optimizer (it assumes the optimizer unscales), which is
+        only a concern with an fp16 scaler: under bf16-mixed nothing is scaled. With a scaler the
+        optimizer is not fused (``configure_optimizers``) and Lightning's own path unscales first."""
+        if self._grad_scaler() is not None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def configure_optimizers(self):
-        fused = self.device.type == "cuda"
+        fused = self.device.type == "cuda" and self._grad_scaler() is None
         opt = torch.optim.AdamW(self.param_groups(), betas=tuple(self.hparams.betas), fused=fused)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = int(total) if math.isfinite(total) else 10**9
