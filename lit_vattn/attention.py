@@ -99,7 +99,7 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
     global _compiled_flex
-    if not q.is_cuda:
+    if not q.is_cuda or torch.compiler.is_compiling():  # inside a compiled model: the outer compile owns it
         return flex_attention(q, k, v, block_mask=block_mask)
     if _compiled_flex is None:  # one compiled instance for the process, as torchtitan does
         _compiled_flex = torch.compile(flex_attention, dynamic=False)

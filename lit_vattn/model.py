@@ -136,10 +136,16 @@ class GPT(nn.Module):
         out = self.arch.readout(h, mem)
         return (out, states, mem) if return_all else out
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """Logits (B, T, vocab_size) over the real (unpadded) vocabulary."""
+    def forward(self, idx: Tensor, targets: Optional[Tensor] = None) -> Tensor:
+        """Logits (B, T, vocab_size) over the real (unpadded) vocabulary; with ``targets`` (B, T)
+        instead the summed NLL in nats over the targets >= 0 (-100 = not scored), computed in
+        float32 inside this forward so that a compiled model fuses the upcast and the softmax
+        rather than materialising float32 logits."""
         h = self.hidden_states(idx)
-        return self.head(self.norm(h))[..., : self.vocab_size]
+        logits = self.head(self.norm(h))[..., : self.vocab_size]  # (B, T, V)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

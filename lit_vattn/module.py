@@ -11,7 +11,6 @@ from typing import Literal, Optional
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lit_vattn.arch.base import Arch
@@ -83,9 +82,8 @@ class LanguageModel(pl.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------
     def _nll_sum(self, batch: dict) -> tuple[Tensor, Tensor]:
-        logits = self.net(batch["input"])  # (B, T, V)
         tgt = batch["target"]
-        nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum")
+        nll = self.net(batch["input"], targets=tgt)  # summed nats, float32, inside the (compiled) forward
         return nll, (tgt >= 0).sum()
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

@@ -110,14 +110,19 @@ class VerticalAttention(Arch):
         return _rms(x) if self.norm == "rms" else x
 
     def _mix(self, row: int, mem: DepthMemory) -> Tensor:
-        src = torch.stack(mem.outputs)  # (n, B, T, D), n = row + 1 sources
-        n = src.shape[0]
+        n = len(mem.outputs)  # row + 1 sources, each (B, T, D)
         static = self.logits[row, :n]
         if self.weights == "logits":
-            alpha = static.softmax(-1).to(src.dtype)  # (n,)
+            alpha = static.softmax(-1).to(mem.outputs[0].dtype)  # (n,)
             if self.record_maps:
                 self._record(row, alpha.float().expand(1, n))
-            return torch.einsum("n,nbtd->btd", alpha, src)
+            # an explicit weighted sum, not einsum over a stacked copy: compiled, it is one fused
+            # kernel reading each source once (einsum became a slow batched GEMV on CUDA)
+            z = alpha[0] * mem.outputs[0]
+            for j in range(1, n):
+                z = z + alpha[j] * mem.outputs[j]
+            return z  # (B, T, D)
+        src = torch.stack(mem.outputs)  # (n, B, T, D)
         Hq, dk = self.qk_heads, self.qk_dim
         q = self.q(src[-1]).unflatten(-1, (Hq, dk))  # (B, T, Hq, dk), from the latest source
         k = self.k(src).unflatten(-1, (Hq, dk))  # (n, B, T, Hq, dk)
