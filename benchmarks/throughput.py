@@ -213,7 +213,7 @@ def table(rows: list[dict], head: dict) -> str:
         f"# Training throughput ({head['device_type']})",
         "",
         f"- command: `{head['command']}`",
-        f"- commit: {head['commit']}, date: {head['date']}",
+        f"- commit: {head['commit']}" + (f" ({head['commit_note']})" if head.get("commit_note") else "") + f", date: {head['date']}",
         f"- hardware: {head['hardware']}",
         f"- shape: {head['shape']}",
         "- FLOPs/token: measured with FlopCounterMode (forward + backward; matmuls and dense attention over every key read); "

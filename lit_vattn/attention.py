@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BACKENDS = ("auto", "oracle", "sdpa", "flex", "merge")
+# torch 2.11 traced the merge's autograd.Function on CPU tensors (aot_eager) into wrong gradients;
+# 2.13 is the first version seen correct (results/cuda-tests-h100.txt; tests/test_attention.py)
+MERGE_CPU_COMPILE_MIN_TORCH = "2.13"
 
 
 def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -60,6 +63,11 @@ def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "
     if backend == "oracle":
         return oracle(q, ks, vs).to(q.dtype)
     if backend == "merge":
+        if not q.is_cuda and torch.compiler.is_compiling() and torch.__version__ < MERGE_CPU_COMPILE_MIN_TORCH:
+            raise NotImplementedError(
+                f"attn_backend='merge' on the CPU inside torch.compile gives wrong gradients with torch {torch.__version__} "
+                f"(seen on 2.11, correct from {MERGE_CPU_COMPILE_MIN_TORCH}): use attn_backend 'sdpa' on the CPU or compile=false"
+            )
         return _MergedCausal.apply(q, *ks, *vs)
     k, v = torch.cat(ks, dim=2), torch.cat(vs, dim=2)  # (B, H, m*T, d)
     T, m = q.shape[2], len(ks)

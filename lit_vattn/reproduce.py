@@ -38,10 +38,10 @@ UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits
 def git_commit() -> str:
     """Short HEAD, with "+dirty" when tracked code or configs differ from it. Files under results/
     are what these scripts write, so a run rewriting its own table does not make itself dirty.
-    Where the tree has no git metadata (a copy shipped to a GPU machine), ``LIT_VATTN_COMMIT``,
-    set by whoever made the copy, names the commit it was made from."""
-    if not (ROOT / ".git").exists() and os.environ.get("LIT_VATTN_COMMIT"):
-        return os.environ["LIT_VATTN_COMMIT"] + " (copied tree)"
+    ``LIT_VATTN_COMMIT``, when set, names the commit instead: for a copy of the tree shipped to
+    another machine, whose git metadata (if any) need not be the tree's."""
+    if os.environ.get("LIT_VATTN_COMMIT"):
+        return os.environ["LIT_VATTN_COMMIT"] + " (LIT_VATTN_COMMIT)"
     try:
         sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)results"], cwd=ROOT).returncode != 0
