@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from datamodules import codec, shards
-from datamodules.audio_sources import file_clips, hf_clips, rendered_music_clips, speech_clips
+from datamodules.audio_sources import AUDIO_SUFFIXES, file_clips, hf_clips, rendered_music_clips, select_files, speech_clips
 from datamodules.base import TokenDataModule, report_skipped
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class AcousticDataModule(TokenDataModule):
         hf_config: Optional[str] = None,
         hf_split: str = "train",
         audio_column: str = "audio",
-        seconds: float = 1800.0,
+        seconds: Optional[float] = 1800.0,
         max_clips: Optional[int] = None,
         min_seconds: float = 0.5,
         val_fraction: float = 0.05,
@@ -60,8 +60,10 @@ class AcousticDataModule(TokenDataModule):
             hf_config: HF dataset configuration, e.g. "clean".
             hf_split: HF dataset split to read, e.g. "train.100".
             audio_column: Column holding the audio in an HF dataset.
-            seconds: Seconds of audio to synthesise or render (speech / music sources).
-            max_clips: Use at most this many clips (None = all).
+            seconds: Seconds of audio: synthesised or rendered (speech / music), or at most this much
+                read from files (a seeded even selection over the folder, chosen from the files'
+                headers before any is decoded) or from an HF dataset (None = all of it).
+            max_clips: Use at most this many clips (None = all); chosen before decoding, as seconds.
             min_seconds: Clips shorter than this are skipped (and reported).
             val_fraction: Fraction of clips held out for validation (by utterance/track).
             test_fraction: Fraction of clips held out for test.
@@ -84,6 +86,8 @@ class AcousticDataModule(TokenDataModule):
         if source == "files" and not files:
             raise ValueError('data.source="files" needs data.files (audio files, directories or globs)')
         self.source, self.files, self.hf_config, self.hf_split = source, files, hf_config, hf_split
+        if seconds is None and source in ("speech", "music"):
+            raise ValueError(f"data.seconds must be a number for source={source!r}: it is the amount of audio to synthesise")
         self.audio_column, self.seconds, self.max_clips, self.min_seconds = audio_column, seconds, max_clips, min_seconds
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.bandwidth, self.n_q = bandwidth, codec.N_Q[bandwidth]
@@ -109,8 +113,8 @@ class AcousticDataModule(TokenDataModule):
                            "vocab_size": self.vocab_size}}
         if self.codec_weights == "random":
             s["tokenizer"].update(kmeans_seconds=self.kmeans_seconds, seed=self.codec_seed)
-        if self.source == "files":
-            s["files"] = self.files
+        if self.source == "files":  # adding, removing or editing a file under a folder gives new shards
+            s["files"] = shards.fingerprint(shards.expand_files(self.files, "audio file", AUDIO_SUFFIXES))
         elif self.source not in ("speech", "music"):
             s.update(hf_config=self.hf_config, hf_split=self.hf_split, audio_column=self.audio_column)
         return s
@@ -121,22 +125,36 @@ class AcousticDataModule(TokenDataModule):
         if self.source == "music":
             return rendered_music_clips(self.seconds, skipped=skipped)
         if self.source == "files":
-            return file_clips(self.files, skipped)
+            return file_clips(self._selected, skipped)
         return hf_clips(self.source, self.hf_config, self.hf_split, self.audio_column, self.max_clips, skipped)
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
         skipped: list = []
+        fix = ("add audio files, raise data.seconds / data.max_clips (they cap what is read), or raise "
+               "data.val_fraction / data.test_fraction")
+        assign = None
+        if self.source == "files":  # choose and split the files before decoding any (and before k-means)
+            self._selected = select_files(self.files, self.seconds, self.max_clips, self.codec_seed, skipped)
+            assign = shards.split_keys([k for _, k in self._selected], self.val_fraction, self.test_fraction)
+            shards.check_splits({s: list(assign.values()).count(s) for s in shards.SPLITS}, "audio files", fix)
         clips = {s: [] for s in shards.SPLITS}
+        read = 0.0
         for n, (key, name, wav) in enumerate(self._clips(skipped)):
             if self.max_clips is not None and n >= self.max_clips:
                 break
+            if self.source not in ("speech", "music", "files") and self.seconds is not None and read >= self.seconds:
+                break  # an HF dataset is streamed: stop once data.seconds are read
+            read += len(wav) / codec.SAMPLE_RATE
             if len(wav) < self.min_seconds * codec.SAMPLE_RATE:
                 skipped.append((name, f"too short ({len(wav) / codec.SAMPLE_RATE:.2f} s < min_seconds={self.min_seconds})"))
             elif not np.isfinite(wav).all() or np.abs(wav).max() < 1e-4:
                 skipped.append((name, "silent"))
             else:
-                clips[shards.split_of(key, self.val_fraction, self.test_fraction)].append(wav)
+                split = assign[key] if assign is not None else shards.split_of(key, self.val_fraction, self.test_fraction)
+                clips[split].append(wav)
         report_skipped(skipped, "unusable audio clips")
+        if self.source == "files":
+            shards.check_splits({k: len(v) for k, v in clips.items()}, "usable audio clips", fix)
         if not clips["train"]:
             raise ValueError(f"no usable audio in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
         if self.codec_weights == "random":

@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from datamodules.codec import SAMPLE_RATE
-from datamodules.shards import expand_paths
+from datamodules.shards import expand_files
 
 Clip = tuple[str, str, np.ndarray]
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3"}
@@ -128,14 +128,40 @@ def read_audio(path_or_bytes) -> np.ndarray:
     return to_24k_mono(x, sr)
 
 
-def file_clips(patterns: list[str], skipped: list) -> Iterator[Clip]:
-    for path in expand_paths(patterns, "audio file", AUDIO_SUFFIXES):
+def select_files(patterns: list[str], seconds: Optional[float], max_clips: Optional[int], seed: int,
+                 skipped: list) -> list[tuple[str, str]]:
+    """(path, key) of the audio files to use, chosen before any is decoded: a seeded shuffle of the
+    folder (an even selection over it), cut where the files' header durations reach ``seconds``
+    or the count reaches ``max_clips`` (None = no limit). Files whose header cannot be read are
+    skipped and reported."""
+    import soundfile as sf
+
+    files = expand_files(patterns, "audio file", AUDIO_SUFFIXES)
+    order = np.random.default_rng(seed).permutation(len(files))
+    out, total = [], 0.0
+    for i in order:
+        if (max_clips is not None and len(out) >= max_clips) or (seconds is not None and total >= seconds):
+            break
+        path, key = files[i]
+        try:
+            info = sf.info(path)
+            total += info.frames / info.samplerate
+        except Exception as e:
+            skipped.append((path, f"unreadable: {type(e).__name__}: {e}"))
+            continue
+        out.append((path, key))
+    return out
+
+
+def file_clips(selected: list[tuple[str, str]], skipped: list) -> Iterator[Clip]:
+    """Decode the selected files (``select_files``); the key is the path relative to its folder."""
+    for path, key in selected:
         try:
             wav = read_audio(path)
         except Exception as e:
             skipped.append((path, f"unreadable: {type(e).__name__}: {e}"))
             continue
-        yield path, path, wav
+        yield key, path, wav
 
 
 def hf_clips(dataset: str, config: Optional[str], split: str, column: str, max_clips: Optional[int], skipped: list) -> Iterator[Clip]:

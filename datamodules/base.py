@@ -141,6 +141,22 @@ class TokenDataModule(pl.LightningDataModule):
             self.consumed += batch["input"].shape[0]
         return batch
 
+    # --- tokenizer identity --------------------------------------------------------------------------
+    TOKENIZER_FILES = ("tokenizer.json", "codec.pt")  # trained tokenizers / codecs saved with the shards
+
+    def tokenizer_identity(self) -> dict:
+        """What makes token ids mean the same thing: the tokenizer settings plus the sha256 of every
+        tokenizer file saved with the shards (a trained BPE, a miditok vocabulary, a codec). Two
+        tokenizers of the same kind and size trained on different data differ here."""
+        import hashlib
+
+        ident = {"settings": self.settings().get("tokenizer")}
+        for name in self.TOKENIZER_FILES:
+            f = self.shard_dir / name
+            if f.is_file():
+                ident[name] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        return ident
+
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
@@ -150,6 +166,7 @@ class TokenDataModule(pl.LightningDataModule):
             "vocab_size": self.vocab_size,
             "shard_key": self.shard_dir.name,
             "tokenizer": self.settings().get("tokenizer"),
+            "tokenizer_identity": self.tokenizer_identity(),
         }
 
     def load_state_dict(self, state: dict) -> None:

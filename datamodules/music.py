@@ -16,7 +16,7 @@ import numpy as np
 
 from datamodules import shards
 from datamodules.base import TokenDataModule, report_skipped
-from datamodules.music_sources import abc_pieces, file_pieces, score_pieces
+from datamodules.music_sources import MIDI_SUFFIXES, abc_pieces, file_pieces, score_pieces
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class MusicDataModule(TokenDataModule):
              "test_fraction": self.test_fraction,
              "tokenizer": {"kind": f"miditok.{self.tokenizer_name}", "options": self.tokenizer_options,
                            "bpe": self.bpe_vocab_size, "vocab_size": self.vocab_size}}
-        if self.source == "files":
-            s["files"] = self.files
+        if self.source == "files":  # adding, removing or editing a file under a folder gives new shards
+            s["files"] = shards.fingerprint(shards.expand_files(self.files, "MIDI file", MIDI_SUFFIXES))
         return s
 
     @property
@@ -138,16 +138,27 @@ class MusicDataModule(TokenDataModule):
         return seq.ids
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
+        fix = "add MIDI files or raise data.val_fraction / data.test_fraction"
+        if self.source == "files":  # split the file list before reading any file
+            keys = [k for _, k in shards.expand_files(self.files, "MIDI file", MIDI_SUFFIXES)][: self.max_pieces]
+            assign = shards.split_keys(keys, self.val_fraction, self.test_fraction)
+            shards.check_splits({s: list(assign.values()).count(s) for s in shards.SPLITS}, "MIDI files", fix)
         skipped: list = []
-        pieces = {s: [] for s in shards.SPLITS}
+        kept = []
         for n, (key, name, score) in enumerate(self._pieces(skipped)):
             if self.max_pieces is not None and n >= self.max_pieces:
                 break
             if score.note_num() == 0:
                 skipped.append((name, "no notes"))
                 continue
-            pieces[shards.split_of(key, self.val_fraction, self.test_fraction)].append((name, score))
+            kept.append((key, name, score))
         report_skipped(skipped, "unreadable or empty pieces")
+        assign = shards.split_keys([k for k, _, _ in kept], self.val_fraction, self.test_fraction)
+        pieces = {s: [] for s in shards.SPLITS}
+        for key, name, score in kept:
+            pieces[assign[key]].append((name, score))
+        if self.source == "files":
+            shards.check_splits({k: len(v) for k, v in pieces.items()}, "usable MIDI files", fix)
         if not pieces["train"]:
             raise ValueError(f"no usable music pieces in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
         tok = self._new_tokenizer()

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
-from datamodules.shards import expand_paths
+from datamodules.shards import expand_files
 
 log = logging.getLogger(__name__)
 Piece = tuple[str, str, "object"]
@@ -159,11 +159,11 @@ def file_pieces(patterns: list[str], skipped: Optional[list] = None) -> Iterator
     """MIDI files (e.g. a MAESTRO folder); unreadable files are skipped and reported."""
     import symusic
 
-    for path in expand_paths(patterns, "MIDI file", MIDI_SUFFIXES):
+    for path, key in expand_files(patterns, "MIDI file", MIDI_SUFFIXES):
         try:
             score = symusic.Score(path)
         except Exception as e:
             if skipped is not None:
                 skipped.append((path, f"{type(e).__name__}: {e}"))
             continue
-        yield path, path, score
+        yield key, path, score  # key: the path relative to its folder, so splits follow the file

@@ -123,23 +123,71 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-def expand_paths(patterns: list[str], what: str, suffixes: Optional[set[str]] = None) -> list[str]:
-    """Files, directories (searched recursively, filtered by ``suffixes``) and globs from
-    ``data.files``; a missing path or an empty result is an error naming ``what``."""
-    paths: list[str] = []
+def split_keys(keys: list[str], val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Split of every key (``split_of``), plus the small-source rule: with at least three keys, an
+    empty val or test split takes the train keys that hash lowest (deterministic, a function of the
+    keys only), so a folder of tens of files gets one document per split with the default fractions."""
+    out = {k: split_of(k, val_fraction, test_fraction) for k in dict.fromkeys(keys)}
+    if len(out) >= 3:
+        for split in ("val", "test"):
+            if split not in out.values():
+                train = sorted((k for k, s in out.items() if s == "train"), key=_unit)
+                if len(train) > 1:
+                    out[train[0]] = split
+    return out
+
+
+def _unit(key: str) -> float:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
+
+
+def check_splits(counts: dict[str, int], what: str, fix: str) -> None:
+    """Raise, before any expensive step, when a split would be empty; ``fix`` names the options."""
+    empty = [s for s in SPLITS if not counts.get(s)]
+    if empty:
+        raise ValueError(
+            f"split(s) {', '.join(repr(s) for s in empty)} would be empty: {what} per split {dict(counts)}. "
+            f"Fix: {fix}"
+        )
+
+
+def expand_files(patterns: list[str], what: str, suffixes: Optional[set[str]] = None) -> list[tuple[str, str]]:
+    """(path, key) for every file in ``data.files``: files, directories (searched recursively,
+    filtered by ``suffixes``) and globs. The key is the path relative to the directory (or the
+    glob's fixed prefix) it was found under, or the file's name: splits and cache keys depend on it,
+    not on where the folder lives. A missing path or an empty result is an error naming ``what``."""
+    out: list[tuple[str, str]] = []
     for p in patterns:
         if os.path.isdir(p):
-            paths += sorted(str(q) for q in Path(p).rglob("*")
-                            if q.is_file() and (suffixes is None or q.suffix.lower() in suffixes))
+            root = Path(p)
+            out += sorted((str(q), q.relative_to(root).as_posix()) for q in root.rglob("*")
+                          if q.is_file() and (suffixes is None or q.suffix.lower() in suffixes))
         elif any(c in p for c in "*?["):
-            paths += sorted(glob.glob(p, recursive=True))
+            fixed = p[: min(p.index(c) for c in "*?[" if c in p)]
+            root = Path(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
+            out += sorted((q, os.path.relpath(q, root)) for q in glob.glob(p, recursive=True)
+                          if os.path.isfile(q) and (suffixes is None or Path(q).suffix.lower() in suffixes))
         elif os.path.isfile(p):
-            paths.append(p)
+            out.append((p, os.path.basename(p)))
         else:
             raise FileNotFoundError(f"{what} {p!r} does not exist (data.files); give existing files, directories or globs")
-    if not paths:
+    if not out:
         raise FileNotFoundError(f"no {what}s found in data.files={patterns}")
-    return paths
+    return out
+
+
+def expand_paths(patterns: list[str], what: str, suffixes: Optional[set[str]] = None) -> list[str]:
+    return [path for path, _ in expand_files(patterns, what, suffixes)]
+
+
+def fingerprint(files: list[tuple[str, str]]) -> str:
+    """sha256 over the sorted (key, size, mtime) of the files: adding, removing, renaming or editing
+    a file changes it, so the shard cache never serves tokens of other inputs."""
+    h = hashlib.sha256()
+    for path, key in sorted(files, key=lambda f: f[1]):
+        st = os.stat(path)
+        h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def batched(it: Iterable, n: int) -> Iterator[list]:

@@ -7,7 +7,6 @@ unless an HF dataset brings its own train/validation/test splits.
 
 from __future__ import annotations
 
-import os
 from itertools import islice
 from typing import Literal, Optional
 
@@ -85,8 +84,8 @@ class TextDataModule(TokenDataModule):
             "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
             "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
         }
-        if self.source == "files":  # edits to the files must invalidate the cache
-            s["files"] = [(p, os.path.getsize(p), os.path.getmtime(p)) if os.path.isfile(p) else p for p in self.files]
+        if self.source == "files":  # adding, removing or editing a file under a folder or glob gives new shards
+            s["files"] = shards.fingerprint(shards.expand_files(self.files, "text file"))
             s["sample_by"] = self.sample_by
         elif self.source != "embedded":
             s.update(hf_config=self.hf_config, text_column=self.text_column)
@@ -118,11 +117,19 @@ class TextDataModule(TokenDataModule):
     def _split_docs(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {s: [] for s in shards.SPLITS}
         for split, docs in self._documents().items():
+            if split != "all":  # the source's own split
+                out[split] += [text for _, text in docs]
+                continue
+            docs = list(docs)
+            assign = shards.split_keys([k for k, _ in docs], self.val_fraction, self.test_fraction)
             for key, text in docs:
-                s = shards.split_of(key, self.val_fraction, self.test_fraction) if split == "all" else split
-                out[s].append(text)
+                out[assign[key]].append(text)
         if not any(out.values()):
             raise ValueError(f"text source {self.source!r} produced no non-empty documents")
+        # before the tokenizer is trained or anything is encoded
+        shards.check_splits({k: len(v) for k, v in out.items()}, "documents",
+                            "add documents, raise data.val_fraction / data.test_fraction, or use "
+                            "data.sample_by=paragraph (one document per paragraph instead of per file)")
         return out
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
-from datamodules.shards import expand_paths
+from datamodules.shards import expand_files
 
 Doc = tuple[str, str]
 
@@ -65,8 +65,7 @@ def embedded_documents() -> Iterator[Doc]:
 def file_documents(patterns: list[str], sample_by: str = "document") -> Iterator[Doc]:
     """Local UTF-8 text files (paths, directories or globs). One file = one document, or one
     paragraph (blank-line separated) = one document with sample_by='paragraph'."""
-    paths = expand_paths(patterns, "text file")
-    for path in paths:
+    for path, key in expand_files(patterns, "text file"):  # key: relative path, so splits follow the file, not its folder
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -76,9 +75,9 @@ def file_documents(patterns: list[str], sample_by: str = "document") -> Iterator
             raise ValueError(f"text file {path!r} is empty; remove it from data.files")
         if sample_by == "paragraph":
             for i, para in enumerate(p for p in re.split(r"\n\s*\n", text) if p.strip()):
-                yield f"{path}#{i}", para.strip()
+                yield f"{key}#{i}", para.strip()
         else:
-            yield path, text
+            yield key, text
 
 
 def hf_documents(

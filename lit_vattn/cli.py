@@ -2,7 +2,11 @@
 
 The YAML names the LightningModule and the DataModule (subclass mode); the vocabulary size is
 linked from the data to the model; the resolved config, CSV metrics and checkpoints land in one run
-directory (``runs/<name>/version_<n>/``).
+directory per run name, ``runs/<name>/`` (``lit_vattn.runs``): a resumed ``fit`` and ``test`` of the
+same run write there too. ``--ckpt_path last`` means ``runs/<name>/checkpoints/last.ckpt`` and is an
+error when that file does not exist; a fresh ``fit`` into a run directory that already has a last
+checkpoint is refused (resume it with ``--ckpt_path last``, or choose another name); ``test`` and
+``validate`` need a ``--ckpt_path``.
 """
 
 from __future__ import annotations
@@ -13,22 +17,68 @@ import warnings
 from jsonargparse import set_parsing_settings
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from lit_vattn.callbacks import TokenThroughputMonitor
+from lit_vattn.runs import RunCheckpoint
 
 
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.every_n_train_steps": 100,
             "checkpoint.save_top_k": 0,
         })
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
+
+
+    # --- the run directory ----------------------------------------------------------------------
+    def _run_dir(self):
+        from pathlib import Path
+
+        logger = self.trainer.logger
+        return Path(logger.log_dir) if logger is not None and getattr(logger, "log_dir", None) else None
+
+    def _resolve_ckpt_path(self, required: bool) -> None:
+        """'last' -> this run's last.ckpt (an error if there is none); a missing file is an error
+        naming it, before anything is prepared or trained."""
+        from pathlib import Path
+
+        cfg = self.config_init[self.subcommand]
+        ckpt, run_dir = cfg.get("ckpt_path"), self._run_dir()
+        last = run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
+        if ckpt == "last":
+            if last is None or not last.is_file():
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no last checkpoint of this run ({last}); train it first with "
+                    "`lit-vattn fit` under the same --trainer.logger.init_args.name, or give a checkpoint file"
+                )
+            cfg["ckpt_path"] = str(last)
+        elif ckpt is not None and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        elif ckpt is None and required:
+            raise ValueError(
+                f"`lit-vattn {self.subcommand}` needs --ckpt_path (a checkpoint file, or 'last' for "
+                f"{last if last is not None else 'this run'}): without it the model's random initial weights would be scored"
+            )
+        elif ckpt is None and self.subcommand == "fit" and last is not None and last.is_file():
+            raise FileExistsError(
+                f"run directory {run_dir} already holds a trained run ({last}): continue it with --ckpt_path last, "
+                "or start a new run under another --trainer.logger.init_args.name (or delete that directory)"
+            )
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt_path(required=False)
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path(required=True)
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path(required=True)
 
 
 def cli_main(args=None, run: bool = True) -> CLI:
@@ -51,7 +101,7 @@ def cli_main(args=None, run: bool = True) -> CLI:
             "check_val_every_n_epoch": None,
             "log_every_n_steps": 10,
             "gradient_clip_val": 1.0,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
+            "logger": {"class_path": "lit_vattn.runs.RunCSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
             "callbacks": [LearningRateMonitor(logging_interval="step")],
         },
         args=args,

@@ -17,16 +17,26 @@ LN2 = math.log(2.0)
 UNIT_METRIC = {"byte": "bits_per_byte", "second": "bits_per_second", "note": "bits_per_note", "token": "bits_per_unit"}
 
 
+class NonFiniteMetricError(ValueError):
+    """An evaluation batch gave a NaN or infinite NLL: the model has diverged (never scored)."""
+
+
 class NLLMetrics(nn.Module):
     def __init__(self):
         super().__init__()
-        self.nll = SumMetric()
-        self.tokens = SumMetric()
-        self.units = SumMetric()
+        # "error", not torchmetrics' default "warn" that drops NaN: a NaN batch must never lower the NLL
+        self.nll = SumMetric(nan_strategy="error")
+        self.tokens = SumMetric(nan_strategy="error")
+        self.units = SumMetric(nan_strategy="error")
 
     @torch.no_grad()
     def update(self, nll_sum: Tensor, targets: Tensor, units_per_token: Tensor | None) -> None:
         """nll_sum: summed nats over the valid targets; targets: (B, T) with -100 = not scored."""
+        if not torch.isfinite(nll_sum):
+            raise NonFiniteMetricError(
+                f"evaluation NLL is {float(nll_sum)} on a batch: the model's outputs are not finite (a diverged run, "
+                "or a checkpoint saved after divergence); such a model is never scored"
+            )
         valid = targets >= 0
         self.nll.update(nll_sum.detach().double())
         self.tokens.update(valid.sum().double())

@@ -19,6 +19,11 @@ from lit_vattn.metrics import NLLMetrics
 from lit_vattn.model import GPT
 
 
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite: the run stops, writes no checkpoint of that state,
+    and exits non-zero."""
+
+
 class LanguageModel(pl.LightningModule):
     def __init__(
         self,
@@ -89,8 +94,45 @@ class LanguageModel(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         nll, n = self._nll_sum(batch)
         loss = nll / n.clamp_min(1)
+        self._watch_finite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    # --- divergence --------------------------------------------------------------------------------
+    def _watch_finite(self, loss: Tensor) -> None:
+        """Stop at the first non-finite training loss. On a CPU it is checked at once; on a GPU the
+        first bad step is kept on the device (no synchronisation per step) and checked on every
+        logging step, before every checkpoint and at the end of training, so at most
+        ``log_every_n_steps`` steps run past it and none is saved or scored."""
+        bad = ~torch.isfinite(loss.detach())
+        if loss.device.type != "cuda":
+            if bad:
+                self._diverged(self.global_step, float(loss))
+            return
+        first = getattr(self, "_first_bad_step", None)
+        if first is None:
+            first = self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._first_bad_step = torch.where(bad & (first < 0), torch.full_like(first, self.global_step), first)
+        t = self._trainer
+        if t is not None and (self.global_step + 1) % max(1, t.log_every_n_steps) == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        first = getattr(self, "_first_bad_step", None)
+        if first is not None and int(first) >= 0:
+            self._diverged(int(first), float("nan"))
+
+    def _diverged(self, step: int, value: float) -> None:
+        what = f"is {value}" if value == value or value in (float("inf"), float("-inf")) else "is not finite"
+        raise DivergedError(
+            f"training loss {what} at step {step}: the run diverged and is stopped (no checkpoint of this state is "
+            f"written, nothing is scored). Lower the learning rate (model.init_args.lr={self.hparams.lr}), lengthen the "
+            f"warmup (model.init_args.warmup_steps={self.hparams.warmup_steps}) or keep gradient clipping on "
+            "(trainer.gradient_clip_val)."
+        )
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         nll, _ = self._nll_sum(batch)
@@ -185,11 +227,13 @@ class LanguageModel(pl.LightningModule):
 
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never write the state of a diverged run
         dm = getattr(self.trainer, "datamodule", None)
         checkpoint["lit_vattn"] = {
             "vocab_size": self.hparams.vocab_size,
             "arch": {"class": type(self.net.arch).__name__, **self.net.arch.switches()},
             "tokenizer": dm.settings().get("tokenizer") if dm is not None else None,
+            "tokenizer_identity": dm.tokenizer_identity() if dm is not None and hasattr(dm, "tokenizer_identity") else None,
             "data": type(dm).__name__ if dm is not None else None,
         }
 
@@ -206,3 +250,12 @@ class LanguageModel(pl.LightningModule):
                 f"(tokenizer {info.get('tokenizer')}), but the data gives {self.hparams.vocab_size} "
                 f"(tokenizer {data_tok}). Use the data settings the checkpoint was trained with."
             )
+        ck_ident = info.get("tokenizer_identity")
+        if ck_ident is not None and dm is not None and hasattr(dm, "tokenizer_identity"):
+            data_ident = dm.tokenizer_identity()
+            if ck_ident != data_ident:
+                raise ValueError(
+                    f"tokenizer mismatch: the checkpoint was trained with tokenizer {ck_ident}, the data is tokenized "
+                    f"by {data_ident} (same kind and size, different token ids: e.g. a BPE trained on other text). "
+                    f"Use the data (and its shard cache, {dm.shard_dir}) the checkpoint was trained with."
+                )

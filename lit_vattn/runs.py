@@ -1,0 +1,115 @@
+"""One directory per run, whose last checkpoint is always the model at the last completed step.
+
+- ``RunCSVLogger``: Lightning's CSVLogger writing to ``<save_dir>/<name>/`` (no ``version_N``):
+  ``fit``, a resumed ``fit`` and ``test``/``validate`` of the same run name share one directory and
+  append to one ``metrics.csv`` (Lightning's writer deletes an existing one).
+- ``RunCheckpoint``: Lightning's ModelCheckpoint that (1) always writes ``last.ckpt`` when training
+  ends, also when ``max_steps`` is not a multiple of ``every_n_train_steps`` (Lightning skips that
+  save after a periodic one), and (2) writes every checkpoint atomically: to a temporary file in
+  the same directory, then ``os.replace``, so a crash at any moment leaves the previous checkpoint
+  readable and never a half-written one (Lightning's own write goes through a temporary file in
+  $TMPDIR and a copy when that is another filesystem).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Union
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps an existing ``metrics.csv`` and appends to it (its header is read back first, so a new
+    column rewrites the file with the old rows intact)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(set(header))
+
+
+class RunCSVLogger(CSVLogger):
+    """CSV metrics in one directory per run name, shared by fit, resumed fit, validate and test."""
+
+    def __init__(self, save_dir: str = "runs", name: str = "default", version: Optional[Union[int, str]] = "",
+                 prefix: str = "", flush_logs_every_n_steps: int = 100):
+        """
+        Args:
+            save_dir: Root of the run directories.
+            name: Run name: the run directory is ``<save_dir>/<name>/``.
+            version: Empty (default) = no version subdirectory; an int or a string adds
+                ``version_<n>`` or ``<string>`` below the run directory.
+            prefix: Prefix of every metric key.
+            flush_logs_every_n_steps: How often metrics are written to disk.
+        """
+        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
+
+    @property
+    def log_dir(self) -> str:
+        if self._version == "":
+            return os.path.join(self.root_dir)
+        return super().log_dir
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def atomic_replace(tmp: Path, final: Path) -> None:
+    """Move a completed file or directory into place; the old one stays until the new one is there."""
+    if tmp.is_dir():  # sharded (FSDP) checkpoints are directories: swap through a backup name
+        backup = final.with_name(final.name + ".old")
+        if final.exists():
+            os.replace(final, backup)
+        os.replace(tmp, final)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint with a final ``last.ckpt`` at the end of training and atomic writes."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        final = Path(filepath)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier on every rank
+        if trainer.is_global_zero:
+            if tmp.is_file():
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            atomic_replace(tmp, final)
+        trainer.strategy.barrier("RunCheckpoint.replace")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            from weakref import proxy
+
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Lightning saves ``last.ckpt`` here only if nothing was saved before; save it whenever the
+        last completed step is not the one already on disk."""
+        if (self.save_last and not trainer.fast_dev_run and trainer.global_step > 0
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        # temporary files of a crashed save (this naming only) are never read: remove them
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            for p in Path(self.dirpath).glob(".*.tmp-*"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
