@@ -100,9 +100,17 @@ class Runner:
             p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd())
         if p.returncode != 0:
             tail = log.read_text()[-3000:]
-            raise RuntimeError(f"run failed ({p.returncode}): {' '.join(cmd)}\nlog {log}:\n{tail}")
+            raise RunFailed(f"exit {p.returncode}: {failure_reason(tail)}", f"{' '.join(cmd)}\nlog {log}:\n{tail}")
 
     def one(self, arch: str, seed: int) -> dict:
+        """A finished run's numbers, or {"failed": reason}: a diverged or crashed run never scores."""
+        try:
+            return self._one(arch, seed)
+        except RunFailed as e:
+            print(f"[failed] {arch} seed {seed}: {e.reason}\n{e.detail}", file=sys.stderr, flush=True)
+            return {"arch": arch, "seed": seed, "failed": e.reason, "run_dir": str(self.run_dir(arch, seed))}
+
+    def _one(self, arch: str, seed: int) -> dict:
         d = self.run_dir(arch, seed)
         done = d / "done.json"
         if done.exists():
@@ -136,6 +144,19 @@ class Runner:
         return result
 
 
+class RunFailed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def failure_reason(log_tail: str) -> str:
+    """The last exception line of a failed run's log (e.g. the divergence message)."""
+    lines = [x for x in log_tail.splitlines() if x.strip()]
+    errs = [x for x in lines if "Error:" in x or "Error(" in x]
+    return (errs[-1] if errs else lines[-1] if lines else "no output")[:300]
+
+
 def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> list[dict]:
     """Unigram and bigram count models of the training split, scored on the targets the runs were
     scored on (their DataModule, their limit_{val,test}_batches); see lit_vattn/baselines.py."""
@@ -157,6 +178,55 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
              for k, v in scored[split][m.name].items()}} for m in models]
 
 
+DEFAULT_ARCHS = "vanilla,va,las,sla"
+
+
+def table_stem(args, results: list[dict]) -> str:
+    """``<modality>-<preset>`` only for a complete table: every default architecture, >= 3 seeds,
+    every run finished. Anything less gets a name of its own, so it never replaces a committed table."""
+    archs = list(dict.fromkeys(r["arch"] for r in results))
+    seeds = sorted({r["seed"] for r in results})
+    complete = (set(DEFAULT_ARCHS.split(",")) <= set(archs) and len(seeds) >= 3
+                and not any(r.get("failed") for r in results))
+    stem = f"{args.modality}-{args.preset}"
+    if complete:
+        return stem
+    stem += f"-{'-'.join(archs)}-seeds{'-'.join(map(str, seeds))}"
+    return stem + ("-incomplete" if any(r.get("failed") for r in results) else "")
+
+
+def scored_fraction(results: list[dict]) -> str:
+    """What part of val/test the runs scored, read from the first run's saved config."""
+    import yaml
+
+    for r in results:
+        cfg_path = Path(r["run_dir"]) / "fit" / "config.yaml"
+        if cfg_path.exists():
+            t = yaml.safe_load(cfg_path.read_text()).get("trainer", {})
+            lv, lt = t.get("limit_val_batches"), t.get("limit_test_batches")
+            part = lambda v: "the whole split" if v in (None, 1.0) else (f"the first {v} batches" if isinstance(v, int) else f"{v:.0%} of the batches")  # noqa: E731
+            return f"val: {part(lv)}; test: {part(lt)} (data.batch_size windows of data.seq_len tokens)"
+    return "n/a"
+
+
+def parse_request(args, config_dir: Path) -> tuple[list[str], list[int]]:
+    """--archs and --seeds, checked before anything runs; each bad value is a one-line error."""
+    valid = sorted(q.stem for q in (config_dir / args.modality).glob("*.yaml"))
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    if not archs:
+        raise SystemExit(f"--archs {args.archs!r} names no architecture; choose from: {', '.join(valid)}")
+    unknown = [a for a in archs if a not in valid]
+    if unknown:
+        raise SystemExit(f"--archs: unknown {', '.join(unknown)} for --modality {args.modality}; choose from: {', '.join(valid)}")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise SystemExit(f"--seeds {args.seeds!r} must name distinct non-negative integers, e.g. 0,1,2")
+    return list(dict.fromkeys(archs)), seeds
+
+
 def fmt(xs: list[float], digits: int = 4) -> str:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     if not xs:
@@ -170,8 +240,8 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     unit, unit_label = UNIT[args.modality]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{args.modality}-{args.preset}"
-    fields = ["arch", "seed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
+    stem = out / table_stem(args, results)
+    fields = ["arch", "seed", "failed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
               "tokens_per_sec", "peak_memory_gib", "flops_per_token", "device", "wall_seconds"]
     tmp = stem.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
@@ -181,7 +251,9 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
             w.writerow(r)
     os.replace(tmp, stem.with_suffix(".csv"))
 
-    archs = list(dict.fromkeys(r["arch"] for r in results))
+    failed = [r for r in results if r.get("failed")]
+    results = [r for r in results if not r.get("failed")]
+    archs = list(dict.fromkeys(r["arch"] for r in results + failed))
     by = {a: sorted((r for r in results if r["arch"] == a), key=lambda r: r["seed"]) for a in archs}
     base = {r["seed"]: r for r in by.get("vanilla", [])}
     devices = sorted({r["device"] for r in results})
@@ -193,24 +265,34 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- commit: {git_commit()}; date: {datetime.date.today().isoformat()}; hardware: {hw}",
         f"- wall time: {wall / 60:.1f} min for this invocation; "
         f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs",
-        f"- seeds: {sorted({r['seed'] for r in results})}; each run: same data, tokens, width, depth, optimizer and schedule; "
-        f"mean ± sample std over seeds; Δ = paired difference to vanilla on the same seed",
+        f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
+        f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
+        f"- scored: {scored_fraction(results)}",
+    ]
+    if failed:
+        lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
+    lines += [
         "",
-        f"| arch | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla | tokens/s | peak mem (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| arch | runs | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla | tokens/s | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in archs:
         rs = by[a]
+        n_failed = sum(r["arch"] == a for r in failed)
+        runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
+        if not rs:
+            lines.append(f"| {a} | {runs} | — | — | failed | failed | failed | — | — | — |")
+            continue
         delta = [r["test_nll"] - base[r["seed"]]["test_nll"] for r in rs if r["seed"] in base] if a != "vanilla" else []
         lines.append(
-            f"| {a} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
+            f"| {a} | {runs} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
             f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
             f"{fmt(delta) if delta else '—'} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
             f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
         )
     for c in counts or []:
         lines.append(
-            f"| {c['arch']} | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
+            f"| {c['arch']} | count model | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
             f"{c['test_bits_per_unit']:.3f} | — | — | — |"
         )
     if counts:
@@ -258,18 +340,18 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", required=True, choices=sorted(UNIT))
     p.add_argument("--preset", default="tiny", help="tiny (CPU), small (~20 M, GPU), base (GPT-2 small shape, GPU)")
-    p.add_argument("--archs", default="vanilla,va,las,sla", help="comma-separated config names in configs/<modality>/")
+    p.add_argument("--archs", default=DEFAULT_ARCHS, help="comma-separated config names in configs/<modality>/")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--runs", default="runs/reproduce", help="where run directories go")
-    p.add_argument("--out", default="results", help="where the tables go")
+    p.add_argument("--out", default="results", help="where the tables go; a table of fewer than the default "
+                   "architectures, fewer than 3 seeds or with a failed run gets its own file name, never <modality>-<preset>.md")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
     p.add_argument("--override", nargs=argparse.REMAINDER, default=[],
                    help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50")
     args = p.parse_args(argv)
-    archs = [a for a in args.archs.split(",") if a]
-    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    archs, seeds = parse_request(args, Path(args.config_dir))
     if "vanilla" in archs:  # the baseline first, so the table reads top-down
         archs.remove("vanilla")
         archs.insert(0, "vanilla")
@@ -282,9 +364,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         results = list(pool.map(lambda job: runner.one(*job), jobs))
     wall = time.time() - t0
     counts = None
+    finished = [r for r in results if not r.get("failed")]
+    if not finished:
+        raise SystemExit("every run failed; no table is written: " + "; ".join(
+            f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results))
     if not args.no_baselines:
         try:
-            counts = count_baselines(results)
+            counts = count_baselines(finished)
         except Exception as e:  # the runs are done: a failing extra row must not cost the table
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     md, _ = write_tables(args, results, wall, counts)
@@ -294,8 +380,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
 
 def console() -> None:
     """The console script: ``main`` returns its results for Python callers, and a returned object
-    would become the process's exit status."""
-    main()
+    would become the process's exit status. A failed run makes it exit 1 (after writing the
+    table of the finished runs under a name of its own)."""
+    results = main()
+    sys.exit(1 if any(r.get("failed") for r in results) else 0)
 
 
 if __name__ == "__main__":
