@@ -153,7 +153,9 @@ class AcousticDataModule(TokenDataModule):
                 split = assign[key] if assign is not None else shards.split_of(key, self.val_fraction, self.test_fraction)
                 clips[split].append(wav)
         report_skipped(skipped, "unusable audio clips")
-        if self.source == "files":
+        if not any(clips.values()):
+            raise ValueError(f"no usable audio in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
+        if self.source == "files":  # before k-means and encoding
             shards.check_splits({k: len(v) for k, v in clips.items()}, "usable audio clips", fix)
         if not clips["train"]:
             raise ValueError(f"no usable audio in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")

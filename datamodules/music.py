@@ -157,7 +157,7 @@ class MusicDataModule(TokenDataModule):
         pieces = {s: [] for s in shards.SPLITS}
         for key, name, score in kept:
             pieces[assign[key]].append((name, score))
-        if self.source == "files":
+        if self.source == "files" and kept:
             shards.check_splits({k: len(v) for k, v in pieces.items()}, "usable MIDI files", fix)
         if not pieces["train"]:
             raise ValueError(f"no usable music pieces in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")

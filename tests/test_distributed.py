@@ -53,7 +53,7 @@ def ddp_run(tmp_path, bpe_text):
     lit_vattn(tmp_path, "fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp",
               "--trainer.max_steps", "6", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "1.0",
               "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger")
-    return tmp_path / "runs/text-vanilla/version_0"
+    return tmp_path / "runs/text-vanilla"
 
 
 def test_ddp_two_processes_disjoint_windows_and_exact_validation(ddp_run, tmp_path):
@@ -67,7 +67,7 @@ def test_ddp_two_processes_disjoint_windows_and_exact_validation(ddp_run, tmp_pa
     # one process evaluates the same checkpoint on the same (whole) validation split
     ckpt = run / "checkpoints/last.ckpt"
     lit_vattn(tmp_path, "validate", *TINY, "--trainer.limit_val_batches", "1.0", "--ckpt_path", str(ckpt))
-    single = tmp_path / "runs/text-vanilla/version_1"
+    single = tmp_path / "runs/text-vanilla"  # validate appends to the run's own metrics.csv
     assert last_metric(single, "val/nll") == pytest.approx(ddp_nll, rel=1e-5)
     assert last_metric(single, "val/bits_per_byte") == pytest.approx(ddp_bpb, rel=1e-5)
 
@@ -78,7 +78,7 @@ def test_ddp_resume_continues_each_ranks_stream(ddp_run, tmp_path):
     lit_vattn(tmp_path, "fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp",
               "--trainer.max_steps", "9", "--trainer.limit_val_batches", "0",
               "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger", "--ckpt_path", str(ckpt))
-    resumed = tmp_path / "runs/text-vanilla/version_1"
+    resumed = tmp_path / "runs/text-vanilla"
     assert indices(resumed, 0) == [2 * k for k in range(6 * B, 9 * B)]
     assert indices(resumed, 1) == [2 * k + 1 for k in range(6 * B, 9 * B)]
     state = torch.load(resumed / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)

@@ -106,7 +106,8 @@ def test_bad_midi_files_are_skipped_with_names_and_counted(tmp_path, caplog):
 def test_nothing_usable_fails_clearly(tmp_path):
     d = tmp_path / "midi"
     d.mkdir()
-    (d / "corrupt.mid").write_bytes(b"garbage")
+    for i in range(3):
+        (d / f"corrupt{i}.mid").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="no usable music pieces"):
         MusicDataModule(source="files", files=[str(d)], cache_dir=str(tmp_path / "c")).prepare_data()
     with pytest.raises(FileNotFoundError, match="nope"):

@@ -1,0 +1,224 @@
+"""A number in a table is the model it names; a broken run can never look good.
+
+Divergence stops a run; last.ckpt is the final model and survives a crash mid-save; the shard cache
+follows the files; a checkpoint refuses data of another tokenizer; ``--ckpt_path last`` continues the
+run; small folders work with defaults; reproduce refuses malformed requests."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import AcousticDataModule, MusicDataModule, TextDataModule, shards
+from lit_vattn.cli import cli_main
+from lit_vattn.metrics import NLLMetrics, NonFiniteMetricError
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = str(ROOT / "configs/trainer/cpu.yaml")
+TEXT = str(ROOT / "configs/text/vanilla.yaml")
+TINY = ["--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
+        "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
+        "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, bpe_text):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def fit(*extra: str) -> None:
+    cli_main(["fit", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_val_batches", "0", *extra])
+
+
+def step_of(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+
+
+# --- divergence ----------------------------------------------------------------------------------
+
+def test_a_diverged_run_stops_with_the_step_and_exits_nonzero(in_tmp):
+    cmd = [sys.executable, "-m", "lit_vattn", "fit", "--config", TEXT, "--config", CPU, *TINY,
+           "--model.init_args.lr", "1e6", "--trainer.max_steps", "30", "--trainer.val_check_interval", "10",
+           "--trainer.limit_val_batches", "2"]
+    p = subprocess.run(cmd, cwd=in_tmp, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode != 0
+    assert "DivergedError: training loss" in p.stderr and "at step" in p.stderr and "model.init_args.lr=1000000.0" in p.stderr
+    assert not list(in_tmp.glob("runs/**/*.ckpt"))  # no checkpoint of a diverged state
+
+
+def test_evaluation_refuses_nan_instead_of_dropping_it():
+    m = NLLMetrics()
+    m.update(torch.tensor(3.0), torch.ones(1, 4, dtype=torch.long), None)
+    with pytest.raises(NonFiniteMetricError, match="never scored"):
+        m.update(torch.tensor(float("nan")), torch.ones(1, 4, dtype=torch.long), None)
+    with pytest.raises(NonFiniteMetricError):
+        m.update(torch.tensor(float("inf")), torch.ones(1, 4, dtype=torch.long), None)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def test_last_checkpoint_is_the_final_step_whatever_the_interval(in_tmp):
+    fit("--trainer.max_steps", "7", "--checkpoint.every_n_train_steps", "5")
+    assert step_of(in_tmp / "runs/text-vanilla/checkpoints/last.ckpt") == 7
+
+
+def test_a_crash_during_a_save_leaves_the_previous_checkpoint_loadable(in_tmp, monkeypatch):
+    fit("--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "5")
+    last = in_tmp / "runs/text-vanilla/checkpoints/last.ckpt"
+    assert step_of(last) == 5
+    import lightning.fabric.utilities.cloud_io as cloud_io
+
+    def killed_mid_write(checkpoint, filepath):  # half the bytes reach the disk, then the process "dies"
+        with open(filepath, "wb") as f:
+            f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt("simulated kill during a save")
+
+    monkeypatch.setattr(cloud_io, "_atomic_save", killed_mid_write)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        fit("--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2", "--ckpt_path", "last")
+    assert step_of(last) == 5  # the previous checkpoint is whole and still the last one
+    monkeypatch.undo()
+    fit("--trainer.max_steps", "6", "--ckpt_path", "last")  # a later run cleans the debris and continues
+    assert step_of(last) == 6
+    assert not [p for p in last.parent.iterdir() if ".tmp-" in p.name]
+
+
+# --- one directory per run; --ckpt_path last --------------------------------------------------
+
+def test_ckpt_path_last_continues_the_run_and_test_writes_beside_it(in_tmp, capsys):
+    with pytest.raises(FileNotFoundError, match="--ckpt_path last: no last checkpoint"):
+        fit("--trainer.max_steps", "3", "--ckpt_path", "last")
+    fit("--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1")
+    run = in_tmp / "runs/text-vanilla"
+    with pytest.raises(FileExistsError, match="--ckpt_path last"):
+        fit("--trainer.max_steps", "5")  # a fresh fit must not silently restart a trained run
+    fit("--trainer.max_steps", "5", "--trainer.log_every_n_steps", "1", "--ckpt_path", "last")
+    assert step_of(run / "checkpoints/last.ckpt") == 5
+    with pytest.raises(ValueError, match="needs --ckpt_path"):
+        cli_main(["test", "--config", TEXT, "--config", CPU, *TINY])
+    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "2", "--ckpt_path", "last"])
+    assert [p.name for p in (in_tmp / "runs").iterdir()] == ["text-vanilla"]  # no version_N directories
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [int(r.split(",")[header.index("step")]) for r in rows[1:] if r.split(",")[header.index("train/loss")]]
+    assert steps == [0, 1, 2, 3, 4]  # the resumed fit appended to the first one's log
+    assert "test/nll" in header
+
+
+# --- the shard cache follows the files -----------------------------------------------------------
+
+def _text_folder(d: Path, n: int) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (d / f"doc{i:02d}.txt").write_text(f"Document {i} tells the story of town {i} and its river. " * 20)
+
+
+def test_text_folder_edits_change_the_shard_key_and_copies_keep_it(tmp_path):
+    d = tmp_path / "corpus"
+    _text_folder(d, 12)
+    key = lambda folder: TextDataModule(source="files", files=[str(folder)], tokenizer="bpe", bpe_vocab_size=300,  # noqa: E731
+                                        cache_dir=str(tmp_path / "c")).shard_dir.name
+    k0 = key(d)
+    (d / "new.txt").write_text("an added document")
+    k1 = key(d)
+    (d / "doc03.txt").write_text("an edited document, of another length")
+    k2 = key(d)
+    (d / "new.txt").unlink()
+    k3 = key(d)
+    assert len({k0, k1, k2, k3}) == 4
+    shutil.copytree(d, tmp_path / "elsewhere" / "corpus")  # same relative paths, sizes, mtimes
+    assert key(tmp_path / "elsewhere" / "corpus") == k3
+
+
+def test_music_and_audio_folder_edits_change_the_shard_key(tmp_path):
+    import soundfile as sf
+
+    from test_music_data import _midi_with_notes
+
+    m, a = tmp_path / "midi", tmp_path / "audio"
+    m.mkdir()
+    a.mkdir()
+    for i in range(4):
+        _midi_with_notes(m / f"p{i}.mid", 10 + i)
+        sf.write(str(a / f"c{i}.wav"), np.random.default_rng(i).normal(0, 0.1, 24000).astype(np.float32), 24000)
+    mkey = lambda: MusicDataModule(source="files", files=[str(m)], cache_dir=str(tmp_path / "c")).shard_dir.name  # noqa: E731
+    akey = lambda: AcousticDataModule(source="files", files=[str(a)], codec_weights="random",  # noqa: E731
+                                      cache_dir=str(tmp_path / "c")).shard_dir.name
+    keys_m, keys_a = [mkey()], [akey()]
+    _midi_with_notes(m / "added.mid", 5)
+    sf.write(str(a / "added.wav"), np.zeros(2400, np.float32), 24000)
+    keys_m.append(mkey())
+    keys_a.append(akey())
+    _midi_with_notes(m / "p0.mid", 30)  # edited: another size
+    sf.write(str(a / "c0.wav"), np.zeros(4800, np.float32), 24000)
+    keys_m.append(mkey())
+    keys_a.append(akey())
+    (m / "added.mid").unlink()
+    (a / "added.wav").unlink()
+    keys_m.append(mkey())
+    keys_a.append(akey())
+    assert len(set(keys_m)) == 4 and len(set(keys_a)) == 4
+
+
+def test_a_small_folder_gets_every_split_with_the_default_fractions(in_tmp):
+    _text_folder(in_tmp / "twelve", 12)
+    assign = shards.split_keys([f"doc{i:02d}.txt" for i in range(12)], 0.01, 0.01)
+    assert sorted(assign.values()).count("val") == 1 and sorted(assign.values()).count("test") == 1
+    fit("--data.init_args.source", "files", "--data.init_args.files", f"[{in_tmp / 'twelve'}]",
+        "--data.init_args.bpe_vocab_size", "300", "--trainer.max_steps", "2")
+    assert (in_tmp / "runs/text-vanilla/checkpoints/last.ckpt").exists()
+
+
+# --- a checkpoint refuses another tokenizer of the same size ----------------------------------------
+
+def test_a_different_bpe_of_the_same_size_is_refused_by_test_and_resume(in_tmp):
+    a, b = in_tmp / "a", in_tmp / "b"
+    _text_folder(a, 12)
+    b.mkdir()
+    for i in range(12):
+        (b / f"x{i}.txt").write_text(f"Completely other words: quartz {i} zephyr jinx vex, bold nymphs {i}. " * 25)
+    files = lambda d: ["--data.init_args.source", "files", "--data.init_args.files", f"[{d}]",  # noqa: E731
+                       "--data.init_args.bpe_vocab_size", "300"]
+    fit(*files(a), "--trainer.max_steps", "2")
+    ckpt = str(in_tmp / "runs/text-vanilla/checkpoints/last.ckpt")
+    with pytest.raises(ValueError, match="tokenizer mismatch.*tokenizer.json"):
+        cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, *files(b), "--ckpt_path", ckpt])
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        fit(*files(b), "--trainer.max_steps", "4", "--ckpt_path", ckpt)
+    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, *files(a), "--ckpt_path", ckpt])  # its own data passes
+
+
+# --- reproduce refuses malformed requests --------------------------------------------------------
+
+@pytest.mark.parametrize("archs,seeds,match", [
+    (",", "0", "names no architecture; choose from: las, sla, va, vanilla"),
+    ("vanila", "0", "unknown vanila.*choose from"),
+    ("vanilla", "a", "--seeds 'a' must be comma-separated integers"),
+    ("vanilla", "1,1", "distinct"),
+])
+def test_reproduce_rejects_bad_archs_and_seeds_in_one_line(archs, seeds, match, tmp_path):
+    from lit_vattn.reproduce import main
+
+    with pytest.raises(SystemExit, match=match):
+        main(["--modality", "text", "--archs", archs, "--seeds", seeds, "--runs", str(tmp_path), "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_partial_request_never_takes_the_canonical_table_name():
+    from types import SimpleNamespace
+
+    from lit_vattn.reproduce import table_stem
+
+    args = SimpleNamespace(modality="text", preset="tiny")
+    full = [{"arch": a, "seed": s} for a in ("vanilla", "va", "las", "sla") for s in (0, 1, 2)]
+    assert table_stem(args, full) == "text-tiny"
+    assert table_stem(args, full[:6]) != "text-tiny"
+    assert table_stem(args, [r for r in full if r["seed"] < 2]) != "text-tiny"
+    failed = [dict(r, failed="diverged") if r["arch"] == "va" and r["seed"] == 1 else r for r in full]
+    assert table_stem(args, failed).endswith("-incomplete")
