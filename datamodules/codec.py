@@ -157,9 +157,12 @@ def encode(model, clips: list[np.ndarray], device: torch.device, batch_seconds: 
     is safe: the 24 kHz EnCodec is causal (convolutions and LSTM), so frames inside a clip never
     see the padding."""
     model = model.to(device)
+    from datamodules.shards import progress
+
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
     out: list[Optional[np.ndarray]] = [None] * len(clips)
     i = 0
+    bar = progress(sum(len(c) for c in clips) / SAMPLE_RATE, f"EnCodec encoding ({device.type}), audio seconds")
     while i < len(order):
         longest = len(clips[order[min(len(order) - 1, i)]])
         n = max(1, int(batch_seconds * SAMPLE_RATE // max(longest, 1)))
@@ -173,6 +176,8 @@ def encode(model, clips: list[np.ndarray], device: torch.device, batch_seconds: 
             frames = -(-len(clips[j]) * FRAME_RATE // SAMPLE_RATE)
             out[j] = codes[b, :, :frames]
         i += len(idx)
+        bar.update(sum(len(clips[j]) for j in idx) / SAMPLE_RATE)
+    bar.close()
     return out  # type: ignore[return-value]
 
 

@@ -176,7 +176,7 @@ class MusicDataModule(TokenDataModule):
         counts = {}
         for split, items in pieces.items():
             notes = 0
-            for name, score in items:
+            for name, score in shards.progress_iter(items, f"tokenizing {split} pieces"):
                 ids = self._ids(tok, score)
                 if not ids:
                     skipped.append((name, "no tokens"))

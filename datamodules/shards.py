@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -44,7 +45,9 @@ class ShardWriter:
     def __init__(self, final_dir: Path, vocab_size: int):
         self.final_dir = Path(final_dir)
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-", dir=self.final_dir.parent))
+        clean_stale(self.final_dir)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}-",
+                                         dir=self.final_dir.parent))
         self.dtype = token_dtype(vocab_size)
         self.vocab_size = vocab_size
         self._files = {s: open(self.tmp / f"{s}.bin", "wb") for s in SPLITS}
@@ -93,6 +96,20 @@ class ShardWriter:
         for f in self._files.values():
             f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def clean_stale(final_dir: Path) -> None:
+    """Remove the temporary directories of preparations of these shards that were killed: named
+    ``.<name>.tmp-<host>-<pid>-*``, made on this host by a process that no longer exists."""
+    host = socket.gethostname()
+    for d in Path(final_dir).parent.glob(f".{Path(final_dir).name}.tmp-{host}-*"):
+        try:
+            pid = int(d.name[len(f".{Path(final_dir).name}.tmp-{host}-"):].split("-", 1)[0])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge
 
 
 def is_complete(shard_dir: Path) -> bool:
@@ -188,6 +205,21 @@ def fingerprint(files: list[tuple[str, str]]) -> str:
         st = os.stat(path)
         h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def progress(total: int, what: str):
+    """A progress bar on stderr for the one-time preparation (tokenizing, encoding), so a first run
+    that spends minutes preparing data says so."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="", unit_scale=True, mininterval=2.0, leave=False, dynamic_ncols=True)
+
+
+def progress_iter(items: list, what: str) -> Iterator:
+    with progress(len(items), what) as bar:
+        for x in items:
+            yield x
+            bar.update(1)
 
 
 def batched(it: Iterable, n: int) -> Iterator[list]:

@@ -144,10 +144,12 @@ class TextDataModule(TokenDataModule):
         unit_counts = {}
         for split, texts in docs.items():
             n_bytes = 0
-            for batch in shards.batched(texts, 4096):
-                for ids in tok.encode_batch(batch):
-                    writer.add(split, ids + [tok.eot_id])
-                n_bytes += sum(len(t.encode("utf-8")) for t in batch)
+            with shards.progress(len(texts), f"tokenizing {split} documents") as bar:
+                for batch in shards.batched(texts, 4096):
+                    for ids in tok.encode_batch(batch):
+                        writer.add(split, ids + [tok.eot_id])
+                    n_bytes += sum(len(t.encode("utf-8")) for t in batch)
+                    bar.update(len(batch))
             unit_counts[split] = n_bytes
         self._tok = tok
         meta = {"tokenizer": tok.spec(), "eot_id": tok.eot_id, "unit_counts": unit_counts}

@@ -32,6 +32,8 @@ class CLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.every_n_train_steps": 100,
             "checkpoint.save_top_k": 0,
+            # one directory per run: a resumed run overwrites its own last.ckpt (never last-v1.ckpt)
+            "checkpoint.enable_version_counter": False,
         })
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
 
@@ -58,8 +60,10 @@ class CLI(LightningCLI):
                     "`lit-vattn fit` under the same --trainer.logger.init_args.name, or give a checkpoint file"
                 )
             cfg["ckpt_path"] = str(last)
-        elif ckpt is not None and not Path(ckpt).is_file():
+        elif ckpt is not None and not Path(ckpt).exists():
             raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        if cfg.get("ckpt_path") is not None:
+            check_checkpoint_file(Path(cfg["ckpt_path"]))
         elif ckpt is None and required:
             raise ValueError(
                 f"`lit-vattn {self.subcommand}` needs --ckpt_path (a checkpoint file, or 'last' for "
@@ -70,6 +74,13 @@ class CLI(LightningCLI):
                 f"run directory {run_dir} already holds a trained run ({last}): continue it with --ckpt_path last, "
                 "or start a new run under another --trainer.logger.init_args.name (or delete that directory)"
             )
+        elif ckpt is None and self.subcommand == "fit" and run_dir is not None and (run_dir / "metrics.csv").is_file():
+            # an attempt that never saved a checkpoint (it failed early): start its log afresh, keep the old one aside
+            import time
+
+            old = run_dir / "metrics.csv"
+            if self.trainer.is_global_zero:
+                old.rename(run_dir / f"metrics-failed-attempt-{time.strftime('%Y%m%d-%H%M%S')}.csv")
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path(required=False)
@@ -79,6 +90,18 @@ class CLI(LightningCLI):
 
     def before_test(self) -> None:
         self._resolve_ckpt_path(required=True)
+
+
+def check_checkpoint_file(path) -> None:
+    """A torch checkpoint is a zip archive whose directory is written last: a file cut short by a
+    crash or a full disk has none. Say so, naming the file, instead of torch's bare zip error."""
+    import zipfile
+
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"checkpoint {path} is truncated or not a torch checkpoint ({path.stat().st_size} bytes): "
+            "a save was interrupted, or the file was cut short in a copy; use an earlier checkpoint"
+        )
 
 
 def cli_main(args=None, run: bool = True) -> CLI:

@@ -236,6 +236,17 @@ def fmt(xs: list[float], digits: int = 4) -> str:
     return f"{mean(xs):.{digits}f} ± {stdev(xs):.{digits}f}"
 
 
+def significance(archs: list[str], by: dict, base: dict) -> dict[str, tuple]:
+    """arch -> (paired-t p, Holm p, verdict) against vanilla on the seeds both finished."""
+    from lit_vattn.stats import holm, paired_t, verdict
+
+    names = [a for a in archs if a != "vanilla" and by.get(a)]
+    diffs = {a: [r["test_nll"] - base[r["seed"]]["test_nll"] for r in by[a] if r["seed"] in base] for a in names}
+    raw = [paired_t(diffs[a])[1] for a in names]
+    adj = holm(raw)
+    return {a: (p, q, verdict(mean(diffs[a]) if diffs[a] else None, q)) for a, p, q in zip(names, raw, adj)}
+
+
 def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None) -> tuple[Path, Path]:
     unit, unit_label = UNIT[args.modality]
     out = Path(args.out)
@@ -268,32 +279,39 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
         f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
         f"- scored: {scored_fraction(results)}",
+        "- test: per architecture, a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed), "
+        "Holm-corrected across the architectures of this table; verdict \"better\"/\"worse\" when the Holm p < 0.05, "
+        "otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)",
     ]
     if failed:
         lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
     lines += [
         "",
-        f"| arch | runs | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla | tokens/s | peak mem (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| arch | runs | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla "
+        "| p (paired t) | p (Holm) | verdict | tokens/s | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    tests = significance(archs, by, base)
     for a in archs:
         rs = by[a]
         n_failed = sum(r["arch"] == a for r in failed)
         runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
         if not rs:
-            lines.append(f"| {a} | {runs} | — | — | failed | failed | failed | — | — | — |")
+            lines.append(f"| {a} | {runs} | — | — | failed | failed | failed | — | — | — | — | — | — |")
             continue
+        p_raw, p_holm, word = tests.get(a, (None, None, "—"))
+        pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
         delta = [r["test_nll"] - base[r["seed"]]["test_nll"] for r in rs if r["seed"] in base] if a != "vanilla" else []
         lines.append(
             f"| {a} | {runs} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
             f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
-            f"{fmt(delta) if delta else '—'} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
+            f"{fmt(delta) if delta else '—'} | {pf(p_raw)} | {pf(p_holm)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
             f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
         )
     for c in counts or []:
         lines.append(
             f"| {c['arch']} | count model | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
-            f"{c['test_bits_per_unit']:.3f} | — | — | — |"
+            f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — |"
         )
     if counts:
         lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "

@@ -82,7 +82,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         final = Path(filepath)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        # the same name on every rank: a sharded (FSDP) save writes one directory from all of them
+        tmp = final.with_name(f".{final.name}.tmp-step{trainer.global_step}")
         trainer.save_checkpoint(str(tmp), self.save_weights_only)  # ends with a barrier on every rank
         if trainer.is_global_zero:
             if tmp.is_file():

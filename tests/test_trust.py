@@ -72,18 +72,22 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint_loadable(in_tmp, m
     fit("--trainer.max_steps", "5", "--checkpoint.every_n_train_steps", "5")
     last = in_tmp / "runs/text-vanilla/checkpoints/last.ckpt"
     assert step_of(last) == 5
-    import lightning.fabric.utilities.cloud_io as cloud_io
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    class Killed(BaseException):  # like SIGKILL, nothing may catch it and tidy up
+        pass
 
     def killed_mid_write(checkpoint, filepath):  # half the bytes reach the disk, then the process "dies"
         with open(filepath, "wb") as f:
             f.write(b"PK\x03\x04 half a checkpoint")
-        raise KeyboardInterrupt("simulated kill during a save")
+        raise Killed("simulated kill during a save")
 
-    monkeypatch.setattr(cloud_io, "_atomic_save", killed_mid_write)
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
+    real_save = torch_io._atomic_save
+    monkeypatch.setattr(torch_io, "_atomic_save", killed_mid_write)
+    with pytest.raises(Killed):
         fit("--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2", "--ckpt_path", "last")
     assert step_of(last) == 5  # the previous checkpoint is whole and still the last one
-    monkeypatch.undo()
+    monkeypatch.setattr(torch_io, "_atomic_save", real_save)  # (undo() would also undo the fixture's chdir)
     fit("--trainer.max_steps", "6", "--ckpt_path", "last")  # a later run cleans the debris and continues
     assert step_of(last) == 6
     assert not [p for p in last.parent.iterdir() if ".tmp-" in p.name]
@@ -222,3 +226,23 @@ def test_a_partial_request_never_takes_the_canonical_table_name():
     assert table_stem(args, [r for r in full if r["seed"] < 2]) != "text-tiny"
     failed = [dict(r, failed="diverged") if r["arch"] == "va" and r["seed"] == 1 else r for r in full]
     assert table_stem(args, failed).endswith("-incomplete")
+
+
+def test_audio_files_honour_seconds_and_max_clips_before_decoding(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from datamodules import audio_sources
+
+    d = tmp_path / "audio"
+    d.mkdir()
+    for i in range(10):  # ten 1-second files
+        sf.write(str(d / f"c{i}.wav"), np.random.default_rng(i).normal(0, 0.1, 24000).astype(np.float32), 24000)
+    picked = audio_sources.select_files([str(d)], seconds=3.5, max_clips=None, seed=0, skipped=[])
+    assert len(picked) == 4  # 4 s >= 3.5 s, chosen from the headers
+    assert len(audio_sources.select_files([str(d)], seconds=None, max_clips=2, seed=0, skipped=[])) == 2
+    assert picked == audio_sources.select_files([str(d)], seconds=3.5, max_clips=None, seed=0, skipped=[])  # seeded
+    decoded = []
+    real = audio_sources.read_audio
+    monkeypatch.setattr(audio_sources, "read_audio", lambda p: decoded.append(p) or real(p))
+    list(audio_sources.file_clips(picked, []))
+    assert sorted(decoded) == sorted(p for p, _ in picked)  # nothing else was decoded

@@ -1,0 +1,35 @@
+"""The significance rule of the tables: paired t-test over seeds, Holm across the table."""
+
+import math
+
+import pytest
+
+from lit_vattn.stats import holm, paired_t, t_two_sided_p, verdict
+
+
+@pytest.mark.parametrize("t", [0.1, 1.0, 2.5, 4.3027, 10.0])
+def test_t_tail_matches_closed_forms(t):
+    assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-12)  # Cauchy
+    assert t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), abs=1e-12)
+    assert t_two_sided_p(-t, 2) == t_two_sided_p(t, 2)
+
+
+def test_t_tail_at_textbook_critical_values():
+    for df, t975 in [(2, 4.302653), (5, 2.570582), (10, 2.228139), (30, 2.042272)]:
+        assert t_two_sided_p(t975, df) == pytest.approx(0.05, abs=2e-6)
+
+
+def test_paired_t_and_edge_cases():
+    t, p = paired_t([-0.10, -0.12, -0.08])  # mean -0.1, sd 0.02: t = -8.66, df 2
+    assert t == pytest.approx(-0.1 / (0.02 / math.sqrt(3)))
+    assert p == pytest.approx(1 - abs(t) / math.sqrt(t * t + 2))
+    assert paired_t([0.1]) == (None, None)
+    assert paired_t([0.0, 0.0]) == (0.0, 1.0)
+    assert paired_t([-0.1, -0.1])[1] == 0.0
+
+
+def test_holm_step_down_and_verdicts():
+    assert holm([0.01, 0.04, 0.03, None]) == [0.03, 0.06, 0.06, None]
+    assert holm([0.5, 0.001]) == [0.5, 0.002]
+    assert verdict(-0.1, 0.01) == "better" and verdict(0.1, 0.01) == "worse"
+    assert verdict(-0.1, 0.2) == "no detectable difference"
