@@ -11,6 +11,7 @@ positions, and the same per-token unit table for bits per byte / note / second.
 from __future__ import annotations
 
 import math
+from itertools import islice
 from typing import Optional
 
 import numpy as np
@@ -70,11 +71,17 @@ def n_batches(limit, total: int) -> int:
 @torch.no_grad()
 def score(models: list, loader, batches: int, units_per_token: Optional[torch.Tensor]) -> dict[str, dict]:
     """{model name: {"nll": nats/target, "bits_per_unit": ..., "targets": n}} over ``batches`` batches."""
+    return score_ranks(models, [(loader, batches)], units_per_token)
+
+
+@torch.no_grad()
+def score_ranks(models: list, loaders: list, units_per_token: Optional[torch.Tensor]) -> dict[str, dict]:
+    """As ``score``, summed over (loader, batches) pairs: one per DDP rank of the run, each rank's
+    own slice of the split cut at the run's ``limit_*_batches``, so a count row is scored on exactly
+    the targets a multi-process run scored."""
     sums = {m.name: 0.0 for m in models}
     targets, units = 0, 0.0
-    for b, batch in enumerate(loader):
-        if b >= batches:
-            break
+    for batch in (batch for loader, batches in loaders for batch in islice(loader, batches)):
         x, y = batch["input"].numpy(), batch["target"].numpy()  # (B, T) each; y = -100 where not scored
         keep = y >= 0
         prev, nxt = x[keep], y[keep]

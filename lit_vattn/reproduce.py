@@ -159,7 +159,11 @@ def failure_reason(log_tail: str) -> str:
 
 def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> list[dict]:
     """Unigram and bigram count models of the training split, scored on the targets the runs were
-    scored on (their DataModule, their limit_{val,test}_batches); see lit_vattn/baselines.py."""
+    scored on (their DataModule, their limit_{val,test}_batches, each rank's slice when the runs
+    used several processes); see lit_vattn/baselines.py."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.windows import EvalWindows
     from lit_vattn import baselines
     from lit_vattn.cli import from_run_config
 
@@ -170,10 +174,13 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     train = np.asarray(dm._data["train"][:max_train_tokens])
     models = [baselines.Unigram(train, dm.vocab_size), baselines.Bigram(train, dm.vocab_size)]
     units = dm.units_per_token
+    # the runs' world size: under DDP each rank scored its own slice, cut at limit_*_batches
+    world = int(json.loads((Path(results[0]["run_dir"]) / "fit" / "stats.json").read_text()).get("world_size", 1))
     scored = {}
-    for split, loader, limit in (("val", dm.val_dataloader(), trainer.limit_val_batches),
-                                 ("test", dm.test_dataloader(), trainer.limit_test_batches)):
-        scored[split] = baselines.score(models, loader, baselines.n_batches(limit, len(loader)), units)
+    for split, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
+        loaders = [DataLoader(EvalWindows(dm._data[split], dm.seq_len, r, world), batch_size=dm.batch_size)
+                   for r in range(world)]
+        scored[split] = baselines.score_ranks(models, [(ld, baselines.n_batches(limit, len(ld))) for ld in loaders], units)
     return [{"arch": m.name, "train_tokens": len(train), **{f"{split}_{k}": v for split in scored
              for k, v in scored[split][m.name].items()}} for m in models]
 

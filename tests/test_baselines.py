@@ -49,3 +49,23 @@ def test_score_uses_only_scored_targets_and_the_unit_table():
 @pytest.mark.parametrize("limit,total,expected", [(None, 9, 9), (4, 9, 4), (40.0, 9, 9), (1.0, 9, 9), (0.5, 9, 4)])
 def test_batch_limits_read_like_lightning(limit, total, expected):
     assert baselines.n_batches(limit, total) == expected
+
+
+def test_ddp_runs_get_count_rows_on_each_ranks_own_limited_slice():
+    """Two ranks with limit_val_batches=1 scored the first batch of each rank's half of the split:
+    the count rows must score exactly those targets, not the first two batches of the whole split."""
+    from torch.utils.data import DataLoader
+
+    from datamodules.windows import EvalWindows
+
+    tokens = np.arange(1, 101) % 7  # 100 tokens, windows of 4: 25 windows (24 full + 1 tail)
+    uni = baselines.Unigram(tokens, 7)
+    ranks = [DataLoader(EvalWindows(tokens, 4, r, 2), batch_size=2) for r in range(2)]
+    got = baselines.score_ranks([uni], [(ld, 1) for ld in ranks], None)["unigram (counts)"]
+    first = [next(iter(ld))["target"] for ld in ranks]
+    assert got["targets"] == sum(int((t >= 0).sum()) for t in first) == 16
+    whole = baselines.score([uni], DataLoader(EvalWindows(tokens, 4), batch_size=2), 2, None)["unigram (counts)"]
+    expected = np.concatenate([t[t >= 0].numpy() for t in first])
+    prev = np.concatenate([next(iter(ld))["input"][first[i] >= 0].numpy() for i, ld in enumerate(ranks)])
+    assert got["nll"] == pytest.approx(float(uni.nll(prev, expected).mean()))
+    assert got["nll"] != pytest.approx(whole["nll"])  # other windows than the first two of the split
