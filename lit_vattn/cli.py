@@ -116,6 +116,10 @@ def cli_main(args=None, run: bool = True) -> CLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=1234,
+        # the module owns its optimizer: parameter groups (no decay on norms, embeddings and depth
+        # mixers; their lr multiplier) and the warmup schedule; Lightning's --optimizer/--lr_scheduler
+        # would silently replace both
+        auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "use_distributed_sampler": False,  # the DataModule slices data per rank itself

@@ -120,10 +120,10 @@ class LanguageModel(pl.LightningModule):
     def check_finite(self) -> None:
         first = getattr(self, "_first_bad_step", None)
         if first is not None and int(first) >= 0:
-            self._diverged(int(first), float("nan"))
+            self._diverged(int(first), None)
 
-    def _diverged(self, step: int, value: float) -> None:
-        what = f"is {value}" if value == value or value in (float("inf"), float("-inf")) else "is not finite"
+    def _diverged(self, step: int, value: Optional[float]) -> None:
+        what = "is not finite" if value is None else f"is {value}"
         raise DivergedError(
             f"training loss {what} at step {step}: the run diverged and is stopped (no checkpoint of this state is "
             f"written, nothing is scored). Lower the learning rate (model.init_args.lr={self.hparams.lr}), lengthen the "

@@ -151,3 +151,15 @@ def test_prepare_command_tokenizes_and_stops(in_tmp, capsys, bpe_text):
     out = capsys.readouterr().out
     assert "shards ready in" in out and str(bpe_text.shard_dir) in out
     assert not (in_tmp / "runs").exists()  # nothing trained
+
+
+def test_optimizer_flags_are_not_offered_since_the_module_owns_its_groups(in_tmp, capsys):
+    """Lightning's --optimizer/--lr_scheduler would silently replace the module's parameter groups
+    (no decay on norms/embeddings/depth mixers, mix_lr_mult) and its warmup schedule."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "--optimizer" not in out and "--lr_scheduler" not in out
+    assert "--model.init_args.lr" in out or "--model CONFIG" in out
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", TEXT, "--optimizer", "torch.optim.SGD"])
