@@ -69,7 +69,8 @@ class CLI(LightningCLI):
                 f"`lit-vattn {self.subcommand}` needs --ckpt_path (a checkpoint file, or 'last' for "
                 f"{last if last is not None else 'this run'}): without it the model's random initial weights would be scored"
             )
-        elif ckpt is None and self.subcommand == "fit" and last is not None and last.is_file():
+        elif (ckpt is None and self.subcommand == "fit" and last is not None and last.is_file()
+              and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")):  # a requeued job resumes by itself
             raise FileExistsError(
                 f"run directory {run_dir} already holds a trained run ({last}): continue it with --ckpt_path last, "
                 "or start a new run under another --trainer.logger.init_args.name (or delete that directory)"
