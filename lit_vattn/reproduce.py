@@ -213,10 +213,13 @@ def table_stem(args, results: list[dict]) -> str:
     return stem + ("-incomplete" if any(r.get("failed") for r in results) else "")
 
 
-def epochs(results: list[dict]) -> str:
-    """Tokens seen over the training split's size (from the runs' own stats)."""
-    e = sorted({round(r["tokens_seen"] / r["train_tokens"], 2) for r in results if r.get("train_tokens")})
-    return ", ".join(f"{x:g}" for x in e) if e else "n/a (runs made before train_tokens was recorded)"
+def epochs(results: list[dict], counts: Optional[list[dict]] = None) -> str:
+    """Tokens seen over the training split's size (the runs' own stats; else the count models',
+    which read the whole training split of the same data)."""
+    fallback = counts[0]["train_tokens"] if counts else None
+    e = sorted({round(r["tokens_seen"] / (r.get("train_tokens") or fallback), 2) for r in results
+                if r.get("train_tokens") or fallback})
+    return ", ".join(f"{x:g}" for x in e) if e else "n/a"
 
 
 def scored_fraction(results: list[dict]) -> str:
@@ -299,7 +302,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
         f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', '?') for r in results}))}; "
         f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
-        f"- epochs over the training split: {epochs(results)}",
+        f"- epochs over the training split: {epochs(results, counts)}",
         f"- wall time: {wall / 60:.1f} min for this invocation; "
         f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs",
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
