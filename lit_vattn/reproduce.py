@@ -192,7 +192,7 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
         loaders = [DataLoader(EvalWindows(dm._data[split], dm.seq_len, r, world), batch_size=dm.batch_size)
                    for r in range(world)]
         scored[split] = baselines.score_ranks(models, [(ld, baselines.n_batches(limit, len(ld))) for ld in loaders], units)
-    return [{"arch": m.name, "train_tokens": len(train), **{f"{split}_{k}": v for split in scored
+    return [{"arch": m.name, "train_tokens": len(train), "split_tokens": len(dm._data["train"]), **{f"{split}_{k}": v for split in scored
              for k, v in scored[split][m.name].items()}} for m in models]
 
 
@@ -216,7 +216,7 @@ def table_stem(args, results: list[dict]) -> str:
 def epochs(results: list[dict], counts: Optional[list[dict]] = None) -> str:
     """Tokens seen over the training split's size (the runs' own stats; else the count models',
     which read the whole training split of the same data)."""
-    fallback = counts[0]["train_tokens"] if counts else None
+    fallback = counts[0].get("split_tokens", counts[0]["train_tokens"]) if counts else None
     e = sorted({round(r["tokens_seen"] / (r.get("train_tokens") or fallback), 2) for r in results
                 if r.get("train_tokens") or fallback})
     return ", ".join(f"{x:g}" for x in e) if e else "n/a"
