@@ -145,6 +145,8 @@ class RunStats(Callback):
             "peak_memory_gib": peak_memory_gib(pl_module.device),
             "device": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
             "world_size": trainer.world_size,
+            # the training split's size, so tables can say how many epochs a run saw
+            "train_tokens": int(dm.meta["splits"]["train"]["tokens"]) if dm is not None and getattr(dm, "meta", None) else None,
         }
         if trainer.global_rank == 0 and trainer.log_dir:
             out = Path(trainer.log_dir) / "stats.json"

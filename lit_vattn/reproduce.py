@@ -102,6 +102,16 @@ class Runner:
             tail = log.read_text()[-3000:]
             raise RunFailed(f"exit {p.returncode}: {failure_reason(tail)}", f"{' '.join(cmd)}\nlog {log}:\n{tail}")
 
+    def summary(self, arch: str, seed: int) -> dict:
+        """The finished run's done.json (for --table-only); its run_dir is re-rooted here."""
+        done = self.run_dir(arch, seed) / "done.json"
+        if not done.exists():
+            raise SystemExit(f"--table-only: {arch} seed {seed} has no finished summary {done}; run it first "
+                             "(without --table-only) or copy its run directory under --runs")
+        r = json.loads(done.read_text())
+        r["run_dir"] = str(self.run_dir(arch, seed))
+        return r
+
     def one(self, arch: str, seed: int) -> dict:
         """A finished run's numbers, or {"failed": reason}: a diverged or crashed run never scores."""
         try:
@@ -136,6 +146,7 @@ class Runner:
             f"val_{unit}": last(fm, f"val/{unit}"), f"test_{unit}": last(tm, f"test/{unit}"),
             "tokens_per_sec": stats["tokens_per_sec"], "peak_memory_gib": stats["peak_memory_gib"],
             "flops_per_token": stats["flops_per_token"], "device": stats["device"],
+            "train_tokens": stats.get("train_tokens"), "commit": git_commit(),
             "wall_seconds": time.time() - t0, "run_dir": str(d),
         }
         tmp = done.with_suffix(".tmp")
@@ -181,7 +192,7 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
         loaders = [DataLoader(EvalWindows(dm._data[split], dm.seq_len, r, world), batch_size=dm.batch_size)
                    for r in range(world)]
         scored[split] = baselines.score_ranks(models, [(ld, baselines.n_batches(limit, len(ld))) for ld in loaders], units)
-    return [{"arch": m.name, "train_tokens": len(train), **{f"{split}_{k}": v for split in scored
+    return [{"arch": m.name, "train_tokens": len(train), "split_tokens": len(dm._data["train"]), **{f"{split}_{k}": v for split in scored
              for k, v in scored[split][m.name].items()}} for m in models]
 
 
@@ -200,6 +211,15 @@ def table_stem(args, results: list[dict]) -> str:
         return stem
     stem += f"-{'-'.join(archs)}-seeds{'-'.join(map(str, seeds))}"
     return stem + ("-incomplete" if any(r.get("failed") for r in results) else "")
+
+
+def epochs(results: list[dict], counts: Optional[list[dict]] = None) -> str:
+    """Tokens seen over the training split's size (the runs' own stats; else the count models',
+    which read the whole training split of the same data)."""
+    fallback = counts[0].get("split_tokens", counts[0]["train_tokens"]) if counts else None
+    e = sorted({round(r["tokens_seen"] / (r.get("train_tokens") or fallback), 2) for r in results
+                if r.get("train_tokens") or fallback})
+    return ", ".join(f"{x:g}" for x in e) if e else "n/a"
 
 
 def scored_fraction(results: list[dict]) -> str:
@@ -280,7 +300,9 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"# {args.modality} NLL table, preset `{args.preset}`",
         "",
         f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
-        f"- commit: {git_commit()}; date: {datetime.date.today().isoformat()}; hardware: {hw}",
+        f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', '?') for r in results}))}; "
+        f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
+        f"- epochs over the training split: {epochs(results, counts)}",
         f"- wall time: {wall / 60:.1f} min for this invocation; "
         f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs",
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
@@ -373,6 +395,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: build the table from the finished runs' summaries (done.json) under --runs, "
+                   "e.g. run directories copied back from a GPU machine (checkpoints not needed); a missing run is an error")
     p.add_argument("--override", nargs=argparse.REMAINDER, default=[],
                    help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50")
     args = p.parse_args(argv)
@@ -385,17 +410,25 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
     t0 = time.time()
     jobs = [(a, s) for s in seeds for a in archs]
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(lambda job: runner.one(*job), jobs))
-    wall = time.time() - t0
+    if args.table_only:  # summaries made here or on other machines, copied under --runs
+        results = [runner.summary(a, s) for a, s in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            results = list(pool.map(lambda job: runner.one(*job), jobs))
+    wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0
     counts = None
     finished = [r for r in results if not r.get("failed")]
     if not finished:
         raise SystemExit("every run failed; no table is written: " + "; ".join(
             f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results))
     if not args.no_baselines:
+        saved = runner.root / f"{args.modality}-{args.preset}" / "counts.json"
         try:
-            counts = count_baselines(finished)
+            if saved.exists() and args.table_only:  # computed beside the runs, where their data is
+                counts = json.loads(saved.read_text())
+            else:
+                counts = count_baselines(finished)
+                saved.write_text(json.dumps(counts, indent=2))
         except Exception as e:  # the runs are done: a failing extra row must not cost the table
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     md, _ = write_tables(args, results, wall, counts)

@@ -146,3 +146,23 @@ def test_a_multi_gpu_fsdp_run_config_loads_on_one_cpu_for_analysis(table, tmp_pa
     assert type(cli.trainer.strategy).__name__ == "SingleDeviceStrategy"
     assert cli.trainer.num_devices == 1 and cli.trainer.num_nodes == 1 and cli.trainer.precision == "32-true"
     assert cli.model.hparams.vocab_size == cli.datamodule.vocab_size
+
+
+def test_table_only_rebuilds_the_table_from_copied_summaries(table, tmp_path):
+    """Runs made on another machine come back as run directories without checkpoints; the table
+    is rebuilt from their summaries (and the count rows saved beside them), training nothing."""
+    import shutil
+
+    tmp, args, results = table
+    copy, out = tmp_path / "copied", tmp_path / "out"
+    shutil.copytree(tmp / "runs", copy, ignore=shutil.ignore_patterns("*.ckpt"))
+    cut = args.index("--override")
+    moved = [str(copy) if a == str(tmp / "runs") else str(out) if a == str(tmp / "results") else a for a in args[:cut]]
+    again = reproduce.main([*moved, "--table-only", *args[cut:]])
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
+    md = (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()
+    assert "bigram (counts)" in md and "epochs over the training split" in md
+    assert not list(copy.glob("**/*.ckpt"))
+    shutil.rmtree(copy / "text-tiny" / "va" / "seed1")
+    with pytest.raises(SystemExit, match="va seed 1 has no finished summary"):
+        reproduce.main([*moved, "--table-only", *args[cut:]])
