@@ -150,6 +150,12 @@ def from_run_config(path, *extra: str) -> CLI:
     saved = yaml.safe_load(Path(path).read_text())
     for key in ("ckpt_path", "weights_only"):  # arguments of the fit subcommand, not of the objects
         saved.pop(key, None)
+    for key in ("optimizer", "lr_scheduler"):  # configs saved before the CLI stopped offering them
+        if saved.get(key) is None:
+            saved.pop(key, None)
+        else:
+            raise ValueError(f"{path} sets {key}={saved[key]!r}, which this version no longer honours: the module "
+                             "configures its own optimizer and schedule (model.init_args.lr, schedule, warmup_steps, ...)")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(saved, f)
     try:
