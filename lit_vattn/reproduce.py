@@ -300,7 +300,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"# {args.modality} NLL table, preset `{args.preset}`",
         "",
         f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
-        f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', '?') for r in results}))}; "
+        f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', 'not recorded (see results/README.md)') for r in results}))}; "
         f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
         f"- epochs over the training split: {epochs(results, counts)}",
         f"- wall time: {wall / 60:.1f} min for this invocation; "
