@@ -114,7 +114,7 @@ class AcousticDataModule(TokenDataModule):
         if self.codec_weights == "random":
             s["tokenizer"].update(kmeans_seconds=self.kmeans_seconds, seed=self.codec_seed)
         if self.source == "files":  # adding, removing or editing a file under a folder gives new shards
-            s["files"] = shards.fingerprint(shards.expand_files(self.files, "audio file", AUDIO_SUFFIXES))
+            s["files"] = self.files_fingerprint("audio file", AUDIO_SUFFIXES)
         elif self.source not in ("speech", "music"):
             s.update(hf_config=self.hf_config, hf_split=self.hf_split, audio_column=self.audio_column)
         return s

@@ -150,12 +150,26 @@ class TokenDataModule(pl.LightningDataModule):
         tokenizers of the same kind and size trained on different data differ here."""
         import hashlib
 
+        shard_dir = self.shard_dir
+        cached = getattr(self, "_identity", None)
+        if cached is not None and cached[0] == shard_dir:  # hashed once per shard directory (every save asks)
+            return cached[1]
         ident = {"settings": self.settings().get("tokenizer")}
         for name in self.TOKENIZER_FILES:
-            f = self.shard_dir / name
+            f = shard_dir / name
             if f.is_file():
                 ident[name] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        if shards.is_complete(shard_dir):  # before preparation the tokenizer files do not exist yet
+            self._identity = (shard_dir, ident)
         return ident
+
+    def files_fingerprint(self, what: str, suffixes=None) -> str:
+        """``shards.fingerprint`` of ``data.files``, computed once per DataModule (a folder is
+        walked and stat'ed once, not at every checkpoint that asks for the settings)."""
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None:
+            cached = self._fingerprint = shards.fingerprint(shards.expand_files(self.files, what, suffixes))
+        return cached
 
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

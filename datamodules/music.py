@@ -104,7 +104,7 @@ class MusicDataModule(TokenDataModule):
              "tokenizer": {"kind": f"miditok.{self.tokenizer_name}", "options": self.tokenizer_options,
                            "bpe": self.bpe_vocab_size, "vocab_size": self.vocab_size}}
         if self.source == "files":  # adding, removing or editing a file under a folder gives new shards
-            s["files"] = shards.fingerprint(shards.expand_files(self.files, "MIDI file", MIDI_SUFFIXES))
+            s["files"] = self.files_fingerprint("MIDI file", MIDI_SUFFIXES)
         return s
 
     @property

@@ -85,7 +85,7 @@ class TextDataModule(TokenDataModule):
             "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
         }
         if self.source == "files":  # adding, removing or editing a file under a folder or glob gives new shards
-            s["files"] = shards.fingerprint(shards.expand_files(self.files, "text file"))
+            s["files"] = self.files_fingerprint("text file")
             s["sample_by"] = self.sample_by
         elif self.source != "embedded":
             s.update(hf_config=self.hf_config, text_column=self.text_column)

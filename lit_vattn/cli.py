@@ -37,7 +37,6 @@ class CLI(LightningCLI):
         })
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
 
-
     # --- the run directory ----------------------------------------------------------------------
     def _run_dir(self):
         from pathlib import Path

@@ -53,9 +53,7 @@ class RunCSVLogger(CSVLogger):
 
     @property
     def log_dir(self) -> str:
-        if self._version == "":
-            return os.path.join(self.root_dir)
-        return super().log_dir
+        return self.root_dir if self._version == "" else super().log_dir
 
     @property
     def experiment(self) -> ExperimentWriter:
