@@ -159,6 +159,13 @@ class AcousticDataModule(TokenDataModule):
             shards.check_splits({k: len(v) for k, v in clips.items()}, "usable audio clips", fix)
         if not clips["train"]:
             raise ValueError(f"no usable audio in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
+        train_seconds = sum(len(w) for w in clips["train"]) / codec.SAMPLE_RATE
+        if self.codec_weights == "random" and train_seconds < codec.MIN_KMEANS_SECONDS:
+            raise ValueError(
+                f"the training split holds {train_seconds:.1f} s of usable audio, but the random codec's k-means needs at "
+                f"least {codec.MIN_KMEANS_SECONDS:.1f} s: add audio or raise data.seconds, lower data.val_fraction / "
+                "data.test_fraction, or use pretrained codec weights (data.codec_weights)"
+            )
         if self.codec_weights == "random":
             model = codec.random_codec(np.concatenate(clips["train"])[: int(self.kmeans_seconds * codec.SAMPLE_RATE)],
                                        self.bandwidth, seed=self.codec_seed)

@@ -31,6 +31,7 @@ FRAME_RATE = 75
 BINS = 1024
 PRETRAINED_FILE = "encodec_24khz-d7cc33bc.th"
 N_Q = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
+MIN_KMEANS_SECONDS = BINS / FRAME_RATE  # one frame per codebook entry: 13.7 s
 
 
 def import_encodec():
