@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import hardware  # noqa: E402
+from throughput import hardware, sync  # noqa: E402
 
 from lit_vattn.reproduce import git_commit  # noqa: E402
 
@@ -110,11 +110,6 @@ def audio_rows(args, device) -> list:
         rows.append((f"EnCodec 6 kbps encode ({device.type}, {bs:.0f} s of audio per batch)", f"{secs:.0f} s of audio",
                      dt, f"{secs / dt:.1f} audio s/s ({secs / dt:.0f}x real time)"))
     return rows
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def write_table(rows: list, args) -> None:

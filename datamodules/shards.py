@@ -101,10 +101,10 @@ class ShardWriter:
 def clean_stale(final_dir: Path) -> None:
     """Remove the temporary directories of preparations of these shards that were killed: named
     ``.<name>.tmp-<host>-<pid>-*``, made on this host by a process that no longer exists."""
-    host = socket.gethostname()
-    for d in Path(final_dir).parent.glob(f".{Path(final_dir).name}.tmp-{host}-*"):
+    prefix = f".{Path(final_dir).name}.tmp-{socket.gethostname()}-"
+    for d in Path(final_dir).parent.glob(prefix + "*"):
         try:
-            pid = int(d.name[len(f".{Path(final_dir).name}.tmp-{host}-"):].split("-", 1)[0])
+            pid = int(d.name[len(prefix):].split("-", 1)[0])
             os.kill(pid, 0)  # raises if no such process
         except ProcessLookupError:
             shutil.rmtree(d, ignore_errors=True)
@@ -191,10 +191,6 @@ def expand_files(patterns: list[str], what: str, suffixes: Optional[set[str]] = 
     if not out:
         raise FileNotFoundError(f"no {what}s found in data.files={patterns}")
     return out
-
-
-def expand_paths(patterns: list[str], what: str, suffixes: Optional[set[str]] = None) -> list[str]:
-    return [path for path, _ in expand_files(patterns, what, suffixes)]
 
 
 def fingerprint(files: list[tuple[str, str]]) -> str:

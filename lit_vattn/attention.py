@@ -64,7 +64,7 @@ def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "
         return oracle(q, ks, vs).to(q.dtype)
     if backend == "merge":
         if not q.is_cuda and torch.compiler.is_compiling() and torch.__version__ < MERGE_CPU_COMPILE_MIN_TORCH:
-            raise NotImplementedError(
+            raise RuntimeError(  # a known-broken combination, refused rather than trained wrong
                 f"attn_backend='merge' on the CPU inside torch.compile gives wrong gradients with torch {torch.__version__} "
                 f"(seen on 2.11, correct from {MERGE_CPU_COMPILE_MIN_TORCH}): use attn_backend 'sdpa' on the CPU or compile=false"
             )

@@ -33,6 +33,7 @@ class TokenThroughputMonitor(ThroughputMonitor):
             length_fn=lambda b: b["input"].numel(),
             window_size=window_size,
         )
+        self._pending = 0  # batches since the last window update
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
         if trainer.global_rank != 0:
@@ -41,7 +42,7 @@ class TokenThroughputMonitor(ThroughputMonitor):
         self._samples[stage] += self.batch_size_fn(batch)
         self._lengths[stage] += self.length_fn(batch)
         self._batches[stage] += 1
-        self._pending = getattr(self, "_pending", 0) + 1  # batches since the last window update
+        self._pending += 1
         if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
             return
         if pl_module.device.type == "cuda":

@@ -12,7 +12,9 @@ checkpoint is refused (resume it with ``--ckpt_path last``, or choose another na
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from pathlib import Path
 
 from jsonargparse import set_parsing_settings
 
@@ -39,16 +41,12 @@ class CLI(LightningCLI):
 
     # --- the run directory ----------------------------------------------------------------------
     def _run_dir(self):
-        from pathlib import Path
-
         logger = self.trainer.logger
         return Path(logger.log_dir) if logger is not None and getattr(logger, "log_dir", None) else None
 
     def _resolve_ckpt_path(self, required: bool) -> None:
         """'last' -> this run's last.ckpt (an error if there is none); a missing file is an error
         naming it, before anything is prepared or trained."""
-        from pathlib import Path
-
         cfg = self.config_init[self.subcommand]
         ckpt, run_dir = cfg.get("ckpt_path"), self._run_dir()
         last = run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
@@ -76,8 +74,6 @@ class CLI(LightningCLI):
             )
         elif ckpt is None and self.subcommand == "fit" and run_dir is not None and (run_dir / "metrics.csv").is_file():
             # an attempt that never saved a checkpoint (it failed early): start its log afresh, keep the old one aside
-            import time
-
             old = run_dir / "metrics.csv"
             if self.trainer.is_global_zero:
                 old.rename(run_dir / f"metrics-failed-attempt-{time.strftime('%Y%m%d-%H%M%S')}.csv")
@@ -142,7 +138,6 @@ def from_run_config(path, *extra: str) -> CLI:
     The trainer is reduced to one CPU process in float32 (for analysis and count baselines), so a
     config made for FSDP on 8 GPUs x 4 nodes still loads on a login node."""
     import tempfile
-    from pathlib import Path
 
     import yaml
 
