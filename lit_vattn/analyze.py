@@ -4,12 +4,13 @@
     lit-vattn-analyze logit-lens --ckpt_path ...
     lit-vattn-analyze all --ckpt_path ... --batches 20 --out results/analysis/text-va
 
-- depth-maps: the architecture's own depth-attention statistics averaged over validation batches:
-  VA's L x (L+1) weights (per-token weights averaged for the query-key form; Kojima et al. report
-  strong lower-to-upper links and sparse middle layers), LAS's attention mass of the final layer
-  per source layer, SLA's routing and, in concat mode, each skip head's mass on the earlier K/V.
-- logit-lens: the final norm + head applied to every residual state h_0 (embedding) ... h_L:
-  next-token NLL per layer and top-1 agreement with the model's output (VA's paper reports that
+- depth-maps: the maps the reader reports, averaged over validation batches: VA's L x (L+1)
+  weights (per-token weights averaged for the query-key form; Kojima et al. report strong
+  lower-to-upper links and sparse middle layers), LAS's attention mass of the final layer per
+  source layer, SLA's routing and, in concat mode, each skip head's mass on the earlier K/V.
+- logit-lens: the final norm + head applied to each state the network consumes (each block's
+  input, then what the head reads; for VA the depth mixtures, not the unused residual states):
+  next-token NLL per state and top-1 agreement with the model's output (VA's paper reports that
   prediction is postponed to the final layer).
 The run's ``config.yaml`` (next to ``checkpoints/``) rebuilds the model and its data.
 """
@@ -79,79 +80,75 @@ def _plt():
 
 @torch.no_grad()
 def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    """Each map the reader reports (``Arch.depth_map``), with per-token statistics recorded over
+    ``batches`` validation batches: a heatmap for a matrix, bars for a single row."""
     net, arch = model.net, model.net.arch
-    if not hasattr(arch, "record_maps"):
+    arch.reset_maps()
+    arch.record_maps = True
+    try:
+        for b in _batches(dm, batches):
+            net(b["input"])
+    finally:
+        arch.record_maps = False
+    maps = arch.depth_map()
+    if not maps:
         print(f"{type(arch).__name__} reads no depth memory: no depth map")
         return []
-    for name, buf in arch.named_buffers():
-        if name.endswith(("_sum", "_count", "earlier_mass")):
-            buf.zero_()
-    arch.record_maps = True
-    for b in _batches(dm, batches):
-        net(b["input"])
-    arch.record_maps = False
-    maps = arch.depth_map()
     plt = _plt()
     written = []
-    for name, m in maps.items():
-        m = m.numpy()
-        path = out / f"depth_{name}.png"
-        if m.ndim == 1:  # LAS: mass per source
-            labels = arch.source_names()
-            _save_csv(out / f"depth_{name}.csv", ["source", name], [[s, f"{v:.6f}"] for s, v in zip(labels, m)])
-            fig, ax = plt.subplots(figsize=(5, 3.2))
-            ax.bar(labels, m)
-            ax.set_ylabel("attention mass of the final layer")
-            ax.set_xlabel("source (residual state after block; self = own K/V)")
+    for name, dmap in maps.items():
+        m = dmap.values.float().numpy()
+        path, table = out / f"depth_{name}.png", out / f"depth_{name}.csv"
+        _save_csv(table, ["row"] + dmap.cols, [[dmap.rows[r]] + [f"{v:.6f}" for v in m[r]] for r in range(m.shape[0])])
+        if m.shape[0] == 1:  # one row: bars per source
+            fig, ax = plt.subplots(figsize=(1.5 + 0.5 * m.shape[1], 3.2))
+            ax.bar(dmap.cols, m[0])
+            ax.set_ylabel(dmap.what)
+            ax.set_xlabel(f"source ({dmap.rows[0]})")
         else:
             rows, cols = m.shape
-            if name == "weights":  # VA: consumer block x source
-                ylabels = [f"block {r}" for r in range(rows)]
-                if rows > arch.cfg.n_layer:
-                    ylabels[-1] = "readout"
-                xlabels = ["x0"] + [f"o{j}" for j in range(1, cols)]
-            else:  # SLA: block x head
-                ylabels, xlabels = [f"block {r}" for r in range(rows)], [f"head {h}" for h in range(cols)]
-            _save_csv(out / f"depth_{name}.csv", ["row"] + xlabels,
-                      [[ylabels[r]] + [f"{v:.6f}" for v in m[r]] for r in range(rows)])
             fig, ax = plt.subplots(figsize=(1.2 + 0.45 * cols, 1.0 + 0.4 * rows))
             im = ax.imshow(m, cmap="viridis", vmin=0, vmax=max(1e-6, float(m.max())))
-            ax.set_xticks(range(cols), xlabels, rotation=90, fontsize=7)
-            ax.set_yticks(range(rows), ylabels, fontsize=7)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            ax.set_xticks(range(cols), dmap.cols, rotation=90, fontsize=7)
+            ax.set_yticks(range(rows), dmap.rows, fontsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046, label=dmap.what)
         ax.set_title(f"{title}: {name}", fontsize=9)
         fig.tight_layout()
         _savefig(fig, path)
         plt.close(fig)
-        written += [path, out / f"depth_{name}.csv"]
+        written += [path, table]
     return written
 
 
 @torch.no_grad()
 def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    """The final norm + head applied to each state the network consumes (``Arch.lens_states``:
+    each block's residual input, then the readout), scored against the next token."""
     net = model.net
     V = net.vocab_size
-    nll, agree, n = None, None, 0
+    nll, agree, labels, n = None, None, None, 0
     for b in _batches(dm, batches):
         y = b["target"]
         valid = y >= 0
-        final, states, _ = net.hidden_states(b["input"], return_all=True)
+        final, mem = net.hidden_states(b["input"], return_memory=True)
+        states = net.arch.lens_states(mem, final)
+        labels = [name for name, _ in states]
         top_final = net.head(net.norm(final))[..., :V].argmax(-1)
         rows_nll, rows_agree = [], []
-        for h in states + [final]:
+        for _, h in states:
             logits = net.head(net.norm(h))[..., :V].float()
             rows_nll.append(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").item())
             rows_agree.append(((logits.argmax(-1) == top_final) & valid).sum().item())
         nll = np.array(rows_nll) if nll is None else nll + rows_nll
         agree = np.array(rows_agree) if agree is None else agree + rows_agree
         n += valid.sum().item()
-    labels = ["x0"] + [f"h{l}" for l in range(1, len(nll) - 1)] + ["output"]
     _save_csv(out / "logit_lens.csv", ["state", "nll", "top1_agreement_with_output"],
               [[s, f"{a / n:.6f}", f"{g / n:.6f}"] for s, a, g in zip(labels, nll, agree)])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(labels, nll / n, "o-", label="next-token NLL (nats)")
     ax.set_ylabel("NLL (nats/token)")
+    ax.set_xlabel("state consumed (in<l> = block l's input)")
     ax2 = ax.twinx()
     ax2.plot(labels, agree / n, "s--", color="tab:orange", label="top-1 = output's")
     ax2.set_ylabel("top-1 agreement with the output")

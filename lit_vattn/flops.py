@@ -38,7 +38,7 @@ def flops_per_token(net, T: int) -> float:
 
         cfg = replace(net.cfg, attn_backend="sdpa")  # one dense count, whatever backend trains
         with torch.device("meta"):
-            twin = GPT(cfg, net.vocab_size, type(net.arch)(**net.arch.switches()))
+            twin = GPT(cfg, net.vocab_size, net.arch.spawn())
         idx = torch.zeros(1, T, dtype=torch.long, device="meta")
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             twin(idx).float().sum().backward()

@@ -7,7 +7,7 @@ to language modelling across depth.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -28,7 +28,7 @@ class LanguageModel(pl.LightningModule):
     def __init__(
         self,
         config: GPTConfig = GPTConfig(),
-        arch: Optional[Arch] = None,
+        arch: Union[None, Arch, list[Arch]] = None,
         vocab_size: int = 50257,
         lr: float = 1e-3,
         min_lr_ratio: float = 0.1,
@@ -43,8 +43,8 @@ class LanguageModel(pl.LightningModule):
         """
         Args:
             config: Decoder shape (layers, heads, width, ...).
-            arch: The depth-memory reader: lit_vattn.arch.Vanilla (default), VerticalAttention,
-                LayerwiseAttentionShortcuts or SkipLayerAttention, with its switches.
+            arch: The depth-memory reader (lit_vattn.arch.*, with its switches; default the vanilla
+                decoder), or a list of readers to combine when they override different hooks.
             vocab_size: Vocabulary size; linked from the DataModule by the CLI.
             lr: Peak AdamW learning rate.
             min_lr_ratio: Final learning rate as a fraction of lr (cosine and wsd).
@@ -231,7 +231,7 @@ class LanguageModel(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         checkpoint["lit_vattn"] = {
             "vocab_size": self.hparams.vocab_size,
-            "arch": {"class": type(self.net.arch).__name__, **self.net.arch.switches()},
+            "arch": {"class": type(self.net.arch).__name__, **self.net.arch.switches()},  # constructor arguments
             "tokenizer": dm.settings().get("tokenizer") if dm is not None else None,
             "tokenizer_identity": dm.tokenizer_identity() if dm is not None and hasattr(dm, "tokenizer_identity") else None,
             "data": type(dm).__name__ if dm is not None else None,

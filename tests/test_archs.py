@@ -111,13 +111,12 @@ def test_parameter_budgets_against_vanilla():
     T = 32
     assert build("sla").flops_per_token(T) == build("vanilla").flops_per_token(T)
     assert build("sla-concat").flops_per_token(T) > build("vanilla").flops_per_token(T)
-    assert build("las").arch.extra_attention_flops(T) == 12 * D * T * 1 + 12 * D * D
     # LAS measured: one more attention over T keys + the K/V projections (2 D x D) and the feature
     # map (2 D x D) of its one source
     assert build("las").flops_per_token(T) - build("vanilla").flops_per_token(T) == 12 * D * T + 6 * 4 * D * D
-    for name in SETTINGS:  # every closed form within 1 % of the measured count
-        net = build(name)
-        assert abs(net.analytic_flops_per_token(T) / net.flops_per_token(T) - 1) < 0.01, name
+    # VA adds only the weighted sums (not counted: no matmul); its qk form adds per-row queries and keys
+    assert build("va").flops_per_token(T) == build("vanilla").flops_per_token(T)
+    assert build("va-qk-residual-mixed").flops_per_token(T) > build("vanilla").flops_per_token(T)
 
 
 @pytest.mark.parametrize("name", [n for n in SETTINGS if n != "vanilla"])
@@ -160,24 +159,28 @@ def test_loss_decreases_on_real_text(name, bpe_text):
 def test_depth_maps_for_analysis():
     net = build("va")
     w = net.arch.depth_map()["weights"]
-    assert w.shape == (4, 5)
-    torch.testing.assert_close(w.sum(1), torch.ones(4))
-    assert torch.all(w.triu(1) == 0)  # block l reads only sources 0..l
+    assert w.values.shape == (4, 5) and w.cols[0] == "x0" and w.rows[-1] == "block 3"
+    torch.testing.assert_close(w.values.sum(1), torch.ones(4))
+    assert torch.all(w.values.triu(1) == 0)  # block l reads only sources 0..l
     qk = build("va-qk-residual-mixed")
     qk.arch.record_maps = True
     qk(torch.randint(0, V, (2, 16)))
-    assert qk.arch.depth_map()["weights"].shape == (5, 5)
+    m = qk.arch.depth_map()["weights"]
+    assert m.values.shape == (5, 5) and m.rows[-1] == "readout"
     las = build("las-all-depthemb-noself")
+    assert las.arch.depth_map() == {}  # nothing recorded yet
     las.arch.record_maps = True
     las(torch.randint(0, V, (2, 16)))
     mass = las.arch.depth_map()["mass"]
-    assert mass.shape == (3,) and abs(mass.sum().item() - 1) < 1e-5
+    assert mass.values.shape == (1, 3) and mass.cols == ["h1", "h2", "h3"] and abs(mass.values.sum().item() - 1) < 1e-5
+    las.arch.reset_maps()
+    assert las.arch.depth_map() == {}
     sla = build("sla-concat")
     sla.arch.record_maps = True
     sla(torch.randint(0, V, (2, 16)))
     m = sla.arch.depth_map()
-    assert m["routing"].sum() == 3 * 2 and m["earlier_mass"].shape == (4, 4)
-    assert 0 < m["earlier_mass"][3, 0] < 1
+    assert m["routing"].values.sum() == 3 * 2 and m["earlier_mass"].values.shape == (4, 4)
+    assert 0 < m["earlier_mass"].values[3, 0] < 1
 
 
 def test_sla_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):

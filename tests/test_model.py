@@ -55,8 +55,10 @@ def test_param_and_flop_counts():
     # measured (FlopCounterMode): 6 x every matmul weight (the head included) + 12 L D T attention
     n_matmul = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
     assert net.flops_per_token(32) == 6 * n_matmul + 12 * L * D * 32
-    # the closed form counts the norm gains too and stays within 1 % of the measured count
-    assert abs(net.analytic_flops_per_token(32) / net.flops_per_token(32) - 1) < 0.01
+    # the PaLM closed form counts the norm gains too and stays within 1 % of the measured count
+    assert abs(net.palm_flops_per_token(32) / net.flops_per_token(32) - 1) < 0.01
+    big = GPT(GPTConfig(n_layer=12, n_head=12, d_model=768, max_seq_len=1024), 50257)
+    assert abs(big.palm_flops_per_token(1024) / big.flops_per_token(1024) - 1) < 0.01
 
 
 def test_bad_shapes_are_rejected():

@@ -1,13 +1,30 @@
-"""Architectures: each one is a reader of the depth memory (see ``base.py``)."""
+"""Architectures: each one is a reader of the depth memory (see ``base.py``), one file per method."""
 
-from lit_vattn.arch.base import Arch, DepthMemory, Vanilla
+from __future__ import annotations
+
+from typing import Union
+
+from lit_vattn.arch.base import Arch, AttnInputs, Composed, DepthMap, DepthMemory
 from lit_vattn.arch.las import LayerwiseAttentionShortcuts
 from lit_vattn.arch.sla import SkipLayerAttention
+from lit_vattn.arch.vanilla import Vanilla
 from lit_vattn.arch.va import VerticalAttention
 
-__all__ = ["Arch", "DepthMemory", "LayerwiseAttentionShortcuts", "SkipLayerAttention", "Vanilla", "VerticalAttention"]
+__all__ = ["Arch", "AttnInputs", "Composed", "DepthMap", "DepthMemory", "LayerwiseAttentionShortcuts",
+           "SkipLayerAttention", "Vanilla", "VerticalAttention", "as_reader", "registry"]
 
 
 def registry() -> dict[str, type[Arch]]:
     """Short names used by tables and benchmarks."""
     return {"vanilla": Vanilla, "va": VerticalAttention, "las": LayerwiseAttentionShortcuts, "sla": SkipLayerAttention}
+
+
+def as_reader(arch: Union[None, Arch, list[Arch]]) -> Arch:
+    """One reader from what a config gives: none (vanilla), one, or a list to compose."""
+    if arch is None:
+        return Vanilla()
+    if isinstance(arch, (list, tuple)):
+        if not arch:
+            raise ValueError("arch: an empty list of readers; leave model.init_args.arch out for the vanilla decoder")
+        return arch[0] if len(arch) == 1 else Composed(list(arch))
+    return arch

@@ -1,21 +1,38 @@
-"""The depth memory and the reader interface every architecture implements.
+"""The reader interface: how a depth-connection method plugs into the decoder.
 
-During one forward pass every block writes what later blocks may read (DESIGN.md section 3): its
-input, its output (the block "delta" a + m), the residual state after it, and its own post-RoPE K/V.
-An architecture is the vanilla block plus a *reader* of that memory with four hooks:
+The model (``lit_vattn/model.py``) runs the same pre-norm blocks for every method and asks the
+reader, at each hook, what to feed and what to keep. One forward pass, with the hooks a reader may
+override (the defaults, in brackets, are the plain pre-norm residual decoder):
 
-    z_l   = reader.block_input(l, h_{l-1}, mem)        # what block l consumes (vanilla: h_{l-1})
-    y     = reader.attend(l, attn, q, k, v, mem)       # block l's attention (vanilla: causal)
-    h_l   = z_l + delta_l;  reader.record(l, ...)      # write to the memory
-    h_out = reader.readout(h_L, mem)                   # what the final norm + head read
+    stream = reader.init_stream(x0, mem)                  [x0; a reader may widen it to (B, T, n, D)]
+    for block l, sub-layer s in ("attn", "mlp"):
+        x = reader.inputs(l, s, stream, mem)              [stream]   residual input of the sub-layer;
+                                                          for "attn" optionally AttnInputs(x, q, k, v):
+                                                          separate inputs of the Q, K, V projections
+        attn: q, k, v = rope(W_qkv norm1(.)) ; reader.qkv(l, q, k, v, mem)   [unchanged]
+              y = reader.attend(l, attn, q, k, v, mem)    [causal attention]
+              out = W_o y
+        mlp:  out = SwiGLU(norm2(x))
+        stream = reader.update(l, s, stream, out, mem)    [attn: x + a;  mlp: x_attn + (a + m)]
+    h = reader.readout(stream, mem)                       [stream]   what the final norm + head read
+
+The memory (``DepthMemory``) records what any method may need: the embedding x0, each
+sub-layer's input and output, the stream after every block, each layer's own post-RoPE K/V when a
+reader asks for it (``kv_layers``), and one private slot per reader. Readers compose: a model may
+take a list of readers (e.g. Vertical Attention + value residual) as long as no two override the
+same hook (``Composed`` refuses that, naming both).
 
 Readers are nn.Modules built in two steps: the constructor takes only the switches (so a YAML can
-name them), ``bind(cfg)`` creates the parameters once the model's shape is known.
+name them, and ``switches()`` returns exactly the constructor's arguments), ``bind(cfg)`` creates
+the parameters once the model's shape is known.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,25 +40,65 @@ from torch import Tensor, nn
 from lit_vattn import attention
 from lit_vattn.config import GPTConfig
 
+SUBLAYERS = ("attn", "mlp")
+HOOKS = ("init_stream", "inputs", "qkv", "attend", "update", "readout")
+
+
+class AttnInputs(NamedTuple):
+    """Inputs of an attention sub-layer whose Q, K and V read different mixtures (each (B, T, D),
+    before the block's norm); ``x`` is the residual input the default update adds the output to."""
+
+    x: Tensor
+    q: Tensor
+    k: Tensor
+    v: Tensor
+
 
 @dataclass
 class DepthMemory:
     """What the blocks of one forward pass have written; lives for that pass only."""
 
     x0: Tensor  # (B, T, D) token embedding
-    outputs: list[Tensor] = field(default_factory=list)  # block deltas a_l + m_l, each (B, T, D)
-    states: list[Tensor] = field(default_factory=list)  # residual states h_l after block l, each (B, T, D)
-    kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # own post-RoPE (k, v), (B, H, T, d)
-    feats: list[Tensor] = field(default_factory=list)  # LAS feature maps, each (B, T, D)
-    keep_kv: frozenset = frozenset()  # layers whose K/V a later layer reads
     rope: tuple = ()  # (cos, sin) tables, for readers that project K from other inputs
+    keep_kv: frozenset = frozenset()  # layers whose own K/V a reader asked to keep
+    inputs: list[dict] = field(default_factory=list)  # inputs[l][s]: residual input of sub-layer s, (B, T, D)
+    outputs: list[dict] = field(default_factory=list)  # outputs[l][s]: sub-layer output a_l or m_l, (B, T, D)
+    states: list[Tensor] = field(default_factory=list)  # stream after block l, (B, T, D) or (B, T, n, D)
+    kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # own post-RoPE (k, v), (B, H, T, d)
+    private: dict[str, Any] = field(default_factory=dict)  # one slot per reader, keyed by its name
 
 
 class Arch(nn.Module):
-    """Base reader = the vanilla decoder: reads nothing from the memory."""
+    """Base reader = the plain pre-norm residual decoder: reads nothing from the memory.
+
+    Subclasses override hooks (``HOOKS``) and, when they have parameters, ``bind`` and
+    ``reset_parameters``; analysis asks them for ``depth_map`` and ``lens_states``."""
 
     name = "vanilla"
     cfg: GPTConfig
+    record_maps: bool = False  # while True, readers accumulate per-token statistics for depth_map
+
+    def __init__(self):
+        super().__init__()
+
+    def __init_subclass__(cls, **kwargs):
+        """Record the constructor's arguments (with defaults) as the reader's switches, so that no
+        switch can be left out of checkpoints, tables and the FLOPs twin."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def wrapped(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self).__init__ is wrapped:  # the outermost constructor records
+                bound = sig.bind(self, *args, **kw)
+                bound.apply_defaults()
+                self._switches = {k: v for k, v in list(bound.arguments.items())[1:]}
+
+        cls.__init__ = wrapped
 
     def bind(self, cfg: GPTConfig) -> "Arch":
         self.cfg = cfg
@@ -51,35 +108,148 @@ class Arch(nn.Module):
     def validate(self, cfg: GPTConfig) -> None:
         """Raise ValueError naming the switch when a setting cannot work for this shape."""
 
+    def reset_parameters(self) -> None:
+        """(Re-)apply the reader's own init; called after the model's base init."""
+
     def switches(self) -> dict:
-        """The constructor arguments, for checkpoints and tables."""
-        return {}
+        """The constructor arguments, for checkpoints, tables and ``spawn``."""
+        return dict(getattr(self, "_switches", {}))
+
+    def spawn(self) -> "Arch":
+        """A fresh, unbound reader with the same switches (e.g. for a FLOP-counting twin)."""
+        return type(self)(**self.switches())
 
     def kv_layers(self) -> frozenset:
-        """Layers whose own K/V must be kept in the memory for a later layer."""
+        """Layers whose own post-RoPE K/V the model must keep in ``mem.kv`` for this reader."""
         return frozenset()
 
-    def block_input(self, l: int, h: Tensor, mem: DepthMemory) -> Tensor:
-        return h
+    def slot(self, mem: DepthMemory) -> dict:
+        """This reader's private part of the memory."""
+        return mem.private.setdefault(self.name, {})
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def init_stream(self, x0: Tensor, mem: DepthMemory) -> Tensor:
+        return x0
+
+    def inputs(self, l: int, s: str, stream: Tensor, mem: DepthMemory) -> Union[Tensor, AttnInputs]:
+        return stream
+
+    def qkv(self, l: int, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> tuple[Tensor, Tensor, Tensor]:
+        return q, k, v
 
     def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
         return attention.causal(q, k, v)
 
-    def record(self, l: int, z: Tensor, delta: Tensor, h: Tensor, mem: DepthMemory) -> None:
-        pass
+    def update(self, l: int, s: str, stream: Tensor, out: Tensor, mem: DepthMemory) -> Tensor:
+        """Pre-norm residual: after attention x + a; after the MLP the block's input plus its
+        whole output, x + (a + m) (the block output a + m is formed once, as readers that mix
+        block outputs use it)."""
+        if s == "attn":
+            return mem.inputs[l]["attn"] + out
+        return mem.inputs[l]["attn"] + (mem.outputs[l]["attn"] + out)
 
-    def readout(self, h: Tensor, mem: DepthMemory) -> Tensor:
-        return h
+    def readout(self, stream: Tensor, mem: DepthMemory) -> Tensor:
+        return stream
 
-    def extra_attention_flops(self, T: int) -> float:
-        """Training FLOPs per token spent in attention beyond the vanilla 12 * L * D * T."""
-        return 0.0
+    # --- analysis ---------------------------------------------------------------------------------
+    def lens_states(self, mem: DepthMemory, out: Tensor) -> list[tuple[str, Tensor]]:
+        """The states the network consumes, in depth order, for the logit lens: each block's
+        residual input (what its attention reads; for a reader with separate Q/K/V inputs, the
+        residual one), then what the final norm and head read."""
+        return [(f"in{l}", d["attn"]) for l, d in enumerate(mem.inputs)] + [("readout", out)]
+
+    def reset_maps(self) -> None:
+        """Zero the statistics accumulated while ``record_maps`` was on."""
+        for name, buf in self.named_buffers():
+            if name.startswith("map_"):
+                buf.zero_()
 
     @torch.no_grad()
-    def depth_map(self) -> dict[str, Tensor]:
-        """Named matrices for analysis (depth-attention maps); empty for vanilla."""
+    def depth_map(self) -> dict[str, "DepthMap"]:
+        """Named maps for analysis (depth-attention weights, routing, mass per source)."""
         return {}
 
 
-class Vanilla(Arch):
-    """The plain LLaMA-style decoder: every block reads only the residual stream below it."""
+@dataclass
+class DepthMap:
+    """One analysis map: ``values`` (rows x cols, or one row drawn as bars) with axis labels."""
+
+    values: Tensor
+    rows: list[str]
+    cols: list[str]
+    what: str  # what a cell is, for the colour bar / y axis
+
+
+def overridden(reader: Arch) -> set[str]:
+    """The hooks a reader overrides."""
+    return {h for h in HOOKS if getattr(type(reader), h) is not getattr(Arch, h)}
+
+
+class Composed(Arch):
+    """Several readers in one model: each hook is served by the one reader that overrides it (the
+    base default when none does); two readers overriding the same hook is an error."""
+
+    name = "composed"
+
+    def __init__(self, readers: list[Arch]):
+        """
+        Args:
+            readers: The readers to combine, e.g. [VerticalAttention, ValueResidual].
+        """
+        super().__init__()
+        self.readers = nn.ModuleList(readers)
+        names = [r.name for r in readers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arch: the same reader appears twice in {names}")
+        self.owner: dict[str, Optional[Arch]] = {}
+        for r in readers:
+            for h in overridden(r):
+                if h in self.owner:
+                    raise ValueError(
+                        f"arch: {type(self.owner[h]).__name__} and {type(r).__name__} both override the '{h}' hook; "
+                        "they cannot be combined in one model (pass one of them as model.init_args.arch)"
+                    )
+                self.owner[h] = r
+        for h in HOOKS:  # route each hook to its owner's bound method
+            if h in self.owner:
+                object.__setattr__(self, h, getattr(self.owner[h], h))
+
+    def switches(self) -> dict:
+        return {"readers": [{"class": type(r).__name__, **r.switches()} for r in self.readers]}
+
+    def spawn(self) -> "Composed":
+        return Composed([r.spawn() for r in self.readers])
+
+    def bind(self, cfg: GPTConfig) -> "Composed":
+        self.cfg = cfg
+        for r in self.readers:
+            r.bind(cfg)
+        return self
+
+    def reset_parameters(self) -> None:
+        for r in self.readers:
+            r.reset_parameters()
+
+    def kv_layers(self) -> frozenset:
+        return frozenset().union(*(r.kv_layers() for r in self.readers))
+
+    def lens_states(self, mem: DepthMemory, out: Tensor) -> list[tuple[str, Tensor]]:
+        owner = next((r for r in self.readers if type(r).lens_states is not Arch.lens_states), None)
+        return (owner or super()).lens_states(mem, out)
+
+    @property
+    def record_maps(self) -> bool:  # type: ignore[override]
+        return any(r.record_maps for r in self.readers)
+
+    @record_maps.setter
+    def record_maps(self, on: bool) -> None:
+        for r in self.readers:
+            r.record_maps = on
+
+    def reset_maps(self) -> None:
+        for r in self.readers:
+            r.reset_maps()
+
+    @torch.no_grad()
+    def depth_map(self) -> dict[str, DepthMap]:
+        return {f"{r.name}_{k}": m for r in self.readers for k, m in r.depth_map().items()}

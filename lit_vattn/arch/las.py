@@ -7,7 +7,7 @@ MLP feature maps phi_s on a chosen set of intermediate layers; the final layer's
 its queries from its own input and its keys/values from the concatenation over (selected layer,
 position) of those features, under a block-causal mask: key (layer s, position p) is visible to the
 query at position t iff p <= t. One softmax therefore chooses both the depth and the past token to
-read. Switches for what the paper leaves open (shared/reference/architectures.md section 3):
+read. Switches for what the paper leaves open (the README's LAS section lists the readings):
 
     layers           which residual states feed features (block indices, 0-based; default every
                      second block: 1, 3, 5, ... below the final block)
@@ -18,6 +18,9 @@ read. Switches for what the paper leaves open (shared/reference/architectures.md
 
 The features are projected by the final layer's own K/V weights (post-RoPE, same positions).
 Not identity at init: the shortcut keys take attention mass from step 0.
+
+Reader hook: ``attend`` (the final layer's); the features are computed there from the residual
+states the memory recorded after the selected blocks.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn import attention
-from lit_vattn.arch.base import Arch, DepthMemory
+from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.config import GPTConfig
 
 
@@ -53,11 +56,6 @@ class LayerwiseAttentionShortcuts(Arch):
         super().__init__()
         self.layers_arg, self.feature_dim, self.keep_self = layers, feature_dim, keep_self
         self.depth_embedding = depth_embedding
-        self.record_maps = False
-
-    def switches(self) -> dict:
-        return dict(layers=list(self.layers), feature_dim=self.feature_dim, keep_self=self.keep_self,
-                    depth_embedding=self.depth_embedding)
 
     def validate(self, cfg: GPTConfig) -> None:
         L = cfg.n_layer
@@ -90,23 +88,23 @@ class LayerwiseAttentionShortcuts(Arch):
         if self.depth_embedding:
             self.depth_emb = nn.Parameter(torch.zeros(self.n_sources, cfg.n_head, 1, cfg.head_dim))
             self.depth_emb.depth_mix = True
-        self.register_buffer("mass_sum", torch.zeros(self.n_sources), persistent=False)
-        self.register_buffer("mass_count", torch.zeros(()), persistent=False)
+        self.register_buffer("map_mass_sum", torch.zeros(self.n_sources), persistent=False)
+        self.register_buffer("map_count", torch.zeros(()), persistent=False)
         return self
 
     def reset_parameters(self) -> None:
         if self.depth_embedding:
             nn.init.normal_(self.depth_emb, 0.0, 0.02)
 
-    def record(self, l: int, z: Tensor, delta: Tensor, h: Tensor, mem: DepthMemory) -> None:
-        if str(l) in self.phi:
-            mem.feats.append(self.phi[str(l)](h))  # (B, T, D)
+    def features(self, mem: DepthMemory) -> list[Tensor]:
+        """phi_s(h_s) for the selected blocks s, from the states the memory recorded, (B, T, D) each."""
+        return [self.phi[str(s)](mem.states[s]) for s in self.layers]
 
     def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
         if l != self.cfg.n_layer - 1:
             return attention.causal(q, k, v)
         ks, vs = [], []
-        for f in mem.feats:  # in depth order
+        for f in self.features(mem):  # in depth order
             kf, vf = attn.project_kv(f, mem.rope)  # (B, H, T, d) each
             ks.append(kf)
             vs.append(vf)
@@ -117,22 +115,16 @@ class LayerwiseAttentionShortcuts(Arch):
             ks = [kk + self.depth_emb[i].to(kk.dtype) for i, kk in enumerate(ks)]
         if self.record_maps:
             with torch.no_grad():
-                self.mass_sum += attention.source_mass(q, ks).mean((0, 1, 2))
-                self.mass_count += 1
+                self.map_mass_sum += attention.source_mass(q, ks).mean((0, 1, 2))
+                self.map_count += 1
         return attention.multi_source(q, ks, vs, self.cfg.attn_backend)
 
-    def extra_attention_flops(self, T: int) -> float:
-        D = self.cfg.d_model
-        # final layer: n_sources x the attention of one layer, plus K/V projections of the features
-        return 12.0 * D * T * (self.n_sources - 1) + 12.0 * D * D * len(self.layers)
-
     @torch.no_grad()
-    def depth_map(self) -> dict[str, Tensor]:
+    def depth_map(self) -> dict[str, DepthMap]:
         """'mass': attention mass of the final layer per source (features of each selected layer,
         then its own K/V), averaged over what was recorded with record_maps on."""
-        if self.mass_count == 0:
+        if self.map_count == 0:
             return {}
-        return {"mass": (self.mass_sum / self.mass_count).cpu()}
-
-    def source_names(self) -> list[str]:
-        return [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self else [])
+        cols = [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self else [])
+        return {"mass": DepthMap((self.map_mass_sum / self.map_count).cpu()[None], ["final layer"], cols,
+                                 "attention mass of the final layer")}

@@ -10,12 +10,14 @@ the paper's "without additional computational burden". Mode "concat" lets them a
 and the earlier K/V together (2T keys under the block-causal mask): an ablation that costs FLOPs.
 
 Reading of the paper's best setting "9 skip layers, 9 skip heads" on a 12-layer GPT-2 (the method
-section was not readable, see shared/reference/architectures.md section 4): the last 9 blocks
+section was not available to us; the README's SLA section lists the readings): the last 9 blocks
 (3..11, 0-based) use SLA, 9 of 12 heads in each read the K/V of the block directly below
 (``source: 1, source_mode: distance``). The defaults scale that to any shape: the last
 round(3L/4) blocks and round(3H/4) heads. The other reading (a skip distance of 9: blocks 9..11 read
 blocks 0..2) is ``skip_layers: [9, 10, 11], source: 9``. The first ``n_skip_heads`` heads are the skip
 heads.
+
+Reader hooks: ``kv_layers`` (the source layers' K/V are kept) and ``attend``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn import attention
-from lit_vattn.arch.base import Arch, DepthMemory
+from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.config import GPTConfig
 
 
@@ -57,11 +59,6 @@ class SkipLayerAttention(Arch):
         super().__init__()
         self.skip_layers_arg, self.n_skip_layers, self.n_skip_heads_arg = skip_layers, n_skip_layers, n_skip_heads
         self.source, self.source_mode, self.mode = source, source_mode, mode
-        self.record_maps = False
-
-    def switches(self) -> dict:
-        return dict(skip_layers=list(self.skip_layers), n_skip_heads=self.n_skip_heads, source=self.source,
-                    source_mode=self.source_mode, mode=self.mode)
 
     def src(self, l: int) -> int:
         return l - self.source if self.source_mode == "distance" else self.source
@@ -93,8 +90,8 @@ class SkipLayerAttention(Arch):
     def bind(self, cfg: GPTConfig) -> "SkipLayerAttention":
         super().bind(cfg)
         self._skip = frozenset(self.skip_layers)
-        self.register_buffer("earlier_mass", torch.zeros(cfg.n_layer, cfg.n_head), persistent=False)
-        self.register_buffer("mass_count", torch.zeros(cfg.n_layer), persistent=False)
+        self.register_buffer("map_earlier_mass", torch.zeros(cfg.n_layer, cfg.n_head), persistent=False)
+        self.register_buffer("map_count", torch.zeros(cfg.n_layer), persistent=False)
         return self
 
     def kv_layers(self) -> frozenset:
@@ -112,25 +109,23 @@ class SkipLayerAttention(Arch):
         qs = q[:, :n]
         if self.record_maps:
             with torch.no_grad():
-                self.earlier_mass[l, :n] += attention.source_mass(qs, [k[:, :n], ks[:, :n]])[..., 1].mean((0, 2))
-                self.mass_count[l] += 1
+                self.map_earlier_mass[l, :n] += attention.source_mass(qs, [k[:, :n], ks[:, :n]])[..., 1].mean((0, 2))
+                self.map_count[l] += 1
         y_skip = attention.multi_source(qs, [k[:, :n], ks[:, :n]], [v[:, :n], vs[:, :n]], self.cfg.attn_backend)
         y_rest = attention.causal(q[:, n:], k[:, n:], v[:, n:])
         return torch.cat([y_skip, y_rest], dim=1)
 
-    def extra_attention_flops(self, T: int) -> float:
-        if self.mode == "replace":
-            return 0.0
-        return 12.0 * T * self.n_skip_heads * self.cfg.head_dim * len(self.skip_layers)
-
     @torch.no_grad()
-    def depth_map(self) -> dict[str, Tensor]:
+    def depth_map(self) -> dict[str, DepthMap]:
         """'routing': (L, H) 1 where a head reads the earlier layer's K/V; in concat mode with
         record_maps on, also 'earlier_mass': the attention mass those heads put on the earlier K/V."""
-        r = torch.zeros(self.cfg.n_layer, self.cfg.n_head)
+        L, H = self.cfg.n_layer, self.cfg.n_head
+        rows, cols = [f"block {l}" for l in range(L)], [f"head {h}" for h in range(H)]
+        r = torch.zeros(L, H)
         for l in self.skip_layers:
             r[l, : self.n_skip_heads] = 1.0
-        out = {"routing": r}
-        if self.mass_count.sum() > 0:
-            out["earlier_mass"] = (self.earlier_mass / self.mass_count.clamp_min(1)[:, None]).cpu()
+        out = {"routing": DepthMap(r, rows, cols, "reads the earlier layer's K/V")}
+        if self.map_count.sum() > 0:
+            m = (self.map_earlier_mass / self.map_count.clamp_min(1)[:, None]).cpu()
+            out["earlier_mass"] = DepthMap(m, rows, cols, "attention mass on the earlier K/V")
         return out

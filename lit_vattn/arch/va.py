@@ -6,10 +6,10 @@ https://openreview.net/forum?id=A6uabXKiXc
 
 Before every block a small attention over depth mixes the outputs of all earlier layers (the
 embedding included) into that block's input, with softmax weights and per-source normalisation.
-The method section was not readable (see shared/reference/architectures.md section 2); what the
-reviews settle is implemented as the default, every open point is a switch:
+The paper's method section was not available to us; what its reviews settle is the default, every
+open point is a switch (the README's Vertical Attention section lists the readings):
 
-    sources  o_0 = x0,  o_j = block j's output (a_j + m_j)  or  residual state h_j   (sources=)
+    sources  o_0 = x0,  o_j = block j's output (a_j + m_j)  or  its residual state h_j   (sources=)
     weights  alpha_{l,j} = softmax_j(s_{l,j}),  s = free logits  or  logits + q(o_{l-1}) . k(o_j)   (weights=)
     input    z_l = sum_j alpha_{l,j} * o_j / RMS(o_j)                              (norm=)
              (+ h_{l-1} if keep_residual)
@@ -17,6 +17,9 @@ reviews settle is implemented as the default, every open point is a switch:
 
 Not identity at init: with uniform init every layer starts from the average of its normalised
 sources; "previous" init only puts most of the weight on the latest source.
+
+Reader hooks: ``inputs`` (block l's attention reads the mixture z_l), ``update`` (records the
+block's source), ``readout``. The logit lens reads the mixtures z_l, the states the blocks consume.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lit_vattn.arch.base import Arch, DepthMemory
+from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.config import GPTConfig
 
 
@@ -69,11 +72,6 @@ class VerticalAttention(Arch):
         self.weights, self.norm, self.sources = weights, norm, sources
         self.keep_residual, self.init, self.readout_mode = keep_residual, init, readout
         self.qk_heads, self.qk_dim, self.previous_logit = qk_heads, qk_dim, previous_logit
-        self.record_maps = False
-
-    def switches(self) -> dict:
-        return dict(weights=self.weights, norm=self.norm, sources=self.sources, keep_residual=self.keep_residual,
-                    init=self.init, readout=self.readout_mode, qk_heads=self.qk_heads, qk_dim=self.qk_dim)
 
     def validate(self, cfg: GPTConfig) -> None:
         if cfg.n_layer < 1:
@@ -109,20 +107,20 @@ class VerticalAttention(Arch):
     def _normed(self, x: Tensor) -> Tensor:
         return _rms(x) if self.norm == "rms" else x
 
-    def _mix(self, row: int, mem: DepthMemory) -> Tensor:
-        n = len(mem.outputs)  # row + 1 sources, each (B, T, D)
+    def _mix(self, row: int, sources: list[Tensor]) -> Tensor:
+        n = len(sources)  # row + 1 sources, each (B, T, D)
         static = self.logits[row, :n]
         if self.weights == "logits":
-            alpha = static.softmax(-1).to(mem.outputs[0].dtype)  # (n,)
+            alpha = static.softmax(-1).to(sources[0].dtype)  # (n,)
             if self.record_maps:
                 self._record(row, alpha.float().expand(1, n))
             # an explicit weighted sum, not einsum over a stacked copy: compiled, it is one fused
             # kernel reading each source once (einsum became a slow batched GEMV on CUDA)
-            z = alpha[0] * mem.outputs[0]
+            z = alpha[0] * sources[0]
             for j in range(1, n):
-                z = z + alpha[j] * mem.outputs[j]
+                z = z + alpha[j] * sources[j]
             return z  # (B, T, D)
-        src = torch.stack(mem.outputs)  # (n, B, T, D)
+        src = torch.stack(sources)  # (n, B, T, D)
         Hq, dk = self.qk_heads, self.qk_dim
         q = self.q(src[-1]).unflatten(-1, (Hq, dk))  # (B, T, Hq, dk), from the latest source
         k = self.k(src).unflatten(-1, (Hq, dk))  # (n, B, T, Hq, dk)
@@ -139,33 +137,30 @@ class VerticalAttention(Arch):
         if row == 0:
             self.map_count += 1
 
-    def block_input(self, l: int, h: Tensor, mem: DepthMemory) -> Tensor:
+    def inputs(self, l: int, s: str, stream: Tensor, mem: DepthMemory) -> Tensor:
+        if s != "attn":
+            return stream  # the MLP reads z_l + a_l, as in the plain block
+        sources = self.slot(mem).setdefault("sources", [])
         if l == 0:
-            mem.outputs = [self._normed(mem.x0)]
+            sources[:] = [self._normed(mem.x0)]
             if self.keep_residual:
-                return h
-        z = self._mix(l, mem)  # (B, T, D)
-        return h + z if self.keep_residual else z
+                return stream
+        z = self._mix(l, sources)  # (B, T, D)
+        return stream + z if self.keep_residual else z
 
-    def record(self, l: int, z: Tensor, delta: Tensor, h: Tensor, mem: DepthMemory) -> None:
-        mem.outputs.append(self._normed(delta if self.sources == "outputs" else h))
+    def update(self, l: int, s: str, stream: Tensor, out: Tensor, mem: DepthMemory) -> Tensor:
+        if s == "attn":
+            return super().update(l, s, stream, out, mem)
+        delta = mem.outputs[l]["attn"] + out  # block output a_l + m_l, (B, T, D)
+        h = mem.inputs[l]["attn"] + delta
+        self.slot(mem)["sources"].append(self._normed(delta if self.sources == "outputs" else h))
+        return h
 
-    def readout(self, h: Tensor, mem: DepthMemory) -> Tensor:
-        return self._mix(self.cfg.n_layer, mem) if self.readout_mode == "mixed" else h
-
-    def extra_attention_flops(self, T: int) -> float:
-        D = self.cfg.d_model
-        n_mix = sum(l + 1 for l in range(self.rows))  # sources read over all rows
-        flops = 6.0 * n_mix * D  # weighted sums, forward + backward
-        if self.weights == "qk":
-            e = self.qk_heads * self.qk_dim
-            # per row: the query of the latest source, the keys of all its sources (recomputed at
-            # every row), and the scores; one use of each of q and k is already in 6 N
-            flops += 6.0 * (self.rows - 1) * D * e + 6.0 * (n_mix - 1) * D * e + 6.0 * n_mix * e
-        return flops
+    def readout(self, stream: Tensor, mem: DepthMemory) -> Tensor:
+        return self._mix(self.cfg.n_layer, self.slot(mem)["sources"]) if self.readout_mode == "mixed" else stream
 
     @torch.no_grad()
-    def depth_map(self) -> dict[str, Tensor]:
+    def depth_map(self) -> dict[str, DepthMap]:
         """'weights': (rows, L + 1), row l = the weights block l gives sources x0, o_1, ...;
         with record_maps on, the per-token weights averaged over what was recorded."""
         if self.map_count > 0:
@@ -174,4 +169,6 @@ class VerticalAttention(Arch):
             m = torch.zeros_like(self.logits)
             for r in range(self.rows):
                 m[r, : r + 1] = self.logits[r, : r + 1].softmax(-1)
-        return {"weights": m.cpu()}
+        rows = [f"block {r}" for r in range(self.cfg.n_layer)] + (["readout"] if self.rows > self.cfg.n_layer else [])
+        cols = ["x0"] + [f"o{j}" for j in range(1, self.cfg.n_layer + 1)]
+        return {"weights": DepthMap(m.cpu(), rows, cols, "depth-attention weight")}
