@@ -19,7 +19,7 @@ import torch
 
 from datamodules import codec, shards
 from datamodules.audio_sources import AUDIO_SUFFIXES, file_clips, hf_clips, rendered_music_clips, select_files, speech_clips
-from datamodules.base import TokenDataModule, report_skipped
+from datamodules.base import TokenDataModule, report_skipped, require
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class AcousticDataModule(TokenDataModule):
             seed: Seed of the training-window stream.
             cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
         """
+        require(["soundfile", "soxr", "espeakng_loader", "symusic"], "audio", "AcousticDataModule")
         super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
         if bandwidth not in codec.N_Q:
             raise ValueError(f"data.bandwidth={bandwidth} must be one of {sorted(codec.N_Q)} kbps")

@@ -190,3 +190,12 @@ class TokenDataModule(pl.LightningDataModule):
 
     def decode(self, ids) -> str:
         raise NotImplementedError
+
+
+def require(modules: list[str], extra: str, who: str) -> None:
+    """Fail at construction, naming the install command, when an optional stack is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"{who} needs {', '.join(missing)}: pip install -e \".[{extra}]\" (or pip install -e \".[dev]\" for everything)")

@@ -2,7 +2,7 @@
 architecture with seeded random weights and k-means-initialised codebooks.
 
 Défossez et al., "High Fidelity Neural Audio Compression", arXiv:2210.13438; package ``encodec``
-(code and weights CC-BY-NC 4.0). Traps measured in shared/reference/data-sources.md section 3.1:
+(code and weights CC-BY-NC 4.0). Traps we measured (the README's acoustic-tokens section):
 - ``pip install encodec`` pulls a torchaudio that cannot load beside a CPU-only torch, and encodec
   imports torchaudio only for utilities the model never calls: ``import_encodec`` tries the real
   import and otherwise imports it with a temporary stub that is removed right after, so no other

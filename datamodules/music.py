@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from datamodules import shards
-from datamodules.base import TokenDataModule, report_skipped
+from datamodules.base import TokenDataModule, report_skipped, require
 from datamodules.music_sources import MIDI_SUFFIXES, abc_pieces, file_pieces, score_pieces
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class MusicDataModule(TokenDataModule):
             seed: Seed of the training-window stream.
             cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
         """
+        require(["miditok", "symusic", "music21"], "music", "MusicDataModule")
         super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
         if source == "files" and not files:
             raise ValueError('data.source="files" needs data.files (MIDI files, directories or globs)')

@@ -95,20 +95,36 @@ def peak_memory_gib(device: torch.device) -> float:
     return float("nan")
 
 
-class RunStats(Callback):
-    """Writes ``<log_dir>/stats.json`` at the end of training: parameters, FLOPs per token,
-    tokens seen, training wall time, mean tokens/s after the first (compile/warm-up) steps, peak
-    memory. ``lit-vattn-reproduce`` reads it for its tables."""
+class RunSummary(Callback):
+    """Writes ``<log_dir>/summary.json``, everything tables and analyses read, whichever logger the
+    run uses (CSV, TensorBoard, W&B, MLflow): the training loss on every logging step and each
+    validation's metrics, each with its step and tokens seen; after ``test``/``validate`` their
+    metrics (after ``test`` also every test window's summed NLL and scored tokens); at the end of training the run's budget (parameters, measured FLOPs per token,
+    tokens seen, training-split size, wall time, tokens/s after the first steps, peak memory,
+    device). The curves are kept in the checkpoint, so a resumed run continues them from the
+    checkpoint's step. The CLI always adds it (``--summary.*`` options)."""
 
-    def __init__(self, skip_steps: int = 5):
+    def __init__(self, skip_steps: int = 5, filename: str = "summary.json"):
         """
         Args:
             skip_steps: Steps excluded from the tokens/s mean (warm-up, compilation).
+            filename: File name in the run's log directory.
         """
-        self.skip_steps = skip_steps
+        self.skip_steps, self.filename = skip_steps, filename
+        self.train: list[list] = []  # [step, tokens, loss]
+        self.val: list[dict] = []  # {"step", "tokens", metric: value}
+        self.tokens = 0
         self.t0 = self.t_skip = None
-        self.tokens = self.tokens_after_skip = 0
+        self.tokens_after_skip = 0
 
+    # --- kept in the checkpoint --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"train": self.train, "val": self.val, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train, self.val, self.tokens = list(state["train"]), list(state["val"]), int(state["tokens"])
+
+    # --- recording ---------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         # peak memory of training only, not of shard preparation earlier in the same process
         if pl_module.device.type == "cuda":
@@ -119,17 +135,40 @@ class RunStats(Callback):
                     f.write("5")  # Linux >= 4.0: reset the peak resident set size (VmHWM)
             except OSError:
                 pass
-        self.t0 = time.perf_counter()
+        self.t0, self.t_skip, self.tokens_after_skip = time.perf_counter(), None, 0
+        self._start_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = batch["input"].numel() * trainer.world_size
         self.tokens += n
-        if trainer.global_step == self.skip_steps and self.t_skip is None:
+        if trainer.global_step - self._start_step == self.skip_steps and self.t_skip is None:
             if pl_module.device.type == "cuda":
                 torch.cuda.synchronize()
             self.t_skip = time.perf_counter()
         elif self.t_skip is not None:
             self.tokens_after_skip += n
+        if trainer._logger_connector.should_update_logs and outputs is not None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.train.append([trainer.global_step, self.tokens, float(loss)])  # one sync per logging step
+
+    def _metrics(self, trainer, prefix: str) -> dict:
+        return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = self._metrics(trainer, "val/")
+        if trainer.state.fn == "fit":
+            self.val.append({"step": trainer.global_step, "tokens": self.tokens, **m})
+            self._write(trainer, {"train": self.train, "val": self.val})
+        else:
+            self._write(trainer, {"validate": {"step": trainer.global_step, **m}})
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        update = {"test": {"step": trainer.global_step, **self._metrics(trainer, "test/")}}
+        if getattr(pl_module, "test_windows", None) is not None:
+            update["test_windows"] = pl_module.test_windows  # per-window NLL, for the paired bootstrap
+        self._write(trainer, update)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if pl_module.device.type == "cuda":
@@ -141,7 +180,7 @@ class RunStats(Callback):
             "flops_per_token": pl_module.net.flops_per_token(dm.seq_len) if dm is not None else None,
             "global_step": trainer.global_step,
             "tokens_seen": int(dm.consumed * dm.seq_len * trainer.world_size) if dm is not None else self.tokens,
-            "train_seconds": now - self.t0,
+            "train_seconds": now - self.t0,  # of this process (a resumed run: since the resume)
             "tokens_per_sec": self.tokens_after_skip / (now - self.t_skip) if self.t_skip and self.tokens_after_skip else None,
             "peak_memory_gib": peak_memory_gib(pl_module.device),
             "device": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
@@ -149,8 +188,25 @@ class RunStats(Callback):
             # the training split's size, so tables can say how many epochs a run saw
             "train_tokens": int(dm.meta["splits"]["train"]["tokens"]) if dm is not None and getattr(dm, "meta", None) else None,
         }
-        if trainer.global_rank == 0 and trainer.log_dir:
-            out = Path(trainer.log_dir) / "stats.json"
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(stats, indent=2))
-            os.replace(tmp, out)
+        self._write(trainer, {"train": self.train, "val": self.val, "stats": stats})
+
+    def _write(self, trainer, update: dict) -> None:
+        """Merge into the run's summary (fit, test and validate of one run share it), atomically."""
+        if trainer.global_rank != 0 or not trainer.log_dir:
+            return
+        out = Path(trainer.log_dir) / self.filename
+        summary = json.loads(out.read_text()) if out.is_file() else {}
+        summary.update(update)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, out)
+
+
+def read_summary(run_dir) -> dict:
+    """A run's ``summary.json`` (written by ``RunSummary``), or an error naming what is missing."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run has not finished a validation, test or training "
+                                "(RunSummary writes it; it is on unless --summary is disabled)")
+    return json.loads(path.read_text())

@@ -1,8 +1,11 @@
-"""``lit-vattn fit|validate|test --config configs/<modality>/<arch>.yaml``: Lightning's own CLI.
+"""``lit-vattn fit|validate|test --config configs/data/<modality>.yaml --config configs/arch/<arch>.yaml``.
+
+Lightning's own CLI.
 
 The YAML names the LightningModule and the DataModule (subclass mode); the vocabulary size is
-linked from the data to the model; the resolved config, CSV metrics and checkpoints land in one run
-directory per run name, ``runs/<name>/`` (``lit_vattn.runs``): a resumed ``fit`` and ``test`` of the
+linked from the data to the model; the resolved config, the metrics (CSV by default; any Lightning
+logger), the run summary tables read (``summary.json``, ``lit_vattn.callbacks.RunSummary``) and
+checkpoints land in one run directory per run name, ``runs/<name>/`` (``lit_vattn.runs``): a resumed ``fit`` and ``test`` of the
 same run write there too. ``--ckpt_path last`` means ``runs/<name>/checkpoints/last.ckpt`` and is an
 error when that file does not exist; a fresh ``fit`` into a run directory that already has a last
 checkpoint is refused (resume it with ``--ckpt_path last``, or choose another name); ``test`` and
@@ -22,7 +25,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
-from lit_vattn.callbacks import TokenThroughputMonitor
+from lit_vattn.callbacks import RunSummary, TokenThroughputMonitor
 from lit_vattn.runs import RunCheckpoint
 
 
@@ -38,6 +41,18 @@ class CLI(LightningCLI):
             "checkpoint.enable_version_counter": False,
         })
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
+        parser.add_lightning_class_args(RunSummary, "summary")  # what tables read, whatever the logger
+
+    def before_instantiate_classes(self) -> None:
+        """A run without a name is named after its data and method, ``<modality>-<arch>`` (e.g.
+        ``text-va``; combined readers ``text-va+value_residual``), so composing a data config with
+        a method config gives each method its own run directory."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        logger = cfg.get("trainer", {}).get("logger")
+        init = getattr(logger, "init_args", None)
+        if init is None or "name" not in init or init.get("name") is not None:
+            return
+        init["name"] = default_run_name(cfg.get("data"), cfg.get("model"))
 
     # --- the run directory ----------------------------------------------------------------------
     def _run_dir(self):
@@ -72,11 +87,12 @@ class CLI(LightningCLI):
                 f"run directory {run_dir} already holds a trained run ({last}): continue it with --ckpt_path last, "
                 "or start a new run under another --trainer.logger.init_args.name (or delete that directory)"
             )
-        elif ckpt is None and self.subcommand == "fit" and run_dir is not None and (run_dir / "metrics.csv").is_file():
-            # an attempt that never saved a checkpoint (it failed early): start its log afresh, keep the old one aside
-            old = run_dir / "metrics.csv"
-            if self.trainer.is_global_zero:
-                old.rename(run_dir / f"metrics-failed-attempt-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+        elif ckpt is None and self.subcommand == "fit" and run_dir is not None and self.trainer.is_global_zero:
+            # an attempt that never saved a checkpoint (it failed early): start its logs afresh, keep the old ones aside
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for old in (run_dir / "metrics.csv", run_dir / "summary.json"):
+                if old.is_file():
+                    old.rename(run_dir / f"{old.stem}-failed-attempt-{stamp}{old.suffix}")
 
     def before_fit(self) -> None:
         self._resolve_ckpt_path(required=False)
@@ -86,6 +102,22 @@ class CLI(LightningCLI):
 
     def before_test(self) -> None:
         self._resolve_ckpt_path(required=True)
+
+
+def default_run_name(data, model) -> str:
+    """``<modality>-<arch>`` from the parsed data and model configs."""
+    import importlib
+
+    def cls(path: str):
+        mod, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(mod), name)
+
+    data_cls = getattr(data, "class_path", "") or ""
+    modality = data_cls.rpartition(".")[2].removesuffix("DataModule").lower() or "run"
+    arch = getattr(getattr(model, "init_args", None), "arch", None) if model is not None else None
+    readers = arch if isinstance(arch, list) else [arch] if arch is not None else []
+    names = [getattr(cls(r.class_path), "name", r.class_path.rpartition(".")[2].lower()) for r in readers]
+    return f"{modality}-{'+'.join(names) or 'vanilla'}"
 
 
 def check_checkpoint_file(path) -> None:
@@ -124,7 +156,7 @@ def cli_main(args=None, run: bool = True) -> CLI:
             "check_val_every_n_epoch": None,
             "log_every_n_steps": 10,
             "gradient_clip_val": 1.0,
-            "logger": {"class_path": "lit_vattn.runs.RunCSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
+            "logger": {"class_path": "lit_vattn.runs.RunCSVLogger", "init_args": {"save_dir": "runs"}},
             "callbacks": [LearningRateMonitor(logging_interval="step")],
         },
         args=args,

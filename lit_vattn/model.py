@@ -156,16 +156,22 @@ class GPT(nn.Module):
         out = self.arch.readout(stream, mem)  # (B, T, D)
         return (out, mem) if return_memory else out
 
-    def forward(self, idx: Tensor, targets: Optional[Tensor] = None) -> Tensor:
+    def forward(self, idx: Tensor, targets: Optional[Tensor] = None, per_sequence: bool = False):
         """Logits (B, T, vocab_size) over the real (unpadded) vocabulary; with ``targets`` (B, T)
         instead the summed NLL in nats over the targets >= 0 (-100 = not scored), computed in
         float32 inside this forward so that a compiled model fuses the upcast and the softmax
-        rather than materialising float32 logits."""
+        rather than materialising float32 logits. ``per_sequence`` also returns each row's summed
+        NLL, (B,), for tests paired over evaluation windows (the total is computed as without it)."""
         h = self.hidden_states(idx)
         logits = self.head(self.norm(h))[..., : self.vocab_size]  # (B, T, V)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        flat = logits.float().flatten(0, 1)
+        total = F.cross_entropy(flat, targets.flatten(), ignore_index=-100, reduction="sum")
+        if not per_sequence:
+            return total
+        rows = F.cross_entropy(flat, targets.flatten(), ignore_index=-100, reduction="none").view(targets.shape).sum(1)
+        return total, rows  # (), (B,)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

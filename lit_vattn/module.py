@@ -138,9 +138,15 @@ class LanguageModel(pl.LightningModule):
         nll, _ = self._nll_sum(batch)
         self.val_metrics.update(nll, batch["target"], self.units_per_token)
 
+    def on_test_epoch_start(self) -> None:
+        self._windows: list[tuple[Tensor, Tensor, Tensor]] = []
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        nll, _ = self._nll_sum(batch)
-        self.test_metrics.update(nll, batch["target"], self.units_per_token)
+        tgt = batch["target"]
+        nll, rows = self.net(batch["input"], targets=tgt, per_sequence=True)
+        self.test_metrics.update(nll, tgt, self.units_per_token)
+        # per-window sums, for a bootstrap paired over the same test windows across methods
+        self._windows.append((batch["index"].detach().cpu(), rows.detach().float().cpu(), (tgt >= 0).sum(1).cpu()))
 
     def _log_eval(self, metrics: NLLMetrics, stage: str) -> None:
         values = metrics.compute(self.unit)  # already reduced across ranks by torchmetrics
@@ -154,6 +160,21 @@ class LanguageModel(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval(self.test_metrics, "test")
+        self.test_windows = self._gather_windows()
+
+    def _gather_windows(self) -> dict:
+        """{"index", "nll", "tokens"}: every test window's start, summed NLL (nats) and scored
+        targets, from all ranks, sorted by start (RunSummary writes them to the summary)."""
+        parts = self._windows
+        local = [torch.cat([p[i] for p in parts]) if parts else torch.zeros(0) for i in range(3)]
+        local = [t.tolist() for t in local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        rows = sorted({int(i): (n, int(t)) for g in gathered for i, n, t in zip(*g)}.items())
+        return {"index": [i for i, _ in rows], "nll": [n for _, (n, _) in rows], "tokens": [t for _, (_, t) in rows]}
 
     # --- optimizer ---------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:

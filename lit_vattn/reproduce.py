@@ -1,7 +1,7 @@
 """``lit-vattn-reproduce``: one NLL table per modality, every architecture under the same budget.
 
 Each (architecture, seed) is trained and tested through the same ``lit-vattn fit``/``test``
-commands a user runs, composing ``configs/<modality>/<arch>.yaml`` with the preset
+commands a user runs, composing ``configs/data/<modality>.yaml`` and ``configs/arch/<arch>.yaml`` with the preset
 ``configs/reproduce/<preset>.yaml`` (and ``<modality>-<preset>.yaml`` if present), so data, tokens,
 width, depth, optimizer and schedule are equal across architectures. A run that finished
 (``done.json``) is skipped; one that stopped early resumes from its ``last.ckpt``. Then
@@ -30,6 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from lit_vattn.callbacks import read_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits/note"),
         "acoustic": ("bits_per_second", "bits/s")}
@@ -51,28 +53,20 @@ def git_commit() -> str:
 
 
 def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str]:
-    model = config_dir / modality / f"{arch}.yaml"
-    if not model.exists():
-        raise FileNotFoundError(f"no config {model} for --modality {modality} --archs {arch}")
+    """``--config`` flags: the modality's data config, the method's, the preset, then the preset's
+    overlay for the modality if there is one."""
+    data, method = config_dir / "data" / f"{modality}.yaml", config_dir / "arch" / f"{arch}.yaml"
+    for path, flag in ((data, f"--modality {modality}"), (method, f"--archs {arch}")):
+        if not path.exists():
+            raise FileNotFoundError(f"no config {path} for {flag}")
     preset_file = config_dir / "reproduce" / f"{preset}.yaml"
     if not preset_file.exists():
         raise FileNotFoundError(f"no preset {preset_file} (--preset {preset})")
-    out = ["--config", str(model), "--config", str(preset_file)]
+    out = ["--config", str(data), "--config", str(method), "--config", str(preset_file)]
     extra = config_dir / "reproduce" / f"{modality}-{preset}.yaml"
     if extra.exists():
         out += ["--config", str(extra)]
     return out
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return list(csv.DictReader(open(path)))
-
-
-def last(rows: list[dict], key: str) -> Optional[float]:
-    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    return vals[-1] if vals else None
 
 
 class Runner:
@@ -129,7 +123,7 @@ class Runner:
         fit_dir, test_dir = d / "fit", d / "test"
         ckpt = fit_dir / "checkpoints" / "last.ckpt"
         t0 = time.time()
-        fit = self._cmd("fit", arch, seed, "fit") + ["--trainer.callbacks+=lit_vattn.callbacks.RunStats"]
+        fit = self._cmd("fit", arch, seed, "fit")
         if ckpt.exists():
             print(f"[resume] {arch} seed {seed} from {ckpt}", flush=True)
             fit += ["--ckpt_path", str(ckpt)]
@@ -138,12 +132,12 @@ class Runner:
         self._call(fit, d / "fit.log")
         self._call(self._cmd("test", arch, seed, "test") + ["--ckpt_path", str(ckpt)], d / "test.log")
         unit = UNIT[self.args.modality][0]
-        fm, tm = read_metrics(fit_dir / "metrics.csv"), read_metrics(test_dir / "metrics.csv")
-        stats = json.loads((fit_dir / "stats.json").read_text())
+        fs, ts = read_summary(fit_dir), read_summary(test_dir)  # written by the runs themselves (RunSummary)
+        stats, val, test = fs["stats"], fs["val"][-1] if fs.get("val") else {}, ts.get("test", {})
         result = {
             "arch": arch, "seed": seed, "params": stats["params"], "tokens_seen": stats["tokens_seen"],
-            "steps": stats["global_step"], "val_nll": last(fm, "val/nll"), "test_nll": last(tm, "test/nll"),
-            f"val_{unit}": last(fm, f"val/{unit}"), f"test_{unit}": last(tm, f"test/{unit}"),
+            "steps": stats["global_step"], "val_nll": val.get("nll"), "test_nll": test.get("nll"),
+            f"val_{unit}": val.get(unit), f"test_{unit}": test.get(unit),
             "tokens_per_sec": stats["tokens_per_sec"], "peak_memory_gib": stats["peak_memory_gib"],
             "flops_per_token": stats["flops_per_token"], "device": stats["device"],
             "train_tokens": stats.get("train_tokens"), "commit": git_commit(),
@@ -186,7 +180,7 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     models = [baselines.Unigram(train, dm.vocab_size), baselines.Bigram(train, dm.vocab_size)]
     units = dm.units_per_token
     # the runs' world size: under DDP each rank scored its own slice, cut at limit_*_batches
-    world = int(json.loads((Path(results[0]["run_dir"]) / "fit" / "stats.json").read_text()).get("world_size", 1))
+    world = int(read_summary(Path(results[0]["run_dir"]) / "fit")["stats"].get("world_size", 1))
     scored = {}
     for split, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
         loaders = [DataLoader(EvalWindows(dm._data[split], dm.seq_len, r, world), batch_size=dm.batch_size)
@@ -238,7 +232,7 @@ def scored_fraction(results: list[dict]) -> str:
 
 def parse_request(args, config_dir: Path) -> tuple[list[str], list[int]]:
     """--archs and --seeds, checked before anything runs; each bad value is a one-line error."""
-    valid = sorted(q.stem for q in (config_dir / args.modality).glob("*.yaml"))
+    valid = sorted(q.stem for q in (config_dir / "arch").glob("*.yaml"))
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     if not archs:
         raise SystemExit(f"--archs {args.archs!r} names no architecture; choose from: {', '.join(valid)}")
@@ -263,15 +257,43 @@ def fmt(xs: list[float], digits: int = 4) -> str:
     return f"{mean(xs):.{digits}f} ± {stdev(xs):.{digits}f}"
 
 
+def _windows(r: dict) -> Optional[dict]:
+    """The run's per-test-window NLLs ({index: (nll sum, tokens)}), if its test recorded them."""
+    path = Path(r["run_dir"]) / "test" / "summary.json"
+    w = json.loads(path.read_text()).get("test_windows") if path.is_file() else None
+    return {i: (n, t) for i, n, t in zip(w["index"], w["nll"], w["tokens"])} if w else None
+
+
+def window_diffs(rs: list[dict], base: dict) -> Optional[tuple[list[float], list[int]]]:
+    """Per test window: the seed-mean summed NLL difference to vanilla and the scored tokens, over
+    the seeds both finished; None when a run lacks windows or the windows differ."""
+    per_seed = []
+    for r in rs:
+        if r["seed"] not in base:
+            continue
+        a, v = _windows(r), _windows(base[r["seed"]])
+        if a is None or v is None or a.keys() != v.keys():
+            return None
+        per_seed.append({i: (a[i][0] - v[i][0], a[i][1]) for i in a})
+    if not per_seed:
+        return None
+    keys = sorted(per_seed[0])
+    return [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
+
+
 def significance(archs: list[str], by: dict, base: dict) -> dict[str, tuple]:
-    """arch -> (paired-t p, Holm p, verdict) against vanilla on the seeds both finished."""
-    from lit_vattn.stats import holm, paired_t, verdict
+    """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
+    seeds both finished (``lit_vattn.stats``)."""
+    from lit_vattn.stats import holm, paired_bootstrap, paired_t, verdict2
 
     names = [a for a in archs if a != "vanilla" and by.get(a)]
     diffs = {a: [r["test_nll"] - base[r["seed"]]["test_nll"] for r in by[a] if r["seed"] in base] for a in names}
     raw = [paired_t(diffs[a])[1] for a in names]
     adj = holm(raw)
-    return {a: (p, q, verdict(mean(diffs[a]) if diffs[a] else None, q)) for a, p, q in zip(names, raw, adj)}
+    wins = [window_diffs(by[a], base) for a in names]
+    boot = holm([paired_bootstrap(*w) if w else None for w in wins])
+    return {a: (p, q, b, verdict2(mean(diffs[a]) if diffs[a] else None, q, b))
+            for a, p, q, b in zip(names, raw, adj, boot)}
 
 
 def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None) -> tuple[Path, Path]:
@@ -308,17 +330,19 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
         f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
         f"- scored: {scored_fraction(results)}",
-        "- test: per architecture, a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed), "
-        "Holm-corrected across the architectures of this table; verdict \"better\"/\"worse\" when the Holm p < 0.05, "
-        "otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)",
+        "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
+        "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
+        "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
+        "architectures of this table; verdict \"better\"/\"worse\" when both Holm p < 0.05 (the seed test alone for runs "
+        "without per-window NLLs), otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)",
     ]
     if failed:
         lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
     lines += [
         "",
         f"| arch | runs | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla "
-        "| p (paired t) | p (Holm) | verdict | tokens/s | peak mem (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict | tokens/s | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     tests = significance(archs, by, base)
     for a in archs:
@@ -326,21 +350,21 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         n_failed = sum(r["arch"] == a for r in failed)
         runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
         if not rs:
-            lines.append(f"| {a} | {runs} | — | — | failed | failed | failed | — | — | — | — | — | — |")
+            lines.append(f"| {a} | {runs} | — | — | failed | failed | failed | — | — | — | — | — | — | — |")
             continue
-        p_raw, p_holm, word = tests.get(a, (None, None, "—"))
+        p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
         pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
         delta = [r["test_nll"] - base[r["seed"]]["test_nll"] for r in rs if r["seed"] in base] if a != "vanilla" else []
         lines.append(
             f"| {a} | {runs} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
             f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
-            f"{fmt(delta) if delta else '—'} | {pf(p_raw)} | {pf(p_holm)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
+            f"{fmt(delta) if delta else '—'} | {pf(p_raw)} | {pf(p_holm)} | {pf(p_boot)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
             f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
         )
     for c in counts or []:
         lines.append(
             f"| {c['arch']} | count model | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
-            f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — |"
+            f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — | — |"
         )
     if counts:
         lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
@@ -365,8 +389,7 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
         for r in results:
             if r["arch"] != arch:
                 continue
-            rows = read_metrics(Path(r["run_dir"]) / "fit" / "metrics.csv")
-            pts = {int(x["step"]): float(x["train/loss"]) for x in rows if x.get("train/loss")}
+            pts = {int(step): loss for step, _, loss in read_summary(Path(r["run_dir"]) / "fit")["train"]}
             curves.append(pts)
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
@@ -387,7 +410,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", required=True, choices=sorted(UNIT))
     p.add_argument("--preset", default="tiny", help="tiny (CPU), small (~20 M, GPU), base (GPT-2 small shape, GPU)")
-    p.add_argument("--archs", default=DEFAULT_ARCHS, help="comma-separated config names in configs/<modality>/")
+    p.add_argument("--archs", default=DEFAULT_ARCHS, help="comma-separated method configs in configs/arch/ (methods, controls such as va-frozen, and readings such as sla-far, las-all)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--runs", default="runs/reproduce", help="where run directories go")
     p.add_argument("--out", default="results", help="where the tables go; a table of fewer than the default "

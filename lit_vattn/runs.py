@@ -38,18 +38,19 @@ class _AppendingWriter(ExperimentWriter):
 class RunCSVLogger(CSVLogger):
     """CSV metrics in one directory per run name, shared by fit, resumed fit, validate and test."""
 
-    def __init__(self, save_dir: str = "runs", name: str = "default", version: Optional[Union[int, str]] = "",
+    def __init__(self, save_dir: str = "runs", name: Optional[str] = None, version: Optional[Union[int, str]] = "",
                  prefix: str = "", flush_logs_every_n_steps: int = 100):
         """
         Args:
             save_dir: Root of the run directories.
-            name: Run name: the run directory is ``<save_dir>/<name>/``.
+            name: Run name: the run directory is ``<save_dir>/<name>/``; default (under
+                ``lit-vattn``) ``<modality>-<arch>``, e.g. ``text-va``.
             version: Empty (default) = no version subdirectory; an int or a string adds
                 ``version_<n>`` or ``<string>`` below the run directory.
             prefix: Prefix of every metric key.
             flush_logs_every_n_steps: How often metrics are written to disk.
         """
-        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
+        super().__init__(save_dir, name or "default", version, prefix, flush_logs_every_n_steps)
 
     @property
     def log_dir(self) -> str:

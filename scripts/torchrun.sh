@@ -1,8 +1,8 @@
 #!/bin/bash
 # Multi-node training without SLURM: run this on every node with the same MASTER_ADDR/PORT and its
 # own NODE_RANK. Example, 2 nodes x 8 GPUs:
-#   node 0:  NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 scripts/torchrun.sh configs/text/va.yaml
-#   node 1:  NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 scripts/torchrun.sh configs/text/va.yaml
+#   node 0:  NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 scripts/torchrun.sh configs/data/text.yaml --config configs/arch/va.yaml
+#   node 1:  NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 scripts/torchrun.sh configs/data/text.yaml --config configs/arch/va.yaml
 # Without InfiniBand prepend NCCL_IB_DISABLE=1 (and NCCL_SOCKET_IFNAME=<iface> if needed).
 set -euo pipefail
 CONFIG=${1:?usage: scripts/torchrun.sh CONFIG.yaml [lit-vattn args]}; shift

@@ -12,9 +12,9 @@ from lit_vattn.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
-TEXT = str(ROOT / "configs/text/vanilla.yaml")
-MODEL_YAMLS = sorted(p for p in glob.glob(str(ROOT / "configs/**/*.yaml"), recursive=True)
-                     if "/trainer/" not in p and "/reproduce/" not in p)
+TEXT = str(ROOT / "configs/data/text.yaml")
+DATA_YAMLS = sorted(glob.glob(str(ROOT / "configs/data/*.yaml")))
+ARCH_YAMLS = sorted(glob.glob(str(ROOT / "configs/arch/*.yaml")))
 PRESETS = ["tiny", "small", "base"]
 TINY = [
     "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
@@ -39,14 +39,35 @@ SMALL_DATA = {
 }
 
 
-@pytest.mark.parametrize("yaml", MODEL_YAMLS, ids=lambda p: os.path.relpath(p, ROOT / "configs"))
-def test_every_shipped_yaml_runs_fit_fast_dev_run(yaml, in_tmp):
-    modality = Path(yaml).parent.name
-    cli_main(["fit", "--config", yaml, "--config", CPU, "--trainer.fast_dev_run", "true", *SMALL_DATA.get(modality, [])])
+CORE = ("vanilla", "va", "las", "sla")
+MATRIX = [(d, a) for d in DATA_YAMLS for a in ARCH_YAMLS if Path(a).stem in CORE or Path(d).stem == "text"]
 
 
-@pytest.mark.parametrize("preset", sorted(glob.glob(str(ROOT / "configs/trainer/*.yaml"))), ids=os.path.basename)
-def test_trainer_presets_compose_with_a_model_yaml(preset, in_tmp, capsys):
+@pytest.mark.parametrize("data,arch", MATRIX, ids=lambda p: Path(p).stem)
+def test_every_shipped_data_and_method_config_runs_fit_fast_dev_run(data, arch, in_tmp):
+    """Every data config with every core method, every method config (controls and readings
+    included) with the text data; the run is named <modality>-<arch> by default."""
+    modality = Path(data).stem
+    cli = cli_main(["fit", "--config", data, "--config", arch, "--config", CPU, "--trainer.fast_dev_run", "true",
+                    *SMALL_DATA.get(modality, [])])
+    assert cli.config.fit.trainer.logger.init_args.name == f"{modality}-{Path(arch).stem}"
+
+
+def test_combined_readers_run_from_a_config_list(in_tmp):
+    """A list of readers composes them (here VA's input mixing with LAS's final-layer attention)."""
+    combo = in_tmp / "combo.yaml"
+    combo.write_text("model:\n  init_args:\n    arch:\n"
+                     "      - class_path: lit_vattn.arch.VerticalAttention\n"
+                     "      - class_path: lit_vattn.arch.LayerwiseAttentionShortcuts\n")
+    cli = cli_main(["fit", "--config", TEXT, "--config", str(combo), "--config", CPU, *TINY, "--trainer.max_steps", "1",
+                    "--trainer.limit_val_batches", "1"])
+    assert [type(r).__name__ for r in cli.model.net.arch.readers] == ["VerticalAttention", "LayerwiseAttentionShortcuts"]
+    assert (in_tmp / "runs/text-va+las/config.yaml").is_file()
+
+
+@pytest.mark.parametrize("preset", sorted(glob.glob(str(ROOT / "configs/trainer/*.yaml")) + glob.glob(str(ROOT / "configs/logger/*.yaml"))),
+                         ids=lambda p: os.path.relpath(p, ROOT / "configs"))
+def test_trainer_and_logger_presets_compose_with_a_data_config(preset, in_tmp, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["fit", "--config", TEXT, "--config", preset, "--print_config"])
     assert e.value.code == 0

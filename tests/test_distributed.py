@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
-TEXT = str(ROOT / "configs/text/vanilla.yaml")
+TEXT = str(ROOT / "configs/data/text.yaml")
 TINY = [
     "--config", TEXT, "--config", CPU,
     "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",

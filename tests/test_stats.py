@@ -33,3 +33,21 @@ def test_holm_step_down_and_verdicts():
     assert holm([0.5, 0.001]) == [0.5, 0.002]
     assert verdict(-0.1, 0.01) == "better" and verdict(0.1, 0.01) == "worse"
     assert verdict(-0.1, 0.2) == "no detectable difference"
+
+
+def test_paired_bootstrap_separates_a_shift_from_noise():
+    import numpy as np
+
+    from lit_vattn.stats import paired_bootstrap, verdict2
+
+    rng = np.random.default_rng(0)
+    tokens = [128] * 200
+    noise = rng.normal(0, 5.0, 200)  # summed nats per window
+    assert paired_bootstrap(list(noise), tokens) > 0.05  # no shift: nothing found
+    shifted = noise - 0.05 * 128  # 0.05 nats/token better on every window
+    assert paired_bootstrap(list(shifted), tokens) < 0.001
+    assert paired_bootstrap([1.0], [128]) is None
+    # same seed, same p (deterministic); a verdict needs both tests
+    assert paired_bootstrap(list(noise), tokens) == paired_bootstrap(list(noise), tokens)
+    assert verdict2(-0.1, 0.01, 0.2) == "no detectable difference"
+    assert verdict2(-0.1, 0.01, 0.01) == "better" and verdict2(0.1, 0.01, None) == "worse"

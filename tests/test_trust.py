@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 from datamodules import AcousticDataModule, MusicDataModule, TextDataModule, shards
+from lit_vattn.callbacks import read_summary
 from lit_vattn.cli import cli_main
 from lit_vattn.metrics import NLLMetrics, NonFiniteMetricError
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
-TEXT = str(ROOT / "configs/text/vanilla.yaml")
+TEXT = str(ROOT / "configs/data/text.yaml")
 TINY = ["--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
         "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
         "--trainer.enable_progress_bar", "false"]
@@ -113,6 +115,41 @@ def test_ckpt_path_last_continues_the_run_and_test_writes_beside_it(in_tmp, caps
     steps = [int(r.split(",")[header.index("step")]) for r in rows[1:] if r.split(",")[header.index("train/loss")]]
     assert steps == [0, 1, 2, 3, 4]  # the resumed fit appended to the first one's log
     assert "test/nll" in header
+    # the run's own summary (what tables read) continued from the checkpoint too, and holds the test
+    summary = read_summary(run)
+    assert [s for s, _, _ in summary["train"]] == [1, 2, 3, 4, 5]
+    assert [t for _, t, _ in summary["train"]] == [4 * 32 * k for k in range(1, 6)]  # batch x seq_len x steps
+    assert summary["stats"]["global_step"] == 5 and summary["test"]["nll"] > 0
+
+
+class MemoryLogger(Logger):
+    """A logger that is neither CSV nor TensorBoard: keeps metrics in memory, files in save_dir."""
+
+    def __init__(self, save_dir: str = "elsewhere"):
+        super().__init__()
+        self._save_dir, self.rows = save_dir, []
+
+    name, version = "memory", 0
+
+    @property
+    def save_dir(self):
+        return self._save_dir
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((step, metrics))
+
+
+def test_the_summary_does_not_depend_on_the_logger(in_tmp):
+    """Tables read summary.json, which the run writes whatever logger it uses."""
+    fit("--trainer.max_steps", "4", "--trainer.logger", "test_trust.MemoryLogger", "--trainer.logger.init_args.save_dir", "elsewhere",
+        "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2")
+    summary = read_summary(in_tmp / "elsewhere")
+    assert [v["step"] for v in summary["val"]] == [2, 4] and all(v["nll"] > 0 and v["bits_per_byte"] > 0 for v in summary["val"])
+    assert [s for s, _, _ in summary["train"]] == [2, 4]
+    assert summary["stats"]["tokens_seen"] == 4 * 4 * 32 and summary["stats"]["params"] > 0
 
 
 # --- the shard cache follows the files -----------------------------------------------------------
@@ -246,3 +283,12 @@ def test_audio_files_honour_seconds_and_max_clips_before_decoding(tmp_path, monk
     monkeypatch.setattr(audio_sources, "read_audio", lambda p: decoded.append(p) or real(p))
     list(audio_sources.file_clips(picked, []))
     assert sorted(decoded) == sorted(p for p, _ in picked)  # nothing else was decoded
+
+
+def test_a_missing_optional_stack_is_named_with_its_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "miditok" else real(name, *a))
+    with pytest.raises(ImportError, match=r'MusicDataModule needs miditok: pip install -e "\.\[music\]"'):
+        MusicDataModule()

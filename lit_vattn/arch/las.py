@@ -25,7 +25,7 @@ states the memory recorded after the selected blocks.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,7 @@ class LayerwiseAttentionShortcuts(Arch):
 
     def __init__(
         self,
-        layers: Optional[list[int]] = None,
+        layers: Union[None, list[int], Literal["all"]] = None,
         feature_dim: Optional[int] = None,
         keep_self: bool = True,
         depth_embedding: bool = False,
@@ -48,7 +48,8 @@ class LayerwiseAttentionShortcuts(Arch):
         """
         Args:
             layers: Blocks (0-based) whose output residual states feed a feature map; each must be
-                below the final block. Default: every second block, 1, 3, 5, ...
+                below the final block. Default: every second block, 1, 3, 5, ...; "all" = every
+                block below the final one (the abstract's "attends to all intermediate layers").
             feature_dim: Hidden width of each feature-map MLP (default d_model).
             keep_self: Keep the final layer's own keys/values as one more source.
             depth_embedding: Add a learned per-source embedding to the keys.
@@ -61,7 +62,12 @@ class LayerwiseAttentionShortcuts(Arch):
         L = cfg.n_layer
         if L < 2:
             raise ValueError(f"LayerwiseAttentionShortcuts needs config.n_layer >= 2 (got {L}): the final layer reads earlier ones")
-        layers = self.layers_arg if self.layers_arg is not None else list(range(1, L - 1, 2)) or [0]
+        if self.layers_arg == "all":
+            layers = list(range(L - 1))
+        elif isinstance(self.layers_arg, str):
+            raise ValueError(f"LayerwiseAttentionShortcuts.layers={self.layers_arg!r}: give block indices, \"all\" or null")
+        else:
+            layers = self.layers_arg if self.layers_arg is not None else list(range(1, L - 1, 2)) or [0]
         for s in layers:
             if not 0 <= s < L - 1:
                 raise ValueError(

@@ -46,7 +46,8 @@ class SkipLayerAttention(Arch):
     ):
         """
         Args:
-            skip_layers: Blocks (0-based) that use skip heads. Default: the last n_skip_layers blocks.
+            skip_layers: Blocks (0-based) that use skip heads. Default: the last n_skip_layers blocks
+                (those of them that have a block at the source distance below them).
             n_skip_layers: How many final blocks use skip heads when skip_layers is not given
                 (default round(3 * n_layer / 4): 9 of 12 as in the paper's best setting).
             n_skip_heads: Heads per skip block that read the earlier layer (default round(3 * n_head / 4)).
@@ -68,7 +69,13 @@ class SkipLayerAttention(Arch):
         n_l = self.n_skip_layers if self.n_skip_layers is not None else round(3 * L / 4)
         if not 0 <= n_l <= L:
             raise ValueError(f"SkipLayerAttention.n_skip_layers={n_l} must be in [0, {L}]")
-        layers = self.skip_layers_arg if self.skip_layers_arg is not None else list(range(L - n_l, L))
+        if self.skip_layers_arg is not None:
+            layers = self.skip_layers_arg
+        else:  # the last n_l blocks that have a preceding block at this source
+            layers = [l for l in range(L - n_l, L) if 0 <= self.src(l) < l]
+            if not layers:
+                raise ValueError(f"SkipLayerAttention: no block among the last {n_l} has a source (source={self.source}, "
+                                 f"source_mode={self.source_mode}, {L} layers); lower source or give skip_layers")
         n_h = self.n_skip_heads_arg if self.n_skip_heads_arg is not None else round(3 * H / 4)
         if not 1 <= n_h <= H:
             raise ValueError(f"SkipLayerAttention.n_skip_heads={n_h} must be between 1 and the {H} heads (config.n_head)")
