@@ -18,6 +18,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from jsonargparse import set_parsing_settings
 
@@ -45,14 +46,16 @@ class CLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """A run without a name is named after its data and method, ``<modality>-<arch>`` (e.g.
-        ``text-va``; combined readers ``text-va+value_residual``), so composing a data config with
-        a method config gives each method its own run directory."""
+        ``text-va``, ``text-va-frozen`` from configs/arch/va-frozen.yaml; combined readers of one
+        YAML ``text-va+las``), so composing a data config with a method config gives each method
+        its own run directory."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         logger = cfg.get("trainer", {}).get("logger")
         init = getattr(logger, "init_args", None)
         if init is None or "name" not in init or init.get("name") is not None:
             return
-        init["name"] = default_run_name(cfg.get("data"), cfg.get("model"))
+        configs = [str(c) for c in (cfg.get("config") or [])]
+        init["name"] = default_run_name(cfg.get("data"), cfg.get("model"), configs)
 
     # --- the run directory ----------------------------------------------------------------------
     def _run_dir(self):
@@ -104,8 +107,10 @@ class CLI(LightningCLI):
         self._resolve_ckpt_path(required=True)
 
 
-def default_run_name(data, model) -> str:
-    """``<modality>-<arch>`` from the parsed data and model configs."""
+def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
+    """``<modality>-<arch>``: the arch part is the stem of the method config(s) given from a
+    ``configs/arch/`` folder (so a control such as ``va-frozen`` gets its own run directory),
+    otherwise the reader names of the parsed model config."""
     import importlib
 
     def cls(path: str):
@@ -116,7 +121,8 @@ def default_run_name(data, model) -> str:
     modality = data_cls.rpartition(".")[2].removesuffix("DataModule").lower() or "run"
     arch = getattr(getattr(model, "init_args", None), "arch", None) if model is not None else None
     readers = arch if isinstance(arch, list) else [arch] if arch is not None else []
-    names = [getattr(cls(r.class_path), "name", r.class_path.rpartition(".")[2].lower()) for r in readers]
+    names = [Path(c).stem for c in configs or [] if Path(c).parent.name == "arch"]
+    names = names or [getattr(cls(r.class_path), "name", r.class_path.rpartition(".")[2].lower()) for r in readers]
     return f"{modality}-{'+'.join(names) or 'vanilla'}"
 
 
@@ -182,6 +188,8 @@ def from_run_config(path, *extra: str) -> CLI:
         else:
             raise ValueError(f"{path} sets {key}={saved[key]!r}, which this version no longer honours: the module "
                              "configures its own optimizer and schedule (model.init_args.lr, schedule, warmup_steps, ...)")
+    # the rebuilt trainer never trains: a run's callbacks (possibly of an older version) are not needed
+    (saved.get("trainer") or {}).pop("callbacks", None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(saved, f)
     try:
