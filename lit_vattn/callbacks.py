@@ -125,6 +125,11 @@ class RunSummary(Callback):
         self.train, self.val, self.tokens = list(state["train"]), list(state["val"]), int(state["tokens"])
 
     # --- recording ---------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # ``trainer.log_dir`` is a collective (a broadcast from rank 0) under DDP: resolve it here,
+        # where every rank runs, never inside a rank-0-only branch (that deadlocks the other ranks).
+        self._dir = trainer.log_dir
+
     def on_train_start(self, trainer, pl_module) -> None:
         # peak memory of training only, not of shard preparation earlier in the same process
         if pl_module.device.type == "cuda":
@@ -192,9 +197,10 @@ class RunSummary(Callback):
 
     def _write(self, trainer, update: dict) -> None:
         """Merge into the run's summary (fit, test and validate of one run share it), atomically."""
-        if trainer.global_rank != 0 or not trainer.log_dir:
+        log_dir = getattr(self, "_dir", None)
+        if trainer.global_rank != 0 or not log_dir:
             return
-        out = Path(trainer.log_dir) / self.filename
+        out = Path(log_dir) / self.filename
         summary = json.loads(out.read_text()) if out.is_file() else {}
         summary.update(update)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lit_vattn(cwd, *args, launcher=None, timeout=600) -> subprocess.CompletedProcess:
+def lit_vattn(cwd, *args, launcher=None, timeout=300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = (launcher or [sys.executable, "-m", "lit_vattn"]) + list(args)
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -95,7 +95,7 @@ def test_torchrun_two_nodes_one_process_each(tmp_path, bpe_text):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "lit_vattn", *args]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-5000:]
     ckpts = list(tmp_path.glob("runs/**/*.ckpt"))
