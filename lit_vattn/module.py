@@ -178,14 +178,15 @@ class LanguageModel(pl.LightningModule):
 
     # --- optimizer ---------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        decay, no_decay, mix, seen = [], [], [], set()
+        decay, no_decay, mix, seen = [], [], {}, set()
         embed_ids = {id(self.net.embed.weight)}
         for name, p in self.net.named_parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
             if getattr(p, "depth_mix", False):
-                mix.append(p)
+                # a reader may ask for its own multiplier on top of mix_lr_mult (LIMe's router: 10x)
+                mix.setdefault(float(getattr(p, "lr_mult", 1.0)), []).append(p)
             elif p.ndim >= 2 and id(p) not in embed_ids:
                 decay.append(p)
             else:
@@ -194,8 +195,8 @@ class LanguageModel(pl.LightningModule):
             {"params": decay, "weight_decay": self.hparams.weight_decay, "lr_mult": 1.0},
             {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
         ]
-        if mix:
-            groups.append({"params": mix, "weight_decay": 0.0, "lr_mult": self.hparams.mix_lr_mult})
+        for mult, params in sorted(mix.items()):
+            groups.append({"params": params, "weight_decay": 0.0, "lr_mult": self.hparams.mix_lr_mult * mult})
         for g in groups:
             g["lr"] = self.hparams.lr * g["lr_mult"]
         return groups

@@ -11,7 +11,7 @@ open point is a switch (the README's Vertical Attention section lists the readin
 
     sources  o_0 = x0,  o_j = block j's output (a_j + m_j)  or  its residual state h_j   (sources=)
     weights  alpha_{l,j} = softmax_j(s_{l,j}),  s = free logits  or  logits + q(o_{l-1}) . k(o_j)   (weights=)
-    input    z_l = sum_j alpha_{l,j} * o_j / RMS(o_j)                              (norm=)
+    input    z_l = sum_j alpha_{l,j} * o_j / RMS(o_j)   (or LayerNorm(o_j), or o_j)   (norm=)
              (+ h_{l-1} if keep_residual)
     readout  final norm of h_L, or of one more mixture over all L+1 sources        (readout=)
 
@@ -44,7 +44,7 @@ class VerticalAttention(Arch):
     def __init__(
         self,
         weights: Literal["logits", "qk"] = "logits",
-        norm: Literal["rms", "none"] = "rms",
+        norm: Literal["rms", "layernorm", "none"] = "rms",
         sources: Literal["outputs", "residual"] = "outputs",
         keep_residual: bool = False,
         init: Literal["uniform", "previous"] = "uniform",
@@ -57,7 +57,8 @@ class VerticalAttention(Arch):
         Args:
             weights: "logits" = one learned logit per (layer, source), input independent (the
                 reviewers' reading); "qk" = those logits plus a per-token query-key score over depth.
-            norm: Normalise each source to unit RMS before mixing ("rms"), or not ("none").
+            norm: Normalise each source to unit RMS before mixing ("rms"), with a LayerNorm without
+                affine parameters ("layernorm": ELC-BERT's normalised variant), or not ("none").
             sources: What is mixed: each block's output a + m ("outputs", ELC-BERT style) or the
                 residual state after each block ("residual").
             keep_residual: Add the mixture to the ordinary residual stream instead of replacing it.
@@ -105,6 +106,8 @@ class VerticalAttention(Arch):
             nn.init.normal_(self.k.weight, 0.0, 1.0 / math.sqrt(self.cfg.d_model))
 
     def _normed(self, x: Tensor) -> Tensor:
+        if self.norm == "layernorm":
+            return torch.nn.functional.layer_norm(x, (x.shape[-1],), eps=1e-6)
         return _rms(x) if self.norm == "rms" else x
 
     def _mix(self, row: int, sources: list[Tensor]) -> Tensor:
