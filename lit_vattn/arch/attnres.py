@@ -81,8 +81,10 @@ class AttentionResiduals(Arch):
 
     def _attend(self, k: int, mem: DepthMemory) -> Tensor:
         vals, keys = self._sources(mem)
-        w = (self.query[k] * self.key_norm[k]).to(vals[0].dtype)  # (D,)
-        logits = torch.stack([key @ w for key in keys], -1)  # (B, T, n)
+        w = (self.query[k] * self.key_norm[k]).to(vals[0].dtype)[:, None]  # (D, 1)
+        # (D, 1) rather than (D,): a matrix product, which the FLOP counter sees (a matrix-vector
+        # product it does not count)
+        logits = torch.cat([key @ w for key in keys], -1)  # (B, T, n)
         alpha = logits.float().softmax(-1).to(vals[0].dtype)
         if self.record_maps:
             self._record(k, alpha)
