@@ -20,7 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_vattn import GPT, GPTConfig  # noqa: E402
-from lit_vattn.arch import LayerwiseAttentionShortcuts, SkipLayerAttention, Vanilla, VerticalAttention  # noqa: E402
+from lit_vattn.arch import (AttentionResiduals, DeepCrossAttention, DenseFormer, HyperConnections, LAuReL,  # noqa: E402
+                            LayerwiseAttentionShortcuts, LIMe, MUDDFormer, SkipLayerAttention, ValueResidual, Vanilla,
+                            VerticalAttention)
 from lit_vattn.reproduce import git_commit  # noqa: E402
 
 ARCHS = {
@@ -32,6 +34,17 @@ ARCHS = {
     "las (all layers)": lambda: LayerwiseAttentionShortcuts(layers="all"),
     "sla": SkipLayerAttention,
     "sla (concat)": lambda: SkipLayerAttention(mode="concat"),
+    "denseformer": DenseFormer,
+    "hc (n=4, dynamic)": HyperConnections,
+    "mudd": MUDDFormer,
+    "attnres (full)": AttentionResiduals,
+    "attnres (block, S=4)": lambda: AttentionResiduals(block_size=4),
+    "dca": DeepCrossAttention,
+    "value residual (fixed)": ValueResidual,
+    "value residual (token gate)": lambda: ValueResidual(mix="token"),
+    "lime": LIMe,
+    "laurel (rw + lr, r=16)": LAuReL,
+    "elc-bert (va, layernorm)": lambda: VerticalAttention(norm="layernorm"),
 }
 SHAPES = {
     "GPT-2 small shape (d=768, L=12, H=12, T=1024, vocab 50,257)": (GPTConfig(n_layer=12, n_head=12, d_model=768, max_seq_len=1024), 50257, 1024),

@@ -20,7 +20,7 @@ pre-norm residual stream, so the model equals vanilla up to the factor n that th
 removes (tested: logits equal to vanilla's within float rounding and the norm's eps).
 
 Cost: n x the residual stream's activation memory and I/O; parameters per sub-layer
-n(n+1) + n + D(n+2) + 2 (dynamic).
+n(n+1) + n + D(n+3) + 2 (dynamic: gains, W_a, w_b, scales).
 
 Not implemented: the manifold-constrained variant (mHC, Sinkhorn-projected stream mixing).
 
