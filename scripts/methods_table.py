@@ -1,0 +1,83 @@
+"""One table "method x modality" from the per-modality NLL tables of one preset.
+
+Reads ``results/<modality>-<preset>.md`` (written by ``lit-vattn-reproduce``) and copies, for
+every architecture, its paired difference to vanilla in test NLL (mean ± std over seeds), the
+number of finished seeds and the verdict of the table's stated test; a modality whose table lacks
+an architecture says so. Nothing is recomputed, so this table can never disagree with the tables
+it summarises.
+
+    python scripts/methods_table.py --preset tiny --out results/methods-tiny.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODALITIES = ("text", "music", "acoustic")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(md: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """{arch: {column: cell}} of the first markdown table in ``md``, and its header lines (bullets)."""
+    rows, header, bullets = {}, None, []
+    for line in md.read_text().splitlines():
+        if line.startswith("- "):
+            bullets.append(line[2:])
+        if not line.startswith("|"):
+            if header:
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set(cells[0]) <= {"-"}:
+            rows[cells[0]] = dict(zip(header, cells))
+    return rows, bullets
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    tables = {m: Path(args.results) / f"{m}-{args.preset}.md" for m in MODALITIES}
+    parsed = {m: parse(t) for m, t in tables.items() if t.is_file()}
+    if not parsed:
+        sys.exit(f"no results/<modality>-{args.preset}.md found under {args.results}: run lit-vattn-reproduce first")
+    archs = list(dict.fromkeys(a for rows, _ in parsed.values() for a in rows if "counts" not in a))
+    lines = [f"# Every method against vanilla, preset `{args.preset}`", "",
+             f"- command: `python scripts/methods_table.py --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
+             "- cell: paired difference in test NLL to vanilla on the same seeds (nats per token; negative = lower "
+             "NLL than vanilla), mean ± std over seeds, [finished seeds], and the verdict of the test stated in "
+             "that table's header (n.d. = no detectable difference at this scale); tables made since the "
+             "bootstrap landed require both the Holm-corrected paired t over seeds and the Holm-corrected "
+             "paired bootstrap over test windows to pass at 0.05, older ones the t-test only",
+             "- sources (each with its own command, commit, date and hardware):"]
+    lines += [f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')})"
+              for m, (_, bl) in parsed.items()]
+    lines += [f"  - {m}: no table yet" for m in MODALITIES if m not in parsed]
+    lines += ["", "| method | " + " | ".join(MODALITIES) + " |", "|---|" + "---|" * len(MODALITIES)]
+    for a in archs:
+        cells = []
+        for m in MODALITIES:
+            row = parsed.get(m, ({}, []))[0].get(a)
+            if row is None:
+                cells.append("not run")
+                continue
+            delta = row.get("Δ test NLL vs vanilla", "—")
+            verdict = row.get("verdict", "—").replace("no detectable difference", "n.d.")
+            runs = row.get("runs", "").split("/")[0]
+            cells.append("—" if a == "vanilla" else f"{delta} [{runs}] {verdict}")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
