@@ -3,6 +3,7 @@
     lit-vattn-analyze depth-maps --ckpt_path runs/.../checkpoints/last.ckpt
     lit-vattn-analyze logit-lens --ckpt_path ...
     lit-vattn-analyze all --ckpt_path ... --batches 20 --out results/analysis/text-va
+    lit-vattn-analyze positions --ckpt_path ... --seq_lens 128,256 --split test
 
 - depth-maps: the maps the reader reports, averaged over validation batches: VA's L x (L+1)
   weights (per-token weights averaged for the query-key form; Kojima et al. report strong
@@ -12,6 +13,10 @@
   input, then what the head reads; for VA the depth mixtures, not the unused residual states):
   next-token NLL per state and top-1 agreement with the model's output (VA's paper reports that
   prediction is postponed to the final layer).
+- positions: next-token NLL by position 1..T over every window of a split (test by default), at
+  the trained length and at longer ones (RoPE extrapolated past ``max_seq_len``; nothing else in
+  the model depends on T): where in the context a method's gain sits, and whether it holds beyond
+  the training length (SLA's long-context claim). Not part of ``all``: it scores a whole split.
 The run's ``config.yaml`` (next to ``checkpoints/``) rebuilds the model and its data.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 from pathlib import Path
 from typing import Optional
@@ -162,15 +168,98 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
     return [out / "logit_lens.png", out / "logit_lens.csv"]
 
 
+def extend_context(net, T: int) -> None:
+    """Let ``net`` (a ``GPT``) run sequences of T tokens: a longer RoPE table and ``max_seq_len``.
+    RoPE is the only part of the model whose size depends on T, so this is extrapolation of the
+    trained model, not a change of it; it never shortens the table."""
+    from lit_vattn.model import rope_table
+
+    if T <= net.cfg.max_seq_len:
+        return
+    net.cfg = dataclasses.replace(net.cfg, max_seq_len=T)
+    cos, sin = rope_table(T, net.cfg.head_dim, net.cfg.rope_theta, device=net.rope_cos.device)
+    net.rope_cos, net.rope_sin = cos, sin
+
+
+@torch.no_grad()
+def position_nll(model, dm, seq_len: int, split: str = "test", max_windows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed next-token NLL (nats) and scored-target count at each position 0..T-1 of the windows
+    that score every target of ``split`` once (``EvalWindows``, stride T; the first
+    ``max_windows`` of them when given, the ones a run with ``limit_test_batches`` scored); position
+    t predicts its target from t + 1 tokens of context. Returns float64 (T,) and int64 (T,) arrays."""
+    from torch.utils.data import DataLoader, Subset
+
+    from datamodules.windows import EvalWindows
+
+    if split not in dm._data:
+        raise ValueError(f"no split {split!r} in the data (--split: one of {sorted(dm._data)})")
+    net = model.net
+    extend_context(net, seq_len)
+    windows = EvalWindows(dm._data[split], seq_len)
+    if max_windows is not None:
+        windows = Subset(windows, range(min(max_windows, len(windows))))
+    loader = DataLoader(windows, batch_size=dm.batch_size)
+    nll, count = np.zeros(seq_len), np.zeros(seq_len, dtype=np.int64)
+    for b in loader:
+        x, y = b["input"], b["target"]  # (B, T) each
+        logits = net(x).float()  # (B, T, V)
+        per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none").view(y.shape)
+        valid = y >= 0
+        nll += per.double().sum(0).numpy()  # ignored targets contribute 0
+        count += valid.sum(0).numpy()
+    return nll, count
+
+
+def positions(model, dm, seq_lens: list[int], split: str, out: Path, title: str, max_windows: Optional[int] = None) -> list[Path]:
+    """``position_nll`` at each length in ``seq_lens``: CSV (seq_len, position, nll, tokens) and a
+    plot of NLL against position (log x), the trained length marked."""
+    trained = dm.seq_len  # the windows the model was trained on
+    rows, curves = [], {}
+    for T in seq_lens:
+        nll, count = position_nll(model, dm, T, split, max_windows)
+        curves[T] = nll / np.maximum(count, 1)
+        rows += [[T, t + 1, f"{nll[t] / max(count[t], 1):.6f}", int(count[t])] for t in range(T)]
+    _save_csv(out / "positions.csv", ["seq_len", "position", "nll", "tokens"], rows)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for T, c in curves.items():
+        ax.plot(np.arange(1, T + 1), c, lw=1, label=f"windows of {T}")
+    ax.axvline(trained, color="grey", ls="--", lw=0.8, label=f"trained length {trained}")
+    ax.set_xscale("log")
+    ax.set_xlabel("position (tokens of context)")
+    ax.set_ylabel(f"{split} NLL (nats/token)")
+    ax.set_title(f"{title}: NLL by position", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _savefig(fig, out / "positions.png")
+    plt.close(fig)
+    return [out / "positions.png", out / "positions.csv"]
+
+
 def main(argv: Optional[list[str]] = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["depth-maps", "logit-lens", "all"])
+    p.add_argument("what", choices=["depth-maps", "logit-lens", "all", "positions"])
     p.add_argument("--ckpt_path", required=True)
     p.add_argument("--config", default=None, help="the run's YAML; default <run>/config.yaml")
     p.add_argument("--batches", type=int, default=20, help="validation batches averaged over")
     p.add_argument("--out", default=None, help="output folder; default <run>/analysis")
     p.add_argument("--title", default=None)
+    p.add_argument("--seq_lens", default=None, help="positions: comma-separated window lengths; default the "
+                   "trained length and twice it")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="positions: the split scored")
+    p.add_argument("--max_windows", type=int, default=None, help="positions: score only the first N windows of "
+                   "each length (a quick look); default all")
     args = p.parse_args(argv)
+    if args.max_windows is not None and args.max_windows < 1:
+        raise SystemExit(f"--max_windows {args.max_windows}: must be >= 1 (leave it out to score every window)")
+    seq_lens = None
+    if args.seq_lens:
+        try:
+            seq_lens = [int(x) for x in args.seq_lens.split(",")]
+        except ValueError:
+            raise SystemExit(f"--seq_lens {args.seq_lens!r}: comma-separated integers, e.g. 128,256") from None
+        if min(seq_lens) < 1:
+            raise SystemExit(f"--seq_lens {args.seq_lens!r}: lengths must be >= 1")
     model, dm = load(args.ckpt_path, args.config)
     out = Path(args.out) if args.out else Path(args.ckpt_path).parent.parent / "analysis"
     out.mkdir(parents=True, exist_ok=True)
@@ -180,6 +269,8 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
         written += depth_maps(model, dm, args.batches, out, title)
     if args.what in ("logit-lens", "all"):
         written += logit_lens(model, dm, args.batches, out, title)
+    if args.what == "positions":
+        written += positions(model, dm, seq_lens or [dm.seq_len, 2 * dm.seq_len], args.split, out, title, args.max_windows)
     for w in written:
         print(w)
     return written

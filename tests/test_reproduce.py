@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lit_vattn import analyze, reproduce
@@ -170,3 +171,51 @@ def test_table_only_rebuilds_the_table_from_copied_summaries(table, tmp_path):
     shutil.rmtree(copy / "text-tiny" / "va" / "seed1")
     with pytest.raises(SystemExit, match="va seed 1 has no finished summary"):
         reproduce.main([*moved, "--table-only", *args[cut:]])
+
+
+def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_trained_length(table):
+    """Over the windows the run scored (the first 4 batches), the per-position sums are the run's own
+    per-window test NLLs; at twice the trained length (RoPE extended) every window still scores
+    all of its targets."""
+    tmp, _, _ = table
+    run = tmp / "runs/text-tiny/va/seed0"
+    model, dm = analyze.load(str(run / "fit/checkpoints/last.ckpt"))
+    T = dm.seq_len
+    windows = json.loads((run / "test/summary.json").read_text())["test_windows"]
+    n = len(windows["index"])  # limit_test_batches 4 x batch_size 8: a prefix of the split's windows
+    assert n == 4 * dm.batch_size and sorted(windows["index"]) == [j * T for j in range(n)]
+    nll, count = analyze.position_nll(model, dm, T, max_windows=n)
+    assert nll.shape == count.shape == (T,) and (count == n).all()
+    assert nll.sum() / count.sum() == pytest.approx(sum(windows["nll"]) / sum(windows["tokens"]), rel=1e-5)
+    nll2, count2 = analyze.position_nll(model, dm, 2 * T, max_windows=n // 2)
+    assert model.net.cfg.max_seq_len == 2 * T and (count2 == n // 2).all()
+    assert np.isfinite(nll2).all() and abs(nll2.sum() / count2.sum() - nll.sum() / count.sum()) < 0.5
+    written = analyze.main(["positions", "--ckpt_path", str(run / "fit/checkpoints/last.ckpt"), "--max_windows", "8",
+                            "--out", str(tmp / "pos")])
+    rows = list(csv.DictReader(open(tmp / "pos/positions.csv")))
+    assert {Path(w).name for w in written} == {"positions.png", "positions.csv"}
+    assert [int(r["seq_len"]) for r in rows] == [T] * T + [2 * T] * (2 * T) and {r["tokens"] for r in rows} == {"8"}
+    with pytest.raises(SystemExit, match="--seq_lens 'x': comma-separated integers"):
+        analyze.main(["positions", "--ckpt_path", str(run / "fit/checkpoints/last.ckpt"), "--seq_lens", "x"])
+
+
+def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
+    import importlib.util
+
+    tmp, _, _ = table
+    spec = importlib.util.spec_from_file_location("positions_table", Path(__file__).parents[1] / "scripts/positions_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp / "results/positions-text-tiny"
+    md = mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1", "--max-windows", "16", "--out", str(out)])
+    assert "| vanilla |" in md and "| va |" in md and "positions 129-256" in md and "Holm" in md
+    check = float(md.split("test NLL (its per-window NLLs in test/summary.json) within ")[1].split(" nats")[0])
+    assert check < 1e-4 and "not checked" not in md  # every run's own windows, re-scored by position
+    assert out.with_suffix(".png").stat().st_size > 1000
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert {(r["arch"], r["seq_len"]) for r in rows} == {(a, L) for a in ("vanilla", "va") for L in ("128", "256")}
+    assert all((tmp / f"runs/text-tiny/{a}/seed{s}/positions.json").is_file() for a in ("vanilla", "va") for s in (0, 1))
+    with pytest.raises(SystemExit, match="--seq-lens '64': lengths >= 1, the longest >= the trained length 128"):
+        mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1", "--seq-lens", "64", "--out", str(out)])
+    with pytest.raises(SystemExit, match="no finished run"):
+        mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1,2", "--out", str(out)])
