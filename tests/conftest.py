@@ -25,3 +25,26 @@ def bpe_text(shard_cache):
     dm.prepare_data()
     dm.setup()
     return dm
+
+
+@pytest.fixture(scope="session")
+def train_on(bpe_text):
+    """``train_on(net, steps=40, lr=3e-3)``: AdamW steps of ``net`` on the embedded text's training
+    windows (bpe_text), returning each step's loss; the shared "it learns real text" check."""
+    import torch
+    import torch.nn.functional as F
+
+    def run(net, steps: int = 40, lr: float = 3e-3) -> list[float]:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        it = iter(bpe_text.train_dataloader())
+        losses = []
+        for _ in range(steps):
+            b = next(it)
+            loss = F.cross_entropy(net(b["input"]).flatten(0, 1), b["target"].flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    return run

@@ -219,3 +219,24 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
         mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1", "--seq-lens", "64", "--out", str(out)])
     with pytest.raises(SystemExit, match="no finished run"):
         mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1,2", "--out", str(out)])
+
+
+def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give(capsys):
+    """The README's "method x modality" table and results/methods-tiny.md are copies of what
+    scripts/methods_table.py builds from the committed per-modality tables: none can drift."""
+    import importlib.util
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("methods_table", root / "scripts/methods_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def rows(text):
+        return [line for line in text.splitlines() if line.startswith("| ")]
+
+    built = rows(mod.main(["--preset", "tiny"]))
+    assert len(built) == 1 + len(reproduce.ALL_ARCHS.split(","))  # header + every method
+    assert rows((root / "results/methods-tiny.md").read_text()) == built
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("Method x modality at `tiny`"):]
+    assert rows(section.split("\n\n", 2)[1]) == built
