@@ -218,7 +218,7 @@ def positions(model, dm, seq_lens: list[int], split: str, out: Path, title: str,
     for T in seq_lens:
         nll, count = position_nll(model, dm, T, split, max_windows)
         curves[T] = nll / np.maximum(count, 1)
-        rows += [[T, t + 1, f"{nll[t] / max(count[t], 1):.6f}", int(count[t])] for t in range(T)]
+        rows += [[T, t + 1, f"{curves[T][t]:.6f}", int(count[t])] for t in range(T)]
     _save_csv(out / "positions.csv", ["seq_len", "position", "nll", "tokens"], rows)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -327,10 +327,9 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', 'not recorded (see results/README.md)') for r in results}))}; "
         f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
         f"- epochs over the training split: {epochs(results, counts)}",
-        (f"- wall time: {sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs "
-         "(this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else
-         f"- wall time: {wall / 60:.1f} min for this invocation; "
-         f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"),
+        ("- wall time: " if getattr(args, "table_only", False) else f"- wall time: {wall / 60:.1f} min for this invocation; ")
+        + f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"
+        + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else ""),
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
         f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
         f"- scored: {scored_fraction(results)}",

@@ -24,7 +24,6 @@ vanilla by bucket).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lit_vattn import stats  # noqa: E402
+from lit_vattn.analyze import _plt, _save_csv, _savefig  # noqa: E402
 from lit_vattn.reproduce import ALL_ARCHS, git_commit  # noqa: E402
 
 
@@ -131,33 +131,27 @@ def main(argv=None) -> str:
             for s in seeds:
                 nll, tok = data[a][s][T]
                 w = json.loads((runs / a / f"seed{s}" / "test" / "summary.json").read_text()).get("test_windows") or {}
-                own = sorted(zip(w.get("index", []), w.get("nll", []), w.get("tokens", [])))
-                prefix, got = [], 0
-                for start, wn, wt in own:  # the run's windows, in order, until they cover what we scored
-                    if got >= tok.sum():
+                ref, got = 0.0, 0
+                for _, wn, wt in sorted(zip(w.get("index", []), w.get("nll", []), w.get("tokens", []))):
+                    if got >= tok.sum():  # the run's windows, in order, until they cover what we scored
                         break
-                    prefix.append((wn, wt))
-                    got += wt
+                    ref, got = ref + wn, got + wt
                 if got != tok.sum():
                     unchecked += 1
                     continue
-                ref = sum(x for x, _ in prefix) / got
-                check = max(check or 0.0, abs(nll.sum() / tok.sum() - ref))
+                check = max(check or 0.0, abs(nll.sum() / tok.sum() - ref / got))
 
     # per position: mean/std over seeds of the per-position NLL
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["arch", "seq_len", "position", "nll_mean", "nll_std", "tokens"])
-        for a in archs:
-            for L in seq_lens:
-                per = np.stack([data[a][s][L][0] / np.maximum(data[a][s][L][1], 1) for s in seeds])  # (S, L)
-                sd = per.std(0, ddof=1) if len(seeds) > 1 else np.zeros(L)
-                tok = data[a][seeds[0]][L][1]
-                w.writerows([a, L, t + 1, f"{per[:, t].mean():.6f}", f"{sd[t]:.6f}", int(tok[t])] for t in range(L))
-    os.replace(tmp, out.with_suffix(".csv"))
+    rows = []
+    for a in archs:
+        for L in seq_lens:
+            per = np.stack([data[a][s][L][0] / np.maximum(data[a][s][L][1], 1) for s in seeds])  # (S, L)
+            sd = per.std(0, ddof=1) if len(seeds) > 1 else np.zeros(L)
+            tok = data[a][seeds[0]][L][1]
+            rows += [[a, L, t + 1, f"{per[:, t].mean():.6f}", f"{sd[t]:.6f}", int(tok[t])] for t in range(L)]
+    _save_csv(out.with_suffix(".csv"), ["arch", "seq_len", "position", "nll_mean", "nll_std", "tokens"], rows)
 
     # per bucket of the longest length: paired differences to vanilla over seeds
     bks = buckets(T, longest)
@@ -167,14 +161,13 @@ def main(argv=None) -> str:
         return float(nll[lo - 1 : hi].sum() / max(tok[lo - 1 : hi].sum(), 1))
 
     cells: dict[str, list[str]] = {a: [] for a in archs}
+    others = archs[1:]  # archs[0] is vanilla
     for lo, hi in bks:
         base = [bucket_nll("vanilla", s, lo, hi) for s in seeds]
         cells["vanilla"].append(f"{mean(base):.4f}" + (f" ± {stdev(base):.4f}" if len(seeds) > 1 else ""))
-        others = [a for a in archs if a != "vanilla"]
         diffs = {a: [bucket_nll(a, s, lo, hi) - b for s, b in zip(seeds, base)] for a in others}
-        ps = [stats.paired_t(diffs[a])[1] for a in others]
-        holm = stats.holm(ps)
-        for a, p_raw, p_h in zip(others, ps, holm):
+        holm = stats.holm([stats.paired_t(diffs[a])[1] for a in others])
+        for a, p_h in zip(others, holm):
             d = diffs[a]
             sd = f" ± {stdev(d):.4f}" if len(d) > 1 else ""
             word = stats.verdict(mean(d), p_h).replace("no detectable difference", "n.d.")
@@ -212,11 +205,7 @@ def main(argv=None) -> str:
 
 
 def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     edges = np.unique(np.round(np.geomspace(1, L + 1, 24)).astype(int))  # log-spaced position bins
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = plt.cm.tab20(np.linspace(0, 1, max(len(archs), 2)))
@@ -247,10 +236,8 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
     bx.set_ylabel("Δ NLL vs vanilla (same seed), mean ± std")
     fig.suptitle(f"NLL by position: {title}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    _savefig(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
