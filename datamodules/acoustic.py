@@ -89,6 +89,11 @@ class AcousticDataModule(TokenDataModule):
         self.source, self.files, self.hf_config, self.hf_split = source, files, hf_config, hf_split
         if seconds is None and source in ("speech", "music"):
             raise ValueError(f"data.seconds must be a number for source={source!r}: it is the amount of audio to synthesise")
+        # floats as the CLI parses them, so the shard cache key of seconds=150 from Python equals that of
+        # --data.init_args.seconds 150 (150.0): the same data is never prepared twice
+        seconds = None if seconds is None else float(seconds)
+        min_seconds, val_fraction, test_fraction = float(min_seconds), float(val_fraction), float(test_fraction)
+        bandwidth, kmeans_seconds = float(bandwidth), float(kmeans_seconds)
         self.audio_column, self.seconds, self.max_clips, self.min_seconds = audio_column, seconds, max_clips, min_seconds
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.bandwidth, self.n_q = bandwidth, codec.N_Q[bandwidth]

@@ -6,7 +6,9 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
@@ -196,17 +198,98 @@ class RunSummary(Callback):
         self._write(trainer, {"train": self.train, "val": self.val, "stats": stats})
 
     def _write(self, trainer, update: dict) -> None:
-        """Merge into the run's summary (fit, test and validate of one run share it), atomically."""
-        log_dir = getattr(self, "_dir", None)
-        if trainer.global_rank != 0 or not log_dir:
+        if trainer.global_rank == 0 and getattr(self, "_dir", None):
+            merge_summary(Path(self._dir) / self.filename, update)
+
+
+def merge_summary(path: Path, update: dict) -> None:
+    """Merge ``update`` into a run's summary (fit, test and validate of one run share it), atomically."""
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(update)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, path)
+
+
+class BudgetCurve(Callback):
+    """Validation NLL at log-spaced points of a run, for curves of NLL (and of a method's paired
+    difference to vanilla) against tokens seen: one run gives the whole curve, so a table can ask
+    whether a gap grows or vanishes with training instead of reading one point.
+
+    At ``points`` training steps spaced geometrically from ``first_step`` to ``trainer.max_steps``
+    the model is put in eval mode and scored on the first ``max_batches`` batches of the
+    validation split (the same windows every time; all of them when ``None``), with the module's
+    own loss and ``NLLMetrics`` (exact under DDP: every rank scores its share, the sums are
+    reduced). The points go to ``summary.json`` under ``"curve"`` (step, tokens seen, nll and the
+    modality's unit) and into the checkpoint, so a resumed run continues the curve. Scoring draws
+    no training sample and no random number of the training stream. ``points: 0`` (the default)
+    turns it off; ``lit-vattn-reproduce`` presets turn it on (``--curve.points``)."""
+
+    def __init__(self, points: int = 0, first_step: int = 10, max_batches: Optional[int] = 16):
+        """
+        Args:
+            points: Number of log-spaced evaluation steps (0: off). Steps that round to the same
+                integer are merged.
+            first_step: The first evaluation step (the curve starts after warm-up noise).
+            max_batches: Validation batches scored at each point (the first ones of the split);
+                ``None`` scores the whole split.
+        """
+        if points < 0 or first_step < 1 or (max_batches is not None and max_batches < 1):
+            raise ValueError(f"--curve.points must be >= 0, --curve.first_step >= 1 and --curve.max_batches >= 1 or null "
+                             f"(got {points}, {first_step}, {max_batches})")
+        self.points, self.first_step, self.max_batches = points, first_step, max_batches
+        self.curve: list[dict] = []
+        self.filename = "summary.json"
+
+    def steps(self, max_steps: int) -> list[int]:
+        """The evaluation steps (global steps after the optimizer step) for a run of max_steps."""
+        if self.points == 0 or max_steps < 1:
+            return []
+        lo = min(self.first_step, max_steps)
+        grid = np.geomspace(lo, max_steps, self.points) if self.points > 1 else np.array([max_steps])
+        return sorted({int(round(x)) for x in grid})
+
+    def state_dict(self) -> dict:
+        return {"curve": self.curve}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve = list(state["curve"])
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._dir = trainer.log_dir  # a collective under DDP: resolve it where every rank runs
+        if stage == "fit" and self.points and trainer.max_steps is not None and trainer.max_steps < 0:
+            raise ValueError("--curve.points needs --trainer.max_steps (the points are spaced up to it)")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step not in self.steps(trainer.max_steps) or any(p["step"] == step for p in self.curve):
             return
-        out = Path(log_dir) / self.filename
-        summary = json.loads(out.read_text()) if out.is_file() else {}
-        summary.update(update)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, out)
+        point = {"step": step, "tokens": int(trainer.datamodule.consumed * trainer.datamodule.seq_len * trainer.world_size),
+                 **self.evaluate(trainer, pl_module)}
+        self.curve.append(point)
+        if trainer.global_rank == 0 and self._dir:
+            merge_summary(Path(self._dir) / self.filename, {"curve": self.curve})
+
+    @torch.no_grad()
+    def evaluate(self, trainer, pl_module) -> dict:
+        from lit_vattn.metrics import NLLMetrics
+
+        metrics = NLLMetrics().to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), trainer.precision_plugin.forward_context():
+            for i, batch in enumerate(trainer.datamodule.val_dataloader()):
+                if self.max_batches is not None and i >= self.max_batches:
+                    break
+                batch = {k: v.to(pl_module.device) for k, v in batch.items()}
+                nll, _ = pl_module._nll_sum(batch)
+                metrics.update(nll, batch["target"], pl_module.units_per_token)
+        pl_module.train(was_training)
+        values = metrics.compute(pl_module.unit)
+        values.pop("tokens")
+        return {k: float(v) for k, v in values.items()}
 
 
 def read_summary(run_dir) -> dict:

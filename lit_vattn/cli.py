@@ -26,7 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
-from lit_vattn.callbacks import RunSummary, TokenThroughputMonitor
+from lit_vattn.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
 from lit_vattn.runs import RunCheckpoint
 
 
@@ -43,6 +43,7 @@ class CLI(LightningCLI):
         })
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
         parser.add_lightning_class_args(RunSummary, "summary")  # what tables read, whatever the logger
+        parser.add_lightning_class_args(BudgetCurve, "curve")  # validation at log-spaced steps (off by default)
 
     def before_instantiate_classes(self) -> None:
         """A run without a name is named after its data and method, ``<modality>-<arch>`` (e.g.

@@ -75,15 +75,21 @@ class Runner:
         self.root = Path(args.runs)
         self.config_dir = Path(args.config_dir)
 
-    def run_dir(self, arch: str, seed: int) -> Path:
-        return self.root / f"{self.args.modality}-{self.args.preset}" / arch / f"seed{seed}"
+    def run_name(self, arch: str, seed: int, lr: Optional[float] = None) -> str:
+        """``<modality>-<preset>/<arch>/seed<s>``; a run of an --lrs sweep: ``.../<arch>/lr<lr>/seed<s>``."""
+        sub = f"{arch}/seed{seed}" if lr is None else f"{arch}/lr{lr:g}/seed{seed}"
+        return f"{self.args.modality}-{self.args.preset}/{sub}"
 
-    def _cmd(self, sub: str, arch: str, seed: int, version: str) -> list[str]:
+    def run_dir(self, arch: str, seed: int, lr: Optional[float] = None) -> Path:
+        return self.root / self.run_name(arch, seed, lr)
+
+    def _cmd(self, sub: str, arch: str, seed: int, version: str, lr: Optional[float] = None) -> list[str]:
         a = self.args
         return [sys.executable, "-m", "lit_vattn", sub, *configs(a.modality, arch, a.preset, self.config_dir),
                 "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+                *(["--model.init_args.lr", f"{lr:g}"] if lr is not None else []),
                 "--trainer.logger.init_args.save_dir", str(self.root),
-                "--trainer.logger.init_args.name", f"{a.modality}-{a.preset}/{arch}/seed{seed}",
+                "--trainer.logger.init_args.name", self.run_name(arch, seed, lr),
                 "--trainer.logger.init_args.version", version, *a.override]
 
     def _call(self, cmd: list[str], log: Path) -> None:
@@ -96,46 +102,62 @@ class Runner:
             tail = log.read_text()[-3000:]
             raise RunFailed(f"exit {p.returncode}: {failure_reason(tail)}", f"{' '.join(cmd)}\nlog {log}:\n{tail}")
 
-    def summary(self, arch: str, seed: int) -> dict:
-        """The finished run's done.json (for --table-only); its run_dir is re-rooted here."""
-        done = self.run_dir(arch, seed) / "done.json"
+    def summary(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
+        """The finished run's done.json (for --table-only); its run_dir is re-rooted here. A run
+        recorded as failed (``failed.json``, e.g. a diverged lr of a sweep) comes back as failed."""
+        d = self.run_dir(arch, seed, lr)
+        done, failed = d / "done.json", d / "failed.json"
+        if not done.exists() and failed.exists():
+            return {**json.loads(failed.read_text()), "run_dir": str(d)}
         if not done.exists():
-            raise SystemExit(f"--table-only: {arch} seed {seed} has no finished summary {done}; run it first "
-                             "(without --table-only) or copy its run directory under --runs")
+            raise SystemExit(f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
+                             f"summary {done}; run it first (without --table-only) or copy its run directory under --runs")
         r = json.loads(done.read_text())
-        r["run_dir"] = str(self.run_dir(arch, seed))
+        r["run_dir"] = str(d)
+        if lr is not None:
+            r["lr"] = lr
+        elif r.get("lr") is None:  # summaries written before done.json recorded the lr
+            r["lr"] = run_lr(d / "fit")
         return r
 
-    def one(self, arch: str, seed: int) -> dict:
-        """A finished run's numbers, or {"failed": reason}: a diverged or crashed run never scores."""
+    def one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
+        """A finished run's numbers, or {"failed": reason}: a diverged or crashed run never scores.
+        The failure is kept in ``failed.json`` beside the run, so --table-only can report it."""
         try:
-            return self._one(arch, seed)
+            r = self._one(arch, seed, lr)
+            return r if lr is None else {**r, "lr": lr}  # the requested value, exactly, for the sweep's bookkeeping
         except RunFailed as e:
-            print(f"[failed] {arch} seed {seed}: {e.reason}\n{e.detail}", file=sys.stderr, flush=True)
-            return {"arch": arch, "seed": seed, "failed": e.reason, "run_dir": str(self.run_dir(arch, seed))}
+            print(f"[failed] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'}: {e.reason}\n{e.detail}",
+                  file=sys.stderr, flush=True)
+            d = self.run_dir(arch, seed, lr)
+            r = {"arch": arch, "seed": seed, "lr": lr, "failed": e.reason, "run_dir": str(d)}
+            (d / "failed.json").write_text(json.dumps(r, indent=2))
+            return r
 
-    def _one(self, arch: str, seed: int) -> dict:
-        d = self.run_dir(arch, seed)
+    def _one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
+        d = self.run_dir(arch, seed, lr)
         done = d / "done.json"
+        what = f"{arch} seed {seed}" + ("" if lr is None else f" lr {lr:g}")
         if done.exists():
-            print(f"[skip] {arch} seed {seed}: finished ({done})", flush=True)
+            print(f"[skip] {what}: finished ({done})", flush=True)
             return json.loads(done.read_text())
+        (d / "failed.json").unlink(missing_ok=True)  # a new attempt
         fit_dir, test_dir = d / "fit", d / "test"
         ckpt = fit_dir / "checkpoints" / "last.ckpt"
         t0 = time.time()
-        fit = self._cmd("fit", arch, seed, "fit")
+        fit = self._cmd("fit", arch, seed, "fit", lr)
         if ckpt.exists():
-            print(f"[resume] {arch} seed {seed} from {ckpt}", flush=True)
+            print(f"[resume] {what} from {ckpt}", flush=True)
             fit += ["--ckpt_path", str(ckpt)]
         else:
-            print(f"[train] {arch} seed {seed}", flush=True)
+            print(f"[train] {what}", flush=True)
         self._call(fit, d / "fit.log")
-        self._call(self._cmd("test", arch, seed, "test") + ["--ckpt_path", str(ckpt)], d / "test.log")
+        self._call(self._cmd("test", arch, seed, "test", lr) + ["--ckpt_path", str(ckpt)], d / "test.log")
         unit = UNIT[self.args.modality][0]
         fs, ts = read_summary(fit_dir), read_summary(test_dir)  # written by the runs themselves (RunSummary)
         stats, val, test = fs["stats"], fs["val"][-1] if fs.get("val") else {}, ts.get("test", {})
         result = {
-            "arch": arch, "seed": seed, "params": stats["params"], "tokens_seen": stats["tokens_seen"],
+            "arch": arch, "seed": seed, "lr": run_lr(fit_dir), "params": stats["params"], "tokens_seen": stats["tokens_seen"],
             "steps": stats["global_step"], "val_nll": val.get("nll"), "test_nll": test.get("nll"),
             f"val_{unit}": val.get(unit), f"test_{unit}": test.get(unit),
             "tokens_per_sec": stats["tokens_per_sec"], "peak_memory_gib": stats["peak_memory_gib"],
@@ -147,6 +169,38 @@ class Runner:
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, done)
         return result
+
+
+def run_lr(fit_dir: Path) -> Optional[float]:
+    """The peak learning rate the run trained at, from the config Lightning saved."""
+    import yaml
+
+    cfg = Path(fit_dir) / "config.yaml"
+    if not cfg.is_file():
+        return None
+    lr = ((yaml.safe_load(cfg.read_text()).get("model") or {}).get("init_args") or {}).get("lr")
+    return float(lr) if lr is not None else None
+
+
+def parse_lrs(text: Optional[str]) -> list[float]:
+    """--lrs: distinct positive floats, ascending; [] when not given."""
+    if not text:
+        return []
+    try:
+        lrs = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--lrs {text!r} must be comma-separated numbers, e.g. 1e-3,3e-3,1e-2") from None
+    if len(lrs) < 2 or min(lrs) <= 0:
+        raise SystemExit(f"--lrs {text!r} must name at least two distinct positive learning rates, e.g. 1e-3,3e-3,1e-2")
+    return lrs
+
+
+def choose_lr(sweep: list[dict]) -> Optional[float]:
+    """The selection rule of --lrs: the learning rate whose run on the tuning seed has the lowest
+    final validation NLL (test NLL is never looked at); a diverged or failed run is not a
+    candidate; None when every candidate failed."""
+    ok = [r for r in sweep if not r.get("failed") and r.get("val_nll") is not None and math.isfinite(r["val_nll"])]
+    return min(ok, key=lambda r: (r["val_nll"], r["lr"]))["lr"] if ok else None
 
 
 class RunFailed(Exception):
@@ -298,12 +352,36 @@ def significance(archs: list[str], by: dict, base: dict) -> dict[str, tuple]:
             for a, p, q, b in zip(names, raw, adj, boot)}
 
 
-def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None) -> tuple[Path, Path]:
+def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
+    """The header bullet on learning rates and, after an --lrs sweep, its table."""
+    if not sweep:
+        lrs = sorted({r["lr"] for r in results if r.get("lr") is not None})
+        shared = f"{lrs[0]:g} for every method" if len(lrs) == 1 else ", ".join(f"{x:g}" for x in lrs) if lrs else "not recorded"
+        return [f"- learning rate: {shared} (the preset's; not tuned per method, so methods with other optima are at a disadvantage)"], []
+    grid = sorted({r["lr"] for r in sweep})
+    seed = sweep[0]["seed"]
+    head = [f"- learning rate: each method's own, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
+            f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"]
+    rows = ["", f"Learning-rate sweep (seed {seed}, final validation NLL in nats/token; * = chosen; a choice at the grid's edge "
+            "means the optimum may lie outside it):", "", "| arch | " + " | ".join(f"lr {x:g}" for x in grid) + " | chosen |",
+            "|---|" + "---|" * (len(grid) + 1)]
+    for a in dict.fromkeys(r["arch"] for r in sweep):
+        by_lr = {r["lr"]: r for r in sweep if r["arch"] == a}
+        best = choose_lr(list(by_lr.values()))
+        cells = ["—" if x not in by_lr else "failed" if by_lr[x].get("failed") else
+                 f"{by_lr[x]['val_nll']:.4f}" + ("*" if x == best else "") for x in grid]
+        edge = " (edge)" if best is not None and best in (grid[0], grid[-1]) else ""
+        rows.append(f"| {a} | " + " | ".join(cells) + f" | {'none (every lr failed)' if best is None else f'{best:g}{edge}'} |")
+    return head, rows
+
+
+def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None,
+                 sweep: Optional[list[dict]] = None) -> tuple[Path, Path]:
     unit, unit_label = UNIT[args.modality]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / table_stem(args, results)
-    fields = ["arch", "seed", "failed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
+    fields = ["arch", "seed", "lr", "failed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
               "tokens_per_sec", "peak_memory_gib", "flops_per_token", "device", "wall_seconds"]
     tmp = stem.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
@@ -313,6 +391,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
             w.writerow(r)
     os.replace(tmp, stem.with_suffix(".csv"))
 
+    lr_head, lr_rows = lr_lines(results, sweep or [])
     failed = [r for r in results if r.get("failed")]
     results = [r for r in results if not r.get("failed")]
     archs = list(dict.fromkeys(r["arch"] for r in results + failed))
@@ -333,6 +412,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
         f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
         f"- scored: {scored_fraction(results)}",
+        *lr_head,
         "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
         "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
         "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
@@ -343,9 +423,9 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
     lines += [
         "",
-        f"| arch | runs | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla "
+        f"| arch | runs | lr | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla "
         "| p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict | tokens/s | peak mem (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     tests = significance(archs, by, base)
     for a in archs:
@@ -353,31 +433,117 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         n_failed = sum(r["arch"] == a for r in failed)
         runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
         if not rs:
-            lines.append(f"| {a} | {runs} | — | — | failed | failed | failed | — | — | — | — | — | — | — |")
+            lines.append(f"| {a} | {runs} | — | — | — | failed | failed | failed | — | — | — | — | — | — | — |")
             continue
         p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
         pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
         delta = [r["test_nll"] - base[r["seed"]]["test_nll"] for r in rs if r["seed"] in base] if a != "vanilla" else []
         lines.append(
-            f"| {a} | {runs} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
+            f"| {a} | {runs} | {lr_cell(rs)} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
             f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
             f"{fmt(delta) if delta else '—'} | {pf(p_raw)} | {pf(p_holm)} | {pf(p_boot)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
             f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
         )
     for c in counts or []:
         lines.append(
-            f"| {c['arch']} | count model | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
+            f"| {c['arch']} | count model | — | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
             f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — | — |"
         )
     if counts:
         lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
                   "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`)."]
+    lines += lr_rows
+    budget = plot_budget(results, stem.with_name(stem.name + "-budget"), f"{args.modality}, preset {args.preset}", counts)
+    if budget:
+        lines += ["", f"Budget curves (validation NLL at log-spaced steps of every run, `--curve.points`; each method's paired "
+                  f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`."]
     lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`."]
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, stem.with_suffix(".md"))
     plot_curves(results, stem.with_name(stem.name + "-loss.png"), f"{args.modality}, preset {args.preset}")
     return stem.with_suffix(".md"), stem.with_suffix(".csv")
+
+
+def lr_cell(rs: list[dict]) -> str:
+    lrs = sorted({r["lr"] for r in rs if r.get("lr") is not None})
+    return ", ".join(f"{x:g}" for x in lrs) or "—"
+
+
+def budget_rows(results: list[dict]) -> list[dict]:
+    """Per architecture and curve step: tokens seen, validation NLL (mean, std over seeds) and the
+    paired difference to vanilla on the same seeds (mean, std); [] when no run has a curve."""
+    curves = {}
+    for r in results:
+        path = Path(r["run_dir"]) / "fit" / "summary.json"
+        pts = json.loads(path.read_text()).get("curve") if path.is_file() else None
+        if pts:
+            curves[(r["arch"], r["seed"])] = {p["step"]: p for p in pts}
+    rows = []
+    for arch in dict.fromkeys(a for a, _ in curves):
+        seeds = sorted(s for a, s in curves if a == arch)
+        steps = sorted(set.intersection(*(set(curves[(arch, s)]) for s in seeds)))
+        for step in steps:
+            nll = [curves[(arch, s)][step]["nll"] for s in seeds]
+            d = [curves[(arch, s)][step]["nll"] - curves[("vanilla", s)][step]["nll"] for s in seeds
+                 if arch != "vanilla" and step in curves.get(("vanilla", s), {})]
+            sd = lambda xs: stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
+            rows.append({"arch": arch, "step": step, "tokens": curves[(arch, seeds[0])][step]["tokens"], "seeds": len(seeds),
+                         "val_nll_mean": mean(nll), "val_nll_std": sd(nll), "paired_seeds": len(d),
+                         "delta_mean": mean(d) if d else float("nan"), "delta_std": sd(d) if d else float("nan")})
+    return rows
+
+
+def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None) -> Optional[Path]:
+    """``<stem>.csv`` and ``<stem>.png`` from the runs' budget curves (``BudgetCurve``): validation
+    NLL against tokens seen with the count-model floors, and each method's paired difference to
+    vanilla with its seed spread. None (nothing written) when the runs recorded no curve."""
+    rows = budget_rows(results)
+    if not rows:
+        return None
+    fields = list(rows[0])
+    tmp = stem.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    os.replace(tmp, stem.with_suffix(".csv"))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        rs = [r for r in rows if r["arch"] == arch]
+        x = [r["tokens"] for r in rs]
+        line, = ax.plot(x, [r["val_nll_mean"] for r in rs], "o-", ms=3, label=f"{arch} (n={rs[0]['seeds']})")
+        if arch != "vanilla" and any(r["paired_seeds"] for r in rs):
+            m, sd = np.array([r["delta_mean"] for r in rs]), np.nan_to_num(np.array([r["delta_std"] for r in rs]))
+            bx.plot(x, m, "o-", ms=3, color=line.get_color(), label=arch)
+            bx.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
+    for c in counts or []:
+        ax.axhline(c["val_nll"], ls="--", lw=1, color="gray")
+        ax.annotate(f"{c['arch']} (whole val split)", (ax.get_xlim()[0], c["val_nll"]), fontsize=7, color="gray", va="bottom")
+    bx.axhline(0, color="black", lw=0.8)
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xlabel("training tokens seen")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("validation NLL (nats/token), mean over seeds")
+    bx.set_ylabel("Δ validation NLL vs vanilla (same seed), mean ± std")
+    ax.set_title(f"{title}: validation NLL over training", fontsize=9)
+    bx.set_title("paired difference to vanilla over training", fontsize=9)
+    ax.legend(fontsize=6)
+    if bx.get_legend_handles_labels()[0]:  # a table without vanilla or without other methods has no pairs
+        bx.legend(fontsize=6)
+    fig.tight_layout()
+    tmp = stem.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, stem.with_suffix(".png"))
+    return stem
 
 
 def plot_curves(results: list[dict], path: Path, title: str) -> None:
@@ -418,6 +584,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--runs", default="runs/reproduce", help="where run directories go")
     p.add_argument("--out", default="results", help="where the tables go; a table of fewer than the default "
                    "architectures, fewer than 3 seeds or with a failed run gets its own file name, never <modality>-<preset>.md")
+    p.add_argument("--lrs", default=None,
+                   help="tune each method's learning rate: every value on the first seed, the one with the lowest final "
+                   "validation NLL chosen (test never consulted), the other seeds trained at it; runs go to "
+                   "<arch>/lr<lr>/seed<s>; the table lists the choice and every value's validation NLL. Without it "
+                   "every method trains at the preset's lr")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
@@ -428,6 +599,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                    help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50")
     args = p.parse_args(argv)
     archs, seeds = parse_request(args, Path(args.config_dir))
+    lrs = parse_lrs(args.lrs)
     if "vanilla" in archs:  # the baseline first, so the table reads top-down
         archs.remove("vanilla")
         archs.insert(0, "vanilla")
@@ -435,12 +607,21 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
     t0 = time.time()
-    jobs = [(a, s) for s in seeds for a in archs]
-    if args.table_only:  # summaries made here or on other machines, copied under --runs
-        results = [runner.summary(a, s) for a, s in jobs]
-    else:
+
+    def run(jobs: list[tuple]) -> list[dict]:
+        if args.table_only:  # summaries made here or on other machines, copied under --runs
+            return [runner.summary(*job) for job in jobs]
         with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            results = list(pool.map(lambda job: runner.one(*job), jobs))
+            return list(pool.map(lambda job: runner.one(*job), jobs))
+
+    sweep = []
+    if lrs:  # every lr on the first seed, the choice by validation NLL, then the other seeds at the choice
+        sweep = run([(a, seeds[0], lr) for a in archs for lr in lrs])
+        chosen = {a: choose_lr([r for r in sweep if r["arch"] == a]) for a in archs}
+        rest = run([(a, s, chosen[a]) for s in seeds[1:] for a in archs if chosen[a] is not None])
+        results = [r for r in sweep if chosen[r["arch"]] in (None, r["lr"])] + rest
+    else:
+        results = run([(a, s) for s in seeds for a in archs])
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0
     counts = None
     finished = [r for r in results if not r.get("failed")]
@@ -457,7 +638,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                 saved.write_text(json.dumps(counts, indent=2))
         except Exception as e:  # the runs are done: a failing extra row must not cost the table
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-    md, _ = write_tables(args, results, wall, counts)
+    md, _ = write_tables(args, results, wall, counts, sweep)
     print(md.read_text())
     return results
 

@@ -1,6 +1,7 @@
 """The `lit-vattn` command: every shipped YAML, exact resume, test on a checkpoint, bad configs."""
 
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from lit_vattn.callbacks import BudgetCurve
 from lit_vattn.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,7 +17,8 @@ CPU = str(ROOT / "configs/trainer/cpu.yaml")
 TEXT = str(ROOT / "configs/data/text.yaml")
 DATA_YAMLS = sorted(glob.glob(str(ROOT / "configs/data/*.yaml")))
 ARCH_YAMLS = sorted(glob.glob(str(ROOT / "configs/arch/*.yaml")))
-PRESETS = ["tiny", "small", "base"]
+# the presets lit-vattn-reproduce offers (configs/reproduce/<modality>-<preset>.yaml are overlays)
+PRESETS = sorted(p.stem for p in (ROOT / "configs/reproduce").glob("*.yaml") if p.stem.split("-")[0] not in ("text", "music", "acoustic"))
 TINY = [
     "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
     "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
@@ -96,31 +99,55 @@ class Recorder(Callback):
         self.batches.append(batch["index"].tolist())
 
 
-def _fit(steps: int, ckpt=None, every=None) -> Recorder:
+def _fit(steps: int, ckpt=None, every=None, curve=()) -> Recorder:
     args = ["--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", str(steps),
-            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"]
+            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", *curve]
     if every:
         args += ["--checkpoint.every_n_train_steps", str(every)]
     cli = cli_main(args, run=False)
     rec = Recorder()
     cli.trainer.callbacks.append(rec)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    rec.curve = next(c for c in cli.trainer.callbacks if isinstance(c, BudgetCurve)).curve
     return rec
 
 
 def test_exact_resume_continues_the_same_stream(in_tmp):
+    """... and the budget curve's evaluations (eval mode, its own loader) draw nothing from the
+    training stream: the losses equal those of a run without them; the curve survives the resume."""
     N, M = 5, 4
+    curve = ["--curve.points", "5", "--curve.first_step", "2", "--curve.max_batches", "1"]
     straight = _fit(N + M)
-    first = _fit(N, every=N)
+    first = _fit(N, every=N, curve=curve)
     ckpt = in_tmp / "runs/text-vanilla/checkpoints/last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == N and state["TextDataModule"]["consumed"] == N * 4
-    resumed = _fit(N + M, ckpt=str(ckpt))
+    resumed = _fit(N + M, ckpt=str(ckpt), curve=curve)
     assert first.batches == straight.batches[:N]
     assert resumed.batches == straight.batches[N:]  # same windows after the restart
     assert first.losses == pytest.approx(straight.losses[:N], rel=1e-5)
     assert resumed.losses == pytest.approx(straight.losses[N:], rel=1e-4)
     assert len({i for b in straight.batches for i in b}) == (N + M) * 4  # no window drawn twice
+    # points are spaced up to each invocation's max_steps: 2..5 before the restart, then 6 and 9
+    assert [p["step"] for p in first.curve] == [2, 3, 4, 5]
+    assert [p["step"] for p in resumed.curve] == [2, 3, 4, 5, 6, 9]
+    assert resumed.curve[:4] == first.curve and [p["tokens"] for p in resumed.curve] == [s * 4 * 32 for s in (2, 3, 4, 5, 6, 9)]
+    summary = json.loads((in_tmp / "runs/text-vanilla/summary.json").read_text())
+    assert summary["curve"] == resumed.curve and all(p["nll"] > 0 and "bits_per_byte" in p for p in resumed.curve)
+
+
+def test_budget_curve_point_equals_the_validation_at_the_same_step(in_tmp):
+    """The curve scores with the module's own loss and metrics: at a validation step, on the same
+    batches, it equals Lightning's validation."""
+    cli = cli_main(["--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                    "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+                    "--curve.points", "2", "--curve.first_step", "2", "--curve.max_batches", "2"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    summary = json.loads((in_tmp / "runs/text-vanilla/summary.json").read_text())
+    assert [p["step"] for p in summary["curve"]] == [2, 4]
+    assert summary["curve"][-1]["nll"] == pytest.approx(summary["val"][-1]["nll"], rel=1e-6)
+    with pytest.raises(ValueError, match="--curve.points must be >= 0"):
+        BudgetCurve(points=-1)
 
 
 @pytest.fixture

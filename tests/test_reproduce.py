@@ -10,7 +10,8 @@ import pytest
 from lit_vattn import analyze, reproduce
 
 SHORT = ["--override", "--trainer.max_steps", "8", "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "1",
-         "--trainer.limit_val_batches", "4", "--trainer.limit_test_batches", "4"]
+         "--trainer.limit_val_batches", "4", "--trainer.limit_test_batches", "4",
+         "--curve.points", "3", "--curve.first_step", "2", "--curve.max_batches", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +31,15 @@ def test_table_written_and_equal_to_the_runs_own_logs(table):
     assert "lit-vattn-reproduce" in md and "commit:" in md and "hardware:" in md and "wall time" in md
     assert "| vanilla |" in md and "| va |" in md and "bits/byte" in md
     # the count floor: a bigram of the training split beats a unigram on the same targets
-    count = {line.split("|")[1].strip(): float(line.split("|")[6]) for line in md.splitlines() if "(counts)" in line}
+    count = {line.split("|")[1].strip(): float(line.split("|")[7]) for line in md.splitlines() if "(counts)" in line}
     assert set(count) == {"unigram (counts)", "bigram (counts)"}
     assert count["bigram (counts)"] < count["unigram (counts)"]
     assert (tmp / "results/text-tiny-vanilla-va-seeds0-1-loss.png").stat().st_size > 1000
     assert "paired t-test over seeds" in md and "Holm" in md
     va_row = next(line for line in md.splitlines() if line.startswith("| va |")).split("|")
-    assert va_row[2].strip() == "2/2" and va_row[12].strip() in ("better", "worse", "no detectable difference")
-    assert 0 < float(va_row[11]) <= 1  # the bootstrap over test windows ran on the recorded per-window NLLs
+    assert va_row[2].strip() == "2/2" and va_row[13].strip() in ("better", "worse", "no detectable difference")
+    assert float(va_row[3]) == 3e-3 and "learning rate: 0.003 for every method" in md  # the preset's lr, not tuned
+    assert 0 < float(va_row[12]) <= 1  # the bootstrap over test windows ran on the recorded per-window NLLs
     rows = list(csv.DictReader(open(tmp / "results/text-tiny-vanilla-va-seeds0-1.csv")))
     assert sorted((r["arch"], r["seed"]) for r in rows) == [("va", "0"), ("va", "1"), ("vanilla", "0"), ("vanilla", "1")]
     for r in rows:
@@ -55,6 +57,58 @@ def test_table_written_and_equal_to_the_runs_own_logs(table):
     vals = {(r["arch"], r["seed"]): float(r["test_nll"]) for r in rows}
     assert vals[("vanilla", "0")] != vals[("vanilla", "1")] and vals[("vanilla", "0")] != vals[("va", "0")]
     assert int(next(r for r in rows if r["arch"] == "vanilla")["params"]) < int(next(r for r in rows if r["arch"] == "va")["params"])
+
+
+def test_budget_curves_pair_each_method_with_vanilla_over_tokens(table):
+    tmp, _, results = table
+    rows = list(csv.DictReader(open(tmp / "results/text-tiny-vanilla-va-seeds0-1-budget.csv")))
+    assert [(r["arch"], int(r["step"]), int(r["tokens"])) for r in rows] == [
+        (a, s, s * 8 * 128) for a in ("vanilla", "va") for s in (2, 4, 8)]
+    assert (tmp / "results/text-tiny-vanilla-va-seeds0-1-budget.png").stat().st_size > 1000
+    by = {(r["arch"], r["seed"]): r for r in results}
+    for r in rows:
+        curves = {s: json.loads((tmp / f"runs/text-tiny/{r['arch']}/seed{s}/fit/summary.json").read_text())["curve"] for s in (0, 1)}
+        at = {s: next(p["nll"] for p in c if p["step"] == int(r["step"])) for s, c in curves.items()}
+        assert float(r["val_nll_mean"]) == pytest.approx(np.mean(list(at.values())), abs=1e-6)
+        if r["arch"] == "va":
+            van = {s: next(p["nll"] for p in json.loads((tmp / f"runs/text-tiny/vanilla/seed{s}/fit/summary.json").read_text())["curve"]
+                           if p["step"] == int(r["step"])) for s in (0, 1)}
+            assert float(r["delta_mean"]) == pytest.approx(np.mean([at[s] - van[s] for s in (0, 1)]), abs=1e-6)
+        if int(r["step"]) == 8:  # the last point scores the validation's batches with the final weights
+            assert float(r["val_nll_mean"]) == pytest.approx(np.mean([by[(r["arch"], s)]["val_nll"] for s in (0, 1)]), rel=1e-5)
+    assert "Budget curves" in (tmp / "results/text-tiny-vanilla-va-seeds0-1.md").read_text()
+
+
+def test_learning_rate_sweep_chooses_on_validation_and_trains_the_other_seeds_there(table, tmp_path, capsys):
+    tmp, args, _ = table
+    cut = args.index("--override")
+    sweep = ["--modality", "text", "--preset", "tiny", "--archs", "vanilla", "--seeds", "0,1", "--lrs", "1e-2,1e-4",
+             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-baselines", *args[cut:]]
+    results = reproduce.main(sweep)
+    root = tmp_path / "runs/text-tiny/vanilla"
+    val = {lr: json.loads((root / f"lr{lr:g}/seed0/done.json").read_text())["val_nll"] for lr in (1e-4, 1e-2)}
+    chosen = min(val, key=val.get)
+    assert chosen == 1e-2  # 8 steps at 1e-4 barely move the model
+    assert (root / "lr0.01/seed1/done.json").exists() and not (root / "lr0.0001/seed1").exists()
+    assert sorted((r["seed"], r["lr"]) for r in results) == [(0, chosen), (1, chosen)]
+    assert "lr: 0.01" in (root / "lr0.01/seed1/fit/config.yaml").read_text()
+    md = (tmp_path / "out/text-tiny-vanilla-seeds0-1.md").read_text()
+    assert "chosen from {0.0001, 0.01} by the lowest final validation NLL of its seed-0 run" in md
+    assert f"| vanilla | {val[1e-4]:.4f} | {val[1e-2]:.4f}* | 0.01 (edge) |" in md
+    assert next(line for line in md.splitlines() if line.startswith("| vanilla | 2/2")).split("|")[3].strip() == "0.01"
+    capsys.readouterr()
+    again = reproduce.main([*sweep[:-len(args[cut:])], "--table-only"])
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
+    assert (tmp_path / "out/text-tiny-vanilla-seeds0-1.md").read_text().split("- wall time")[1].split("\n", 1)[1] == md.split("- wall time")[1].split("\n", 1)[1]
+
+
+def test_learning_rate_choice_ignores_failed_runs_and_bad_grids_are_refused():
+    ok = lambda lr, v: {"arch": "va", "seed": 0, "lr": lr, "val_nll": v}  # noqa: E731
+    assert reproduce.choose_lr([ok(1e-3, 5.0), ok(3e-3, 4.9), {"arch": "va", "seed": 0, "lr": 1e-2, "failed": "diverged"}]) == 3e-3
+    assert reproduce.choose_lr([{"arch": "va", "seed": 0, "lr": 1e-2, "failed": "diverged"}]) is None
+    for bad in ("3e-3", "1e-3,x", "1e-3,-1"):
+        with pytest.raises(SystemExit, match="--lrs"):
+            reproduce.parse_lrs(bad)
 
 
 def test_rerun_skips_finished_runs(table, capsys):
