@@ -4,6 +4,7 @@
     lit-vattn-analyze logit-lens --ckpt_path ...
     lit-vattn-analyze all --ckpt_path ... --batches 20 --out results/analysis/text-va
     lit-vattn-analyze positions --ckpt_path ... --seq_lens 128,256 --split test
+    lit-vattn-analyze ablation --ckpt_path ...
 
 - depth-maps: the maps the reader reports, averaged over validation batches: VA's L x (L+1)
   weights (per-token weights averaged for the query-key form; Kojima et al. report strong
@@ -13,6 +14,10 @@
   input, then what the head reads; for VA the depth mixtures, not the unused residual states):
   next-token NLL per state and top-1 agreement with the model's output (VA's paper reports that
   prediction is postponed to the final layer).
+- ablation: validation NLL with each source removed in turn (LAS: one feature source, or its own
+  K/V; SLA: one skip block's skip heads back on their own K/V) and all at once, against the intact
+  model on the same batches: use measured by removal, not by attention mass. LAS's depth maps also
+  give each source's share of the attention output's norm.
 - positions: next-token NLL by position 1..T over every window of a split (test by default), at
   the trained length and at longer ones (RoPE extrapolated past ``max_seq_len``; nothing else in
   the model depends on T): where in the context a method's gain sits, and whether it holds beyond
@@ -168,6 +173,55 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
     return [out / "logit_lens.png", out / "logit_lens.csv"]
 
 
+@torch.no_grad()
+def _val_nll(model, dm, batches: int) -> tuple[float, int]:
+    total, n = 0.0, 0
+    for b in _batches(dm, batches):
+        nll, count = model._nll_sum(b)
+        total, n = total + float(nll), n + int(count)
+    return total / max(n, 1), n
+
+
+@torch.no_grad()
+def ablation(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    """Use measured by removal: the validation NLL with each of the reader's sources removed in
+    turn (``Arch.ablation_units``: LAS's feature sources and its own K/V; SLA's skip blocks, whose
+    skip heads then read their own K/V), and with all of them removed where that leaves a model,
+    against the intact model on the same batches. A large NLL increase = a source the trained
+    network uses; attention mass alone does not say that."""
+    arch = model.net.arch
+    units = arch.ablation_units()
+    if not units:
+        return []
+    base, n = _val_nll(model, dm, batches)
+    rows = [["none", f"{base:.6f}", "0.000000"]]
+    sets = [frozenset([u]) for u in units]
+    try:  # every source at once, where the reader allows it (LAS keeps at least one)
+        arch.ablate(frozenset(units))
+        sets.append(frozenset(units))
+    except ValueError:
+        pass
+    for u in sets:
+        arch.ablate(u)
+        try:
+            nll, _ = _val_nll(model, dm, batches)
+        finally:
+            arch.ablate(frozenset())
+        rows.append(["+".join(sorted(u)) if len(u) < len(units) or len(units) == 1 else "all", f"{nll:.6f}", f"{nll - base:.6f}"])
+    _save_csv(out / "ablation.csv", ["removed", "nll", "delta_nll"], rows)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.bar([r[0] for r in rows[1:]], [float(r[2]) for r in rows[1:]], color="tab:red")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("Δ validation NLL when removed (nats/token)")
+    ax.set_title(f"{title}: ablation ({n:,} tokens; intact {base:.4f})", fontsize=9)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    _savefig(fig, out / "ablation.png")
+    plt.close(fig)
+    return [out / "ablation.png", out / "ablation.csv"]
+
+
 def extend_context(net, T: int) -> None:
     """Let ``net`` (a ``GPT``) run sequences of T tokens: a longer RoPE table and ``max_seq_len``.
     RoPE is the only part of the model whose size depends on T, so this is extrapolation of the
@@ -238,7 +292,7 @@ def positions(model, dm, seq_lens: list[int], split: str, out: Path, title: str,
 
 def main(argv: Optional[list[str]] = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["depth-maps", "logit-lens", "all", "positions"])
+    p.add_argument("what", choices=["depth-maps", "logit-lens", "ablation", "all", "positions"])
     p.add_argument("--ckpt_path", required=True)
     p.add_argument("--config", default=None, help="the run's YAML; default <run>/config.yaml")
     p.add_argument("--batches", type=int, default=20, help="validation batches averaged over")
@@ -269,6 +323,11 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
         written += depth_maps(model, dm, args.batches, out, title)
     if args.what in ("logit-lens", "all"):
         written += logit_lens(model, dm, args.batches, out, title)
+    if args.what in ("ablation", "all"):
+        found = ablation(model, dm, args.batches, out, title)
+        if not found and args.what == "ablation":
+            raise SystemExit(f"{type(model.net.arch).__name__} has no separable sources to ablate (LAS and SLA have)")
+        written += found
     if args.what == "positions":
         written += positions(model, dm, seq_lens or [dm.seq_len, 2 * dm.seq_len], args.split, out, title, args.max_windows)
     for w in written:

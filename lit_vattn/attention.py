@@ -98,6 +98,17 @@ def source_mass(q: Tensor, ks: list[Tensor]) -> Tensor:
     return p.unflatten(-1, (m, T)).sum(-1)
 
 
+def source_outputs(q: Tensor, ks: list[Tensor], vs: list[Tensor]) -> Tensor:
+    """Each source's part of the attention output, (B, H, T, m, d) in float32, summing over m to
+    the output: sum_p a[t, (s, p)] v[s, p]. For analysis (a source's share of what the layer
+    writes, which attention mass alone does not tell: values of different sources differ in size)."""
+    T, m = q.shape[2], len(ks)
+    k = torch.cat(ks, dim=2).float()
+    s = (q.float() @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, m*T)
+    p = s.masked_fill(~block_causal_mask(T, m, q.device), float("-inf")).softmax(-1).unflatten(-1, (m, T))
+    return torch.stack([p[..., i, :] @ v.float() for i, v in enumerate(vs)], dim=3)
+
+
 # FlexAttention -----------------------------------------------------------------------------------
 
 _compiled_flex = None

@@ -131,6 +131,7 @@ class Runner:
                   file=sys.stderr, flush=True)
             d = self.run_dir(arch, seed, lr)
             r = {"arch": arch, "seed": seed, "lr": lr, "failed": e.reason, "run_dir": str(d)}
+            d.mkdir(parents=True, exist_ok=True)
             (d / "failed.json").write_text(json.dumps(r, indent=2))
             return r
 
@@ -140,7 +141,8 @@ class Runner:
         what = f"{arch} seed {seed}" + ("" if lr is None else f" lr {lr:g}")
         if done.exists():
             print(f"[skip] {what}: finished ({done})", flush=True)
-            return json.loads(done.read_text())
+            r = json.loads(done.read_text())
+            return r if r.get("lr") is not None else {**r, "lr": run_lr(d / "fit")}  # done.json before it had the lr
         (d / "failed.json").unlink(missing_ok=True)  # a new attempt
         fit_dir, test_dir = d / "fit", d / "test"
         ckpt = fit_dir / "checkpoints" / "last.ckpt"
@@ -408,7 +410,9 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- epochs over the training split: {epochs(results, counts)}",
         ("- wall time: " if getattr(args, "table_only", False) else f"- wall time: {wall / 60:.1f} min for this invocation; ")
         + f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"
-        + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else ""),
+        + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else "")
+        + (f"; plus {sum(r.get('wall_seconds', 0.0) for r in sweep or [] if r.get('run_dir') not in {x.get('run_dir') for x in results}) / 60:.1f} "
+           "min for the lr sweep's runs not in the table" if sweep else ""),
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
         f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
         f"- scored: {scored_fraction(results)}",

@@ -173,6 +173,54 @@ def test_depth_maps_for_analysis():
     assert 0 < m["earlier_mass"].values[3, 0] < 1
 
 
+def test_las_norm_share_and_per_source_outputs_add_up():
+    from lit_vattn import attention
+
+    q, ks, vs = torch.randn(2, 2, 8, 4), [torch.randn(2, 2, 8, 4) for _ in range(3)], [torch.randn(2, 2, 8, 4) for _ in range(3)]
+    parts = attention.source_outputs(q, ks, vs)  # (B, H, T, m, d)
+    torch.testing.assert_close(parts.sum(3), attention.oracle(q, ks, vs))
+    torch.manual_seed(0)
+    las = GPT(GPTConfig(**CFG), V, LayerwiseAttentionShortcuts(layers="all"))
+    las.arch.record_maps = True
+    las(torch.randint(0, V, (2, 16)))
+    share = las.arch.depth_map()["norm_share"]
+    assert share.cols == ["h1", "h2", "h3", "self"] and abs(share.values.sum().item() - 1) < 1e-5
+
+
+def test_ablating_every_las_feature_source_is_the_model_without_them():
+    """Removing a source leaves it out of the softmax: with every feature source removed the final
+    layer attends to its own K/V only, which is the same weights with no shortcut layers."""
+    torch.manual_seed(0)
+    las = GPT(GPTConfig(**CFG), V, LayerwiseAttentionShortcuts(layers="all")).eval()
+    plain = GPT(GPTConfig(**CFG), V, LayerwiseAttentionShortcuts(layers=[])).eval()
+    plain.load_state_dict({k: v for k, v in las.state_dict().items() if ".phi." not in k})
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        intact = las(idx)
+        las.arch.ablate(frozenset(["h1", "h2", "h3"]))
+        torch.testing.assert_close(las(idx), plain(idx))
+        las.arch.ablate(frozenset(["h2"]))
+        one = las(idx)
+        las.arch.ablate(frozenset())
+        torch.testing.assert_close(las(idx), intact)  # restored exactly
+    assert not torch.allclose(one, intact)
+    assert las.arch.ablation_units() == ["h1", "h2", "h3", "self"]
+    with pytest.raises(ValueError, match="not all"):
+        las.arch.ablate(frozenset(["h1", "h2", "h3", "self"]))
+
+
+def test_ablating_every_sla_skip_block_is_vanilla_with_the_same_weights():
+    sla, van = build("sla").eval(), build("vanilla").eval()
+    van.load_state_dict(sla.state_dict())
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        assert not torch.allclose(sla(idx), van(idx))
+        sla.arch.ablate(frozenset(sla.arch.ablation_units()))
+        torch.testing.assert_close(sla(idx), van(idx))
+    with pytest.raises(ValueError, match="choose from"):
+        sla.arch.ablate(frozenset(["block0"]))
+
+
 def test_sla_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):
     from lit_vattn import attention
 

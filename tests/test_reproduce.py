@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lit_vattn import analyze, reproduce
 
@@ -186,6 +187,30 @@ def test_analysis_of_vanilla_has_a_logit_lens_but_no_depth_map(table):
     ckpt = tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"
     written = analyze.main(["all", "--ckpt_path", str(ckpt), "--batches", "2", "--out", str(tmp / "an-vanilla")])
     assert {Path(w).name for w in written} == {"logit_lens.png", "logit_lens.csv"}
+    with pytest.raises(SystemExit, match="no separable sources"):
+        analyze.main(["ablation", "--ckpt_path", str(ckpt), "--batches", "2", "--out", str(tmp / "an-vanilla")])
+
+
+def test_ablation_removes_each_source_and_scores_it_on_real_batches(table, tmp_path):
+    """SLA with every skip block ablated is vanilla with the same weights (SLA adds none): the
+    ablation's "all" row equals that model's NLL on the same batches."""
+    from lit_vattn import GPTConfig
+    from lit_vattn.arch import SkipLayerAttention
+    from lit_vattn.module import LanguageModel
+
+    tmp, _, _ = table
+    _, dm = analyze.load(str(tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"))
+    cfg = GPTConfig(n_layer=4, n_head=4, d_model=32, max_seq_len=128)
+    torch.manual_seed(0)
+    sla = LanguageModel(cfg, SkipLayerAttention(), vocab_size=dm.vocab_size).eval()
+    van = LanguageModel(cfg, None, vocab_size=dm.vocab_size).eval()
+    van.load_state_dict(sla.state_dict())
+    written = analyze.ablation(sla, dm, 2, tmp_path, "sla")
+    rows = list(csv.DictReader(open(tmp_path / "ablation.csv")))
+    assert [r["removed"] for r in rows] == ["none", "block1", "block2", "block3", "all"] and len(written) == 2
+    assert float(rows[0]["nll"]) == pytest.approx(analyze._val_nll(sla, dm, 2)[0], rel=1e-6)
+    assert float(rows[-1]["nll"]) == pytest.approx(analyze._val_nll(van, dm, 2)[0], rel=1e-5)
+    assert float(rows[-1]["delta_nll"]) == pytest.approx(float(rows[-1]["nll"]) - float(rows[0]["nll"]), abs=1e-6)
 
 
 def test_a_multi_gpu_fsdp_run_config_loads_on_one_cpu_for_analysis(table, tmp_path):

@@ -158,6 +158,17 @@ class Arch(nn.Module):
         residual one), then what the final norm and head read."""
         return [(f"in{l}", d["attn"]) for l, d in enumerate(mem.inputs)] + [("readout", out)]
 
+    def ablation_units(self) -> list[str]:
+        """Names of the sources an analysis can remove one at a time (``ablate``), to measure
+        their use by the NLL change; [] for a reader without separable sources."""
+        return []
+
+    def ablate(self, units: frozenset) -> None:
+        """Remove these sources (names from ``ablation_units``) from the forward pass until called
+        again with an empty set. Analysis only: the model is not trained this way."""
+        if units:
+            raise ValueError(f"{type(self).__name__} has no sources to ablate")
+
     def reset_maps(self) -> None:
         """Zero the statistics accumulated while ``record_maps`` was on."""
         for name, buf in self.named_buffers():
@@ -249,6 +260,13 @@ class Composed(Arch):
     def reset_maps(self) -> None:
         for r in self.readers:
             r.reset_maps()
+
+    def ablation_units(self) -> list[str]:
+        return [f"{r.name}:{u}" for r in self.readers for u in r.ablation_units()]
+
+    def ablate(self, units: frozenset) -> None:
+        for r in self.readers:
+            r.ablate(frozenset(u.split(":", 1)[1] for u in units if u.startswith(f"{r.name}:")))
 
     @torch.no_grad()
     def depth_map(self) -> dict[str, DepthMap]:

@@ -94,7 +94,9 @@ class LayerwiseAttentionShortcuts(Arch):
         if self.depth_embedding:
             self.depth_emb = nn.Parameter(torch.zeros(self.n_sources, cfg.n_head, 1, cfg.head_dim))
             self.depth_emb.depth_mix = True
+        self._ablated: frozenset = frozenset()
         self.register_buffer("map_mass_sum", torch.zeros(self.n_sources), persistent=False)
+        self.register_buffer("map_norm_sum", torch.zeros(self.n_sources), persistent=False)
         self.register_buffer("map_count", torch.zeros(()), persistent=False)
         return self
 
@@ -122,15 +124,35 @@ class LayerwiseAttentionShortcuts(Arch):
         if self.record_maps:
             with torch.no_grad():
                 self.map_mass_sum += attention.source_mass(q, ks).mean((0, 1, 2))
+                norms = attention.source_outputs(q, ks, vs).norm(dim=-1)  # (B, H, T, m)
+                self.map_norm_sum += (norms / norms.sum(-1, keepdim=True).clamp_min(1e-12)).mean((0, 1, 2))
                 self.map_count += 1
+        if self._ablated:  # analysis: the removed sources' keys and values are left out of the softmax
+            keep = [i for i, name in enumerate(self.ablation_units()) if name not in self._ablated]
+            ks, vs = [ks[i] for i in keep], [vs[i] for i in keep]
         return attention.multi_source(q, ks, vs, self.cfg.attn_backend)
+
+    def ablation_units(self) -> list[str]:
+        """The sources in attention order: each selected layer's features (h<s+1>), then "self"."""
+        return [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self else [])
+
+    def ablate(self, units: frozenset) -> None:
+        unknown = set(units) - set(self.ablation_units())
+        if unknown or (units and set(units) >= set(self.ablation_units())):
+            raise ValueError(f"LAS ablation {sorted(units)}: choose some, not all, of {self.ablation_units()}")
+        self._ablated = frozenset(units)
 
     @torch.no_grad()
     def depth_map(self) -> dict[str, DepthMap]:
         """'mass': attention mass of the final layer per source (features of each selected layer,
-        then its own K/V), averaged over what was recorded with record_maps on."""
+        then its own K/V); 'norm_share': each source's share of the summed norms of the
+        per-source parts of the attention output (what the layer writes, not where it looks);
+        averaged over what was recorded with record_maps on. Use is measured by ablation
+        (``lit-vattn-analyze ablation``)."""
         if self.map_count == 0:
             return {}
-        cols = [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self else [])
+        cols = self.ablation_units()
         return {"mass": DepthMap((self.map_mass_sum / self.map_count).cpu()[None], ["final layer"], cols,
-                                 "attention mass of the final layer")}
+                                 "attention mass of the final layer"),
+                "norm_share": DepthMap((self.map_norm_sum / self.map_count).cpu()[None], ["final layer"], cols,
+                                       "share of the attention output's norm")}

@@ -104,8 +104,18 @@ class SkipLayerAttention(Arch):
     def kv_layers(self) -> frozenset:
         return frozenset(self.src(l) for l in self.skip_layers)
 
+    def ablation_units(self) -> list[str]:
+        """One unit per skip block: ablated, its skip heads read the block's own K/V (plain attention)."""
+        return [f"block{l}" for l in self.skip_layers]
+
+    def ablate(self, units: frozenset) -> None:
+        unknown = set(units) - set(self.ablation_units())
+        if unknown:
+            raise ValueError(f"SLA ablation {sorted(unknown)}: choose from {self.ablation_units()}")
+        self._ablated = frozenset(int(u.removeprefix("block")) for u in units)
+
     def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
-        if l not in self._skip:
+        if l not in self._skip or l in getattr(self, "_ablated", ()):
             return attention.causal(q, k, v)
         n = self.n_skip_heads
         ks, vs = mem.kv[self.src(l)]  # the source layer's own K/V, (B, H, T, d)
