@@ -88,24 +88,25 @@ def oracle(q: Tensor, ks: list[Tensor], vs: list[Tensor]) -> Tensor:
         return F.scaled_dot_product_attention(q.float(), k, v, attn_mask=mask)
 
 
-def source_mass(q: Tensor, ks: list[Tensor]) -> Tensor:
-    """Attention probability mass each source receives, (B, H, T, m): for analysis, not training."""
+def _source_probs(q: Tensor, ks: list[Tensor]) -> Tensor:
+    """The block-causal attention probabilities in float32, split by source: (B, H, T, m, T)."""
     T, m = q.shape[2], len(ks)
     k = torch.cat(ks, dim=2).float()
     s = (q.float() @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, m*T)
     s = s.masked_fill(~block_causal_mask(T, m, q.device), float("-inf"))
-    p = s.softmax(-1)
-    return p.unflatten(-1, (m, T)).sum(-1)
+    return s.softmax(-1).unflatten(-1, (m, T))
+
+
+def source_mass(q: Tensor, ks: list[Tensor]) -> Tensor:
+    """Attention probability mass each source receives, (B, H, T, m): for analysis, not training."""
+    return _source_probs(q, ks).sum(-1)
 
 
 def source_outputs(q: Tensor, ks: list[Tensor], vs: list[Tensor]) -> Tensor:
     """Each source's part of the attention output, (B, H, T, m, d) in float32, summing over m to
     the output: sum_p a[t, (s, p)] v[s, p]. For analysis (a source's share of what the layer
     writes, which attention mass alone does not tell: values of different sources differ in size)."""
-    T, m = q.shape[2], len(ks)
-    k = torch.cat(ks, dim=2).float()
-    s = (q.float() @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, m*T)
-    p = s.masked_fill(~block_causal_mask(T, m, q.device), float("-inf")).softmax(-1).unflatten(-1, (m, T))
+    p = _source_probs(q, ks)
     return torch.stack([p[..., i, :] @ v.float() for i, v in enumerate(vs)], dim=3)
 
 

@@ -261,10 +261,15 @@ class BudgetCurve(Callback):
         if stage == "fit" and self.points and trainer.max_steps is not None and trainer.max_steps < 0:
             raise ValueError("--curve.points needs --trainer.max_steps (the points are spaced up to it)")
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # once per fit (after a resume too: the checkpoint's points are loaded by then), not per step
+        self._todo = set(self.steps(trainer.max_steps)) - {p["step"] for p in self.curve}
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step not in self.steps(trainer.max_steps) or any(p["step"] == step for p in self.curve):
+        if step not in self._todo:
             return
+        self._todo.discard(step)
         point = {"step": step, "tokens": int(trainer.datamodule.consumed * trainer.datamodule.seq_len * trainer.world_size),
                  **self.evaluate(trainer, pl_module)}
         self.curve.append(point)

@@ -87,7 +87,7 @@ class Runner:
         a = self.args
         return [sys.executable, "-m", "lit_vattn", sub, *configs(a.modality, arch, a.preset, self.config_dir),
                 "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                *(["--model.init_args.lr", f"{lr:g}"] if lr is not None else []),
+                *(["--model.init_args.lr", repr(lr)] if lr is not None else []),  # exact: the saved config gives it back
                 "--trainer.logger.init_args.save_dir", str(self.root),
                 "--trainer.logger.init_args.name", self.run_name(arch, seed, lr),
                 "--trainer.logger.init_args.version", version, *a.override]
@@ -112,20 +112,13 @@ class Runner:
         if not done.exists():
             raise SystemExit(f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
                              f"summary {done}; run it first (without --table-only) or copy its run directory under --runs")
-        r = json.loads(done.read_text())
-        r["run_dir"] = str(d)
-        if lr is not None:
-            r["lr"] = lr
-        elif r.get("lr") is None:  # summaries written before done.json recorded the lr
-            r["lr"] = run_lr(d / "fit")
-        return r
+        return {**read_done(d), "run_dir": str(d)}
 
     def one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
         """A finished run's numbers, or {"failed": reason}: a diverged or crashed run never scores.
         The failure is kept in ``failed.json`` beside the run, so --table-only can report it."""
         try:
-            r = self._one(arch, seed, lr)
-            return r if lr is None else {**r, "lr": lr}  # the requested value, exactly, for the sweep's bookkeeping
+            return self._one(arch, seed, lr)
         except RunFailed as e:
             print(f"[failed] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'}: {e.reason}\n{e.detail}",
                   file=sys.stderr, flush=True)
@@ -141,8 +134,7 @@ class Runner:
         what = f"{arch} seed {seed}" + ("" if lr is None else f" lr {lr:g}")
         if done.exists():
             print(f"[skip] {what}: finished ({done})", flush=True)
-            r = json.loads(done.read_text())
-            return r if r.get("lr") is not None else {**r, "lr": run_lr(d / "fit")}  # done.json before it had the lr
+            return read_done(d)
         (d / "failed.json").unlink(missing_ok=True)  # a new attempt
         fit_dir, test_dir = d / "fit", d / "test"
         ckpt = fit_dir / "checkpoints" / "last.ckpt"
@@ -182,6 +174,12 @@ def run_lr(fit_dir: Path) -> Optional[float]:
         return None
     lr = ((yaml.safe_load(cfg.read_text()).get("model") or {}).get("init_args") or {}).get("lr")
     return float(lr) if lr is not None else None
+
+
+def read_done(run_dir: Path) -> dict:
+    """A finished run's ``done.json``; the lr read from its config when the file predates that field."""
+    r = json.loads((run_dir / "done.json").read_text())
+    return r if r.get("lr") is not None else {**r, "lr": run_lr(run_dir / "fit")}
 
 
 def parse_lrs(text: Optional[str]) -> list[float]:
@@ -394,6 +392,8 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     os.replace(tmp, stem.with_suffix(".csv"))
 
     lr_head, lr_rows = lr_lines(results, sweep or [])
+    in_table = {r["run_dir"] for r in results}
+    sweep_minutes = sum(r.get("wall_seconds", 0.0) for r in sweep or [] if r["run_dir"] not in in_table) / 60
     failed = [r for r in results if r.get("failed")]
     results = [r for r in results if not r.get("failed")]
     archs = list(dict.fromkeys(r["arch"] for r in results + failed))
@@ -411,8 +411,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         ("- wall time: " if getattr(args, "table_only", False) else f"- wall time: {wall / 60:.1f} min for this invocation; ")
         + f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"
         + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else "")
-        + (f"; plus {sum(r.get('wall_seconds', 0.0) for r in sweep or [] if r.get('run_dir') not in {x.get('run_dir') for x in results}) / 60:.1f} "
-           "min for the lr sweep's runs not in the table" if sweep else ""),
+        + (f"; plus {sweep_minutes:.1f} min for the lr sweep's runs not in the table" if sweep else ""),
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
         f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
         f"- scored: {scored_fraction(results)}",

@@ -97,6 +97,7 @@ class SkipLayerAttention(Arch):
     def bind(self, cfg: GPTConfig) -> "SkipLayerAttention":
         super().bind(cfg)
         self._skip = frozenset(self.skip_layers)
+        self._ablated: frozenset = frozenset()  # skip blocks an analysis turned back to plain attention
         self.register_buffer("map_earlier_mass", torch.zeros(cfg.n_layer, cfg.n_head), persistent=False)
         self.register_buffer("map_count", torch.zeros(cfg.n_layer), persistent=False)
         return self
@@ -115,7 +116,7 @@ class SkipLayerAttention(Arch):
         self._ablated = frozenset(int(u.removeprefix("block")) for u in units)
 
     def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
-        if l not in self._skip or l in getattr(self, "_ablated", ()):
+        if l not in self._skip or l in self._ablated:
             return attention.causal(q, k, v)
         n = self.n_skip_heads
         ks, vs = mem.kv[self.src(l)]  # the source layer's own K/V, (B, H, T, d)
