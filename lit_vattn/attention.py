@@ -25,6 +25,7 @@ Backends (``backend`` argument):
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +38,24 @@ MERGE_CPU_COMPILE_MIN_TORCH = "2.13"
 
 
 def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain causal self-attention; q, k, v: (B, H, T, d). SDPA picks flash/cuDNN on CUDA."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    """Plain causal self-attention; q, k, v: (B, H, T, d). SDPA picks flash/cuDNN on CUDA.
+
+    Decoding (``KVCache``): q may hold only the last t <= T positions, (B, H, t, d); they are
+    aligned to the end of the keys (query i sits at position T - t + i)."""
+    t, T = q.shape[2], k.shape[2]
+    if t == T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if t == 1:  # the newest position sees every key
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(T, 1, q.device, t))
 
 
 @lru_cache(maxsize=64)
-def block_causal_mask(T: int, m: int, device: torch.device) -> Tensor:
-    """(T, m*T) bool, True = visible: key j is visible to query t iff j % T <= t."""
-    q = torch.arange(T, device=device)[:, None]
+def block_causal_mask(T: int, m: int, device: torch.device, t: Optional[int] = None) -> Tensor:
+    """(t, m*T) bool, True = visible: key j is visible to query i iff j % T <= i + T - t (the t
+    queries are the last t of the T positions; t = T, the default, is the whole sequence)."""
+    t = T if t is None else t
+    q = torch.arange(T - t, T, device=device)[:, None]
     kv = torch.arange(m * T, device=device)[None, :]
     return (kv % T) <= q
 
@@ -52,10 +63,18 @@ def block_causal_mask(T: int, m: int, device: torch.device) -> Tensor:
 def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "auto") -> Tensor:
     """Attention of q over the concatenation of several (k, v) sources at the same positions.
 
-    q: (B, H, T, d); each k, v: (B, H, T, d). Returns (B, H, T, d) in q's dtype.
+    q: (B, H, T, d); each k, v: (B, H, T, d). Returns (B, H, T, d) in q's dtype. Decoding
+    (``KVCache``): q may hold only the last t of the T positions, aligned to the end of each source
+    (inference only: one masked SDPA call).
     """
     if len(ks) != len(vs) or not ks:
         raise ValueError(f"multi_source needs as many key as value sources (got {len(ks)} and {len(vs)})")
+    t, T = q.shape[2], ks[0].shape[2]
+    if t != T:
+        if backend == "oracle":
+            return oracle(q, ks, vs).to(q.dtype)
+        mask = block_causal_mask(T, len(ks), q.device, t)
+        return F.scaled_dot_product_attention(q, torch.cat(ks, dim=2), torch.cat(vs, dim=2), attn_mask=mask)
     if len(ks) == 1:
         return causal(q, ks[0], vs[0]) if backend != "oracle" else oracle(q, ks, vs).to(q.dtype)
     if backend == "auto":
@@ -81,7 +100,7 @@ def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "
 def oracle(q: Tensor, ks: list[Tensor], vs: list[Tensor]) -> Tensor:
     """The reference: float32, explicit boolean block-causal mask, SDPA math kernel."""
     k, v = torch.cat(ks, dim=2).float(), torch.cat(vs, dim=2).float()
-    mask = block_causal_mask(q.shape[2], len(ks), q.device)
+    mask = block_causal_mask(ks[0].shape[2], len(ks), q.device, q.shape[2])
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vattn.arch import as_reader
-from lit_vattn.arch.base import Arch, AttnInputs, DepthMemory
+from lit_vattn.arch.base import Arch, AttnInputs, DepthMemory, KVCache
 from lit_vattn.config import GPTConfig
 
 
@@ -58,9 +58,11 @@ class Attention(nn.Module):
             q, k, v = F.linear(xq, wq), F.linear(xk, wk), F.linear(xv, wv)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if l in mem.keep_kv:
-            mem.kv[l] = (k, v)  # the layer's own K/V, before any reader changes them
-        q, k, v = reader.qkv(l, q, k, v, mem)
+        if l in mem.keep_kv:  # the layer's own K/V, before any reader changes them; decoding: of every position so far
+            mem.kv[l] = (k, v) if mem.cache is None else mem.cache.extend(("own", l), k, v)
+        q, k, v = reader.qkv(l, q, k, v, mem)  # position-wise: the new positions only
+        if mem.cache is not None:  # decoding: the attended keys and values of the earlier positions too
+            k, v = mem.cache.extend(l, k, v)  # (B, H, pos + T, d)
         y = reader.attend(l, self, q, k, v, mem)  # (B, H, T, d)
         return self.proj(y.transpose(1, 2).flatten(2))
 
@@ -141,20 +143,32 @@ class GPT(nn.Module):
                 nn.init.ones_(mod.weight)
         self.arch.reset_parameters()
 
-    def hidden_states(self, idx: Tensor, return_memory: bool = False):
+    def hidden_states(self, idx: Tensor, return_memory: bool = False, cache: Optional[KVCache] = None):
         """What the final norm reads, (B, T, D); with return_memory also the depth memory of the
-        pass (for analysis: ``self.arch.lens_states(mem, out)`` are the states the network consumes)."""
+        pass (for analysis: ``self.arch.lens_states(mem, out)`` are the states the network consumes).
+        With a ``cache``, ``idx`` holds the positions after the ``cache.pos`` already processed (the
+        cache is extended with them): incremental decoding, exact for every reader (``KVCache``)."""
         B, T = idx.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds GPTConfig.max_seq_len={self.cfg.max_seq_len}")
-        rope = (self.rope_cos, self.rope_sin)
+        P = cache.pos if cache is not None else 0
+        if P + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {P + T} exceeds GPTConfig.max_seq_len={self.cfg.max_seq_len}")
+        rope = (self.rope_cos[P: P + T], self.rope_sin[P: P + T])  # the positions of idx
         x0 = self.embed(idx)  # (B, T, D)
-        mem = DepthMemory(x0=x0, keep_kv=self.arch.kv_layers(), rope=rope)
+        mem = DepthMemory(x0=x0, keep_kv=self.arch.kv_layers(), rope=rope, cache=cache)
         stream = self.arch.init_stream(x0, mem)  # (B, T, D), or (B, T, n, D) for several streams
         for l, block in enumerate(self.blocks):
             stream = block(stream, l, rope, self.arch, mem)
         out = self.arch.readout(stream, mem)  # (B, T, D)
+        if cache is not None:
+            cache.pos = P + T
         return (out, mem) if return_memory else out
+
+    @torch.no_grad()
+    def decode(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """Logits (B, T, vocab_size) of the new positions ``idx`` (B, T) after the ``cache.pos``
+        positions the cache holds, extending it: prefill with the prompt, then one token at a time."""
+        h = self.hidden_states(idx, cache=cache)
+        return self.head(self.norm(h))[..., : self.vocab_size]
 
     def forward(self, idx: Tensor, targets: Optional[Tensor] = None, per_sequence: bool = False):
         """Logits (B, T, vocab_size) over the real (unpadded) vocabulary; with ``targets`` (B, T)

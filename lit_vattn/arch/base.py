@@ -66,6 +66,32 @@ class DepthMemory:
     states: list[Tensor] = field(default_factory=list)  # stream after block l, (B, T, D) or (B, T, n, D)
     kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # own post-RoPE (k, v), (B, H, T, d)
     private: dict[str, Any] = field(default_factory=dict)  # one slot per reader, keyed by its name
+    cache: Optional["KVCache"] = None  # incremental decoding: K/V of the positions before this pass
+
+
+@dataclass
+class KVCache:
+    """What incremental decoding keeps between passes: the attended K/V of the positions already
+    processed, so a pass over new positions [pos, pos + t) computes only those positions.
+
+    Every reader's hooks other than ``attend`` are position-wise (``qkv`` included: value residual
+    and LIMe mix K/V across layers at the same position), so this is exact for all of them. Per layer
+    the cache holds the K/V after ``reader.qkv`` (what attention reads), plus the layer's own K/V
+    when a reader borrows them (``kv_layers``: SLA reads ``mem.kv`` at every position); a reader
+    attending over K/V of its own making extends them under its own key (LAS's feature maps).
+    Queries cover only the new positions; the attention kernels align them to the end of the keys
+    (``attention.causal``, ``attention.multi_source``)."""
+
+    pos: int = 0  # positions already processed
+    kv: dict[Any, tuple[Tensor, Tensor]] = field(default_factory=dict)  # key -> (k, v), (B, H, pos, d)
+
+    def extend(self, key: Any, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' (k, v), (B, H, t, d), under ``key``; return all of them, (B, H, pos + t, d)."""
+        if key in self.kv:
+            k0, v0 = self.kv[key]
+            k, v = torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2)
+        self.kv[key] = (k, v)
+        return k, v
 
 
 class Arch(nn.Module):

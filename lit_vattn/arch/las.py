@@ -112,8 +112,10 @@ class LayerwiseAttentionShortcuts(Arch):
         if l != self.cfg.n_layer - 1:
             return attention.causal(q, k, v)
         ks, vs = [], []
-        for f in self.features(mem):  # in depth order
+        for s, f in zip(self.layers, self.features(mem)):  # in depth order
             kf, vf = attn.project_kv(f, mem.rope)  # (B, H, T, d) each
+            if mem.cache is not None:  # decoding: the features' K/V of the earlier positions too
+                kf, vf = mem.cache.extend(("las", s), kf, vf)
             ks.append(kf)
             vs.append(vf)
         if self.keep_self:

@@ -1,0 +1,436 @@
+"""``lit-vattn-generate``: samples from any checkpoint, for every modality.
+
+    lit-vattn-generate --ckpt_path runs/.../checkpoints/last.ckpt --prompt "And God said" --n 4
+    lit-vattn-generate --ckpt_path <music run> --prompt tune.mid --prompt_bars 2 --max_new_tokens 512
+    lit-vattn-generate --ckpt_path <acoustic run> --prompt speech.wav --prompt_seconds 1.5
+    lit-vattn-generate --ckpt_path <any run>             # unconditional: from the separator token
+
+The run's ``config.yaml`` rebuilds the model and its tokenizer (text BPE, miditok vocabulary, the
+run's own EnCodec), so a prompt is encoded exactly as the training data was. Outputs in ``--out``
+(default ``<run>/samples``): ``sample<i>.txt`` (text); ``sample<i>.mid`` + a piano-roll
+``sample<i>.png`` (music); ``sample<i>.wav`` decoded by the run's codec + a spectrogram
+``sample<i>.png`` (audio); each holds the prompt followed by its continuation. ``samples.json``
+records the settings, the prompt's length and the generated tokens.
+
+Sampling: temperature, then top-k, then top-p (nucleus) on the next-token distribution, drawn with
+one seeded ``torch.Generator``, so the same seed gives the same samples. A sample ends at the
+modality's separator (end of document / piece / clip) or after ``--max_new_tokens``. Acoustic
+streams are constrained to their layout: position f * n_q + k may only hold codebook k's ids (and
+the end-of-clip token at a frame boundary), as in every training window.
+
+Decoding keeps a KV cache (``lit_vattn.arch.base.KVCache``) for every reader, exact (tested against
+the full forward for each): every hook but attention is position-wise, so a new position needs only
+the cached K/V of the earlier ones. Nothing is recomputed; the cache holds, per layer, the K/V
+attention reads (after value residual's or LIMe's mix), a layer's own K/V where SLA borrows them,
+and LAS's feature-map K/V. ``--no_cache`` recomputes the whole context at every step (the reference
+the cache is tested against). When a sequence reaches the model's context (``max_seq_len``), the
+context restarts from its last half (re-encoded once, then cached again), in both modes alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from lit_vattn.arch.base import KVCache
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(n, V) logits -> (n, V) float32 logits with -inf outside the kept set: temperature, then the
+    top-k, then the smallest set whose probability reaches top_p (at least the most likely token)."""
+    x = logits.float() / temperature
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]  # (n, 1)
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        srt, idx = torch.sort(x, dim=-1, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum - srt.softmax(-1) >= top_p  # the mass before this token already reaches top_p
+        x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return x
+
+
+class Context:
+    """The positions the model sees: ``seq[start:]``, restarted from its last half when it would
+    exceed ``max_seq_len``. Holds the KV cache when decoding with one."""
+
+    def __init__(self, net, use_cache: bool):
+        self.net, self.use_cache, self.T = net, use_cache, net.cfg.max_seq_len
+        self.start, self.cache = 0, None
+
+    @torch.no_grad()
+    def next_logits(self, seq: torch.Tensor) -> torch.Tensor:
+        """Logits (n, V) for the token after ``seq`` (n, S)."""
+        S = seq.shape[1]
+        if S - self.start > self.T:  # the context is full: keep its last half
+            self.start, self.cache = S - self.T // 2, None
+        if not self.use_cache:
+            return self.net(seq[:, self.start:])[:, -1]
+        if self.cache is None:  # prefill
+            self.cache = KVCache()
+            return self.net.decode(seq[:, self.start:], self.cache)[:, -1]
+        new = seq[:, self.start + self.cache.pos:]  # (n, t): the positions the cache has not seen
+        return self.net.decode(new, self.cache)[:, -1]
+
+
+@torch.no_grad()
+def sample(net, prompt: list[int], n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, seed: int = 0, stop_id: Optional[int] = None,
+           allowed: Optional[Callable[[int], Optional[torch.Tensor]]] = None, use_cache: bool = True) -> list[list[int]]:
+    """``n`` continuations of ``prompt`` (token ids, at least one) from ``net`` (a ``GPT`` in eval
+    mode), each a list of new ids ending with ``stop_id`` when it was drawn. ``allowed(i)`` may
+    return a (V,) bool mask of the ids position i (of the whole sequence) may hold."""
+    if not prompt:
+        raise ValueError("sample: the prompt needs at least one token (the separator, for an unconditional sample)")
+    if temperature <= 0:
+        raise ValueError(f"--temperature {temperature}: must be > 0")
+    g = torch.Generator().manual_seed(seed)
+    device = next(net.parameters()).device
+    seq = torch.tensor([prompt] * n, dtype=torch.long, device=device)  # (n, P)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    ends = [None] * n
+    ctx = Context(net, use_cache)
+    for step in range(max_new_tokens):
+        logits = filter_logits(ctx.next_logits(seq), temperature, top_k, top_p)  # (n, V)
+        mask = allowed(seq.shape[1]) if allowed is not None else None
+        if mask is not None:
+            logits = logits.masked_fill(~mask.to(device), float("-inf"))
+        probs = logits.softmax(-1).cpu()
+        nxt = torch.multinomial(probs, 1, generator=g).to(device)  # (n, 1)
+        seq = torch.cat([seq, nxt], dim=1)
+        if stop_id is not None:
+            hit = (nxt[:, 0] == stop_id) & ~done
+            for i in hit.nonzero().flatten().tolist():
+                ends[i] = step + 1
+            done |= hit
+            if bool(done.all()):
+                break
+    P = len(prompt)
+    return [seq[i, P: P + (ends[i] or seq.shape[1] - P)].tolist() for i in range(n)]
+
+
+# --- modalities -------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _atomic_png(fig, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+class Modality:
+    """How one modality's prompts become ids and ids become files."""
+
+    kind = "?"
+
+    boundary: Optional[float] = None  # where the prompt ends, in the plot's time unit
+
+    def __init__(self, dm, context: int):
+        self.dm, self.context = dm, context
+
+    separator: int  # the token between documents / pieces / clips: an unconditional sample starts after it
+
+    def prompt(self, args) -> list[int]:
+        raise NotImplementedError
+
+    def allowed(self, prompt_len: int) -> Optional[Callable[[int], Optional[torch.Tensor]]]:
+        return None
+
+    def write(self, ids: list[int], stem: Path) -> list[Path]:
+        raise NotImplementedError
+
+
+class Text(Modality):
+    kind = "text"
+
+    def __init__(self, dm, context: int):
+        super().__init__(dm, context)
+        self.separator = dm.tokenizer.eot_id
+
+    def prompt(self, args) -> list[int]:
+        if args.prompt is None:
+            return [self.separator]
+        text = args.prompt
+        if Path(text).suffix == ".txt" and Path(text).is_file():
+            text = Path(text).read_text(encoding="utf-8")
+        ids = self.dm.tokenizer.encode_batch([text])[0]
+        back = self.dm.tokenizer.decode(ids)
+        if back != text:  # e.g. characters outside a trained vocabulary, or the separator's own spelling
+            i = next((j for j, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
+            raise SystemExit(f"--prompt: the run's tokenizer ({self.dm.tokenizer.spec()}) cannot encode the prompt "
+                             f"from {text[i: i + 24]!r} on (it decodes back as {back[i: i + 24]!r}); remove or "
+                             "replace those characters")
+        return [self.separator, *ids]  # a document starts after the separator, as in training
+
+    def write(self, ids: list[int], stem: Path) -> list[Path]:
+        out = stem.with_suffix(".txt")
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(self.dm.decode([i for i in ids if i != self.separator]), encoding="utf-8")
+        os.replace(tmp, out)
+        return [out]
+
+
+class Music(Modality):
+    kind = "music"
+
+    def __init__(self, dm, context: int):
+        super().__init__(dm, context)
+        tok = dm.tokenizer
+        self.separator, self.eos = tok.vocab["BOS_None"], tok.vocab["EOS_None"]
+        self.never = [tok.vocab[s] for s in ("PAD_None", "BOS_None") if s in tok.vocab]  # not inside a piece
+
+    def prompt(self, args) -> list[int]:
+        if args.prompt is None:
+            return [self.separator]
+        import symusic
+
+        path = Path(args.prompt)  # readable: check_prompt_file
+        score = symusic.Score(str(path))
+        tpq = score.ticks_per_quarter
+        ts = score.time_signatures[0] if len(score.time_signatures) else None
+        bar = int(round(tpq * 4 * (ts.numerator / ts.denominator if ts else 1.0)))
+        score = score.clip(0, bar * args.prompt_bars, clip_end=True)
+        from datamodules.music import MusicDataModule
+
+        ids = MusicDataModule._ids(self.dm.tokenizer, score)
+        if not ids:
+            raise SystemExit(f"--prompt {path}: the first {args.prompt_bars} bar(s) hold no notes; raise --prompt_bars")
+        self.boundary = bar * args.prompt_bars / tpq  # in quarter notes, for the piano roll
+        return [self.separator, *ids]
+
+    def allowed(self, prompt_len: int):
+        mask = torch.ones(self.dm.vocab_size, dtype=torch.bool)
+        mask[self.never] = False
+        return lambda i: mask
+
+    def write(self, ids: list[int], stem: Path) -> list[Path]:
+        mid = self.dm.to_midi(ids, str(stem.with_suffix(".mid")))
+        score = self.dm.decode(ids)
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        tpq = score.ticks_per_quarter
+        for c, track in enumerate(score.tracks):
+            bars = [(n.time / tpq, max(n.duration, 1) / tpq) for n in track.notes]
+            for (x, w), n in zip(bars, track.notes):
+                ax.broken_barh([(x, w)], (n.pitch - 0.4, 0.8), color=f"C{c % 10}")
+        if self.boundary is not None:
+            ax.axvline(self.boundary, color="grey", ls="--", lw=0.8, label="end of prompt")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_xlabel("time (quarter notes)")
+        ax.set_ylabel("MIDI pitch")
+        ax.set_title(f"{stem.name}: {sum(len(t.notes) for t in score.tracks)} notes", fontsize=9)
+        fig.tight_layout()
+        png = stem.with_suffix(".png")
+        _atomic_png(fig, png)
+        plt.close(fig)
+        return [mid, png]
+
+
+class Acoustic(Modality):
+    kind = "acoustic"
+
+    def __init__(self, dm, context: int):
+        super().__init__(dm, context)
+        self.separator = dm.eos_id
+
+    def prompt(self, args) -> list[int]:
+        if args.prompt is None:
+            return [self.separator]
+        import soundfile as sf
+
+        from datamodules import codec
+
+        path = Path(args.prompt)  # readable, at the codec's rate or --resample: check_prompt_file
+        wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        from datamodules.audio_sources import to_24k_mono
+
+        seconds = args.prompt_seconds
+        if seconds is None:  # whole frames filling half the model's context
+            seconds = (self.context // 2 // self.dm.n_q) / codec.FRAME_RATE
+        wav = to_24k_mono(wav.mean(1), sr)[: int(seconds * codec.SAMPLE_RATE)]
+        if len(wav) < codec.SAMPLE_RATE // codec.FRAME_RATE:
+            raise SystemExit(f"--prompt {path}: shorter than one codec frame ({1000 / codec.FRAME_RATE:.1f} ms); "
+                             "raise --prompt_seconds or use a longer file")
+        codes = codec.encode(self.dm.codec, [wav], torch.device("cpu"))[0]  # (n_q, frames)
+        self.boundary = codes.shape[1] / codec.FRAME_RATE  # seconds, for the spectrogram
+        return [self.separator, *codec.flatten(codes).tolist()]
+
+    def allowed(self, prompt_len: int):
+        """Position i (after the leading separator) holds codebook (i - 1) % n_q; the end-of-clip
+        token only where a frame would begin."""
+        from datamodules import codec
+
+        n_q, V = self.dm.n_q, self.dm.vocab_size
+        masks = []
+        for k in range(n_q):
+            m = torch.zeros(V, dtype=torch.bool)
+            m[k * codec.BINS: (k + 1) * codec.BINS] = True
+            m[self.dm.eos_id] = k == 0
+            masks.append(m)
+        return lambda i: masks[(i - 1) % n_q]
+
+    def write(self, ids: list[int], stem: Path) -> list[Path]:
+        from datamodules import codec
+
+        ids = [i for i in ids if i != self.separator]
+        wav_path = self.dm.to_wav(ids, str(stem.with_suffix(".wav")))
+        wav = self.dm.decode(ids)
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        if len(wav) >= 256:
+            ax.specgram(wav, NFFT=512, Fs=codec.SAMPLE_RATE, noverlap=384, cmap="magma")
+        if self.boundary is not None:
+            ax.axvline(self.boundary, color="white", ls="--", lw=0.8)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("frequency (Hz)")
+        ax.set_title(f"{stem.name}: {len(wav) / codec.SAMPLE_RATE:.2f} s", fontsize=9)
+        fig.tight_layout()
+        png = stem.with_suffix(".png")
+        _atomic_png(fig, png)
+        plt.close(fig)
+        return [wav_path, png]
+
+
+def run_modality(ckpt_path: str, config: Optional[str]) -> str:
+    """The run's modality from its saved config, read before anything is loaded."""
+    import yaml
+
+    cfg = Path(config) if config else Path(ckpt_path).parent.parent / "config.yaml"
+    if not Path(ckpt_path).is_file():
+        raise SystemExit(f"--ckpt_path {ckpt_path}: no such checkpoint")
+    if not cfg.is_file():
+        raise SystemExit(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
+    data = (yaml.safe_load(cfg.read_text()) or {}).get("data") or {}
+    name = str(data.get("class_path", "")).rpartition(".")[2]
+    return {"TextDataModule": "text", "MusicDataModule": "music", "AcousticDataModule": "acoustic"}.get(name, name)
+
+
+def check_prompt_file(kind: str, args) -> None:
+    """A prompt file that cannot work, refused before the checkpoint and data are loaded."""
+    if args.prompt is None or kind == "text":
+        return
+    path = Path(args.prompt)
+    what = "MIDI" if kind == "music" else "audio"
+    if not path.is_file():
+        raise SystemExit(f"--prompt {path}: no such {what} file (a {kind} run takes a {what} file as its prompt)")
+    if kind == "music":
+        import symusic
+
+        try:
+            symusic.Score(str(path))
+        except Exception as e:  # symusic raises RuntimeError/ValueError with the parser's words
+            raise SystemExit(f"--prompt {path}: not a readable MIDI file ({e})") from None
+    elif kind == "acoustic":
+        import soundfile as sf
+
+        from datamodules import codec
+
+        try:
+            sr = sf.info(str(path)).samplerate
+        except Exception as e:  # soundfile.LibsndfileError: unknown format, truncated file
+            raise SystemExit(f"--prompt {path}: not a readable audio file ({e})") from None
+        if sr != codec.SAMPLE_RATE and not args.resample:
+            raise SystemExit(f"--prompt {path} is sampled at {sr} Hz but the run's codec takes {codec.SAMPLE_RATE} Hz: "
+                             f"pass --resample to convert it (soxr), or resample the file yourself")
+
+
+def modality_of(dm, context: int) -> Modality:
+    from datamodules.acoustic import AcousticDataModule
+    from datamodules.music import MusicDataModule
+    from datamodules.text import TextDataModule
+
+    for cls, m in ((TextDataModule, Text), (MusicDataModule, Music), (AcousticDataModule, Acoustic)):
+        if isinstance(dm, cls):
+            return m(dm, context)
+    raise SystemExit(f"lit-vattn-generate knows text, music and acoustic runs, not {type(dm).__name__}")
+
+
+# --- command ----------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt_path", required=True, help="a checkpoint of a lit-vattn run")
+    p.add_argument("--config", default=None, help="the run's YAML; default <run>/config.yaml")
+    p.add_argument("--prompt", default=None, help="text (or a .txt file), a MIDI file, or an audio file, by the run's "
+                   "modality; default none: unconditional samples")
+    p.add_argument("--prompt_bars", type=int, default=2, help="music: the prompt is the MIDI file's first N bars")
+    p.add_argument("--prompt_seconds", type=float, default=None, help="audio: the prompt is the file's first N seconds; "
+                   "default the whole frames that fill half the model's context")
+    p.add_argument("--resample", action="store_true", help="audio: resample a prompt at another rate to the codec's 24 kHz")
+    p.add_argument("--n", type=int, default=4, help="samples drawn (one batch)")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens; 0 = all")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus: the smallest set reaching this probability; 1 = all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_cache", action="store_true", help="recompute the whole context at every step (no KV cache)")
+    p.add_argument("--out", default=None, help="output folder; default <run>/samples")
+    return p
+
+
+def check(args) -> None:
+    """Bad settings, refused before the checkpoint is loaded."""
+    for name, ok, rule in (("n", args.n >= 1, ">= 1"), ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
+                           ("temperature", args.temperature > 0, "> 0"), ("top_k", args.top_k >= 0, ">= 0 (0 = off)"),
+                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]"), ("prompt_bars", args.prompt_bars >= 1, ">= 1"),
+                           ("prompt_seconds", args.prompt_seconds is None or args.prompt_seconds > 0, "> 0")):
+        if not ok:
+            raise SystemExit(f"--{name} {getattr(args, name)}: must be {rule}")
+
+
+def main(argv: Optional[list[str]] = None) -> list[Path]:
+    args = parser().parse_args(argv)
+    check(args)
+    check_prompt_file(run_modality(args.ckpt_path, args.config), args)
+    from lit_vattn.analyze import load
+
+    model, dm = load(args.ckpt_path, args.config)
+    net = model.net.eval()
+    mod = modality_of(dm, net.cfg.max_seq_len)
+    prompt = mod.prompt(args)
+    if len(prompt) > net.cfg.max_seq_len:
+        raise SystemExit(f"--prompt: {len(prompt)} tokens, longer than the model's context of {net.cfg.max_seq_len} "
+                         "(config.max_seq_len); shorten it (fewer characters, --prompt_bars or --prompt_seconds)")
+    out = Path(args.out) if args.out else Path(args.ckpt_path).parent.parent / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    samples = sample(net, prompt, args.n, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                     stop_id=mod.separator, allowed=mod.allowed(len(prompt)), use_cache=not args.no_cache)
+    seconds = time.perf_counter() - t0
+    written = []
+    for i, s in enumerate(samples):
+        written += mod.write(prompt + s, out / f"sample{i}")
+    record = {"ckpt_path": str(args.ckpt_path), "modality": mod.kind, "settings": vars(args), "prompt_tokens": len(prompt),
+              "new_tokens": [len(s) for s in samples], "tokens_per_sec": sum(map(len, samples)) / seconds,
+              "kv_cache": not args.no_cache, "samples": samples}
+    tmp = out / "samples.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / "samples.json")
+    written.append(out / "samples.json")
+    for w in written:
+        print(w)
+    return written
+
+
+def console() -> None:
+    main()
+
+
+if __name__ == "__main__":
+    console()
