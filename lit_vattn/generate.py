@@ -82,19 +82,26 @@ class Context:
 
 
 @torch.no_grad()
-def sample(net, prompt: list[int], n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+def sample(net, prompt, n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, seed: int = 0, stop_id: Optional[int] = None,
-           allowed: Optional[Callable[[int], Optional[torch.Tensor]]] = None, use_cache: bool = True) -> list[list[int]]:
+           allowed: Optional[Callable[[int], Optional[torch.Tensor]]] = None, use_cache: bool = True,
+           greedy: bool = False) -> list[list[int]]:
     """``n`` continuations of ``prompt`` (token ids, at least one) from ``net`` (a ``GPT`` in eval
-    mode), each a list of new ids ending with ``stop_id`` when it was drawn. ``allowed(i)`` may
-    return a (V,) bool mask of the ids position i (of the whole sequence) may hold."""
+    mode), each a list of new ids ending with ``stop_id`` when it was drawn. ``prompt`` may also be
+    a list of prompts of one length (one continuation each, one batch; ``n`` is then ignored). ``allowed(i)`` may
+    return a (V,) bool mask of the ids position i (of the whole sequence) may hold. ``greedy``
+    takes the most likely id at every step (the filters and the seed then do nothing)."""
     if not prompt:
         raise ValueError("sample: the prompt needs at least one token (the separator, for an unconditional sample)")
     if temperature <= 0:
         raise ValueError(f"--temperature {temperature}: must be > 0")
+    rows = prompt if isinstance(prompt[0], (list, tuple)) else [prompt] * n
+    if len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise ValueError("sample: a batch of prompts must hold prompts of one length, at least one token each")
+    n, prompt = len(rows), rows[0]
     g = torch.Generator().manual_seed(seed)
     device = next(net.parameters()).device
-    seq = torch.tensor([prompt] * n, dtype=torch.long, device=device)  # (n, P)
+    seq = torch.tensor(rows, dtype=torch.long, device=device)  # (n, P)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     ends = [None] * n
     ctx = Context(net, use_cache)
@@ -103,8 +110,10 @@ def sample(net, prompt: list[int], n: int = 1, max_new_tokens: int = 256, temper
         mask = allowed(seq.shape[1]) if allowed is not None else None
         if mask is not None:
             logits = logits.masked_fill(~mask.to(device), float("-inf"))
-        probs = logits.softmax(-1).cpu()
-        nxt = torch.multinomial(probs, 1, generator=g).to(device)  # (n, 1)
+        if greedy:
+            nxt = logits.argmax(-1, keepdim=True)  # (n, 1)
+        else:
+            nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=g).to(device)  # (n, 1)
         seq = torch.cat([seq, nxt], dim=1)
         if stop_id is not None:
             hit = (nxt[:, 0] == stop_id) & ~done

@@ -74,6 +74,15 @@ def test_cached_and_recomputed_sampling_draw_the_same_tokens_past_the_context(na
     assert sample(net, [3, 4, 5], **{**kw, "seed": 6}) != a
 
 
+def test_a_batch_of_prompts_gives_each_prompts_own_greedy_continuation():
+    net = trained_like(READERS["va"], max_seq_len=16)
+    prompts = [[3, 4, 5], [9, 8, 7]]
+    together = sample(net, prompts, max_new_tokens=20, greedy=True)
+    assert together == [sample(net, p, n=1, max_new_tokens=20, greedy=True)[0] for p in prompts]
+    with pytest.raises(ValueError, match="prompts of one length"):
+        sample(net, [[1, 2], [3]], greedy=True)
+
+
 def test_a_sample_ends_at_the_stop_token_and_respects_the_mask():
     net = trained_like(READERS["vanilla"])
     allowed = torch.zeros(V, dtype=torch.bool)
