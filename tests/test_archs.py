@@ -1,6 +1,7 @@
 """The three inter-layer architectures: causality, gradients, budgets, learning, bad switches."""
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ SETTINGS = {
     "va-keep-previous-nonorm": lambda: VerticalAttention(keep_residual=True, init="previous", norm="none"),
     "las": lambda: LayerwiseAttentionShortcuts(),
     "las-all-depthemb-noself": lambda: LayerwiseAttentionShortcuts(layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=32),
+    "las-norm": lambda: LayerwiseAttentionShortcuts(feature_norm=True),
     "sla": lambda: SkipLayerAttention(),
     "sla-concat": lambda: SkipLayerAttention(mode="concat", n_skip_heads=2),
     "sla-absolute": lambda: SkipLayerAttention(skip_layers=[2, 3], source=0, source_mode="absolute"),
@@ -270,3 +272,31 @@ def test_va_with_zero_layers_fails():
 def test_paper_default_reading_of_sla_on_gpt2_small():
     net = GPT(GPTConfig(n_layer=12, n_head=12, d_model=96), 10, SkipLayerAttention())
     assert net.arch.skip_layers == list(range(3, 12)) and net.arch.n_skip_heads == 9
+
+
+def test_the_flop_matched_vanilla_config_costs_what_las_costs_at_the_tiny_shape():
+    """configs/arch/vanilla-flops-las.yaml: the control a costlier method needs, matched by measurement."""
+    import yaml
+
+    from lit_vattn.flops import flops_per_token
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = yaml.safe_load((root / "configs/reproduce/tiny.yaml").read_text())["model"]["init_args"]["config"]
+    hidden = yaml.safe_load((root / "configs/arch/vanilla-flops-las.yaml").read_text())["model"]["init_args"]["config"]["mlp_hidden"]
+    T = tiny["max_seq_len"]
+    las = flops_per_token(GPT(GPTConfig(**tiny), 8192, LayerwiseAttentionShortcuts()), T)
+    matched = flops_per_token(GPT(GPTConfig(**tiny, mlp_hidden=hidden), 8192, Vanilla()), T)
+    plain = flops_per_token(GPT(GPTConfig(**tiny), 8192, Vanilla()), T)
+    assert matched == pytest.approx(las, rel=0.005) and las / plain > 1.04
+
+
+def test_las_feature_norm_gives_features_the_scale_of_a_normalised_input():
+    net = build("las-norm")
+    x = torch.randint(0, V, (2, 16))
+    _, mem = net.hidden_states(x, return_memory=True)
+    feats = net.arch.features(mem)
+    rms = torch.stack([f.pow(2).mean(-1).sqrt() for f in feats])
+    assert 0.9 < rms.min() and rms.max() < 1.001  # RMS 1 up to the norm's eps (raw features at init are tiny)
+    raw = build("las")
+    _, mem = raw.hidden_states(x, return_memory=True)
+    assert max(float(f.pow(2).mean().sqrt()) for f in raw.arch.features(mem)) < 0.2  # unnormalised: much smaller

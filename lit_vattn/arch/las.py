@@ -15,6 +15,9 @@ read. Switches for what the paper leaves open (the README's LAS section lists th
     keep_self        the final layer's own K/V stay one more source (default) or are dropped
     depth_embedding  a learned per-source vector added to the keys (else sources differ only
                      through phi_s)
+    feature_norm     each phi_s(h_s) through its own RMSNorm before the K/V projection, as the
+                     layer's own input is normalised (the reading the protocol issue asks for: at
+                     init the raw features give K/V ~40x smaller than the layer's own); default off
 
 The features are projected by the final layer's own K/V weights (post-RoPE, same positions).
 Not identity at init: the shortcut keys take attention mass from step 0.
@@ -44,6 +47,7 @@ class LayerwiseAttentionShortcuts(Arch):
         feature_dim: Optional[int] = None,
         keep_self: bool = True,
         depth_embedding: bool = False,
+        feature_norm: bool = False,
     ):
         """
         Args:
@@ -53,10 +57,12 @@ class LayerwiseAttentionShortcuts(Arch):
             feature_dim: Hidden width of each feature-map MLP (default d_model).
             keep_self: Keep the final layer's own keys/values as one more source.
             depth_embedding: Add a learned per-source embedding to the keys.
+            feature_norm: Pass each feature map's output through its own RMSNorm (gain 1 at init)
+                before the final layer's K/V projection, as the layer's own input is normalised.
         """
         super().__init__()
         self.layers_arg, self.feature_dim, self.keep_self = layers, feature_dim, keep_self
-        self.depth_embedding = depth_embedding
+        self.depth_embedding, self.feature_norm = depth_embedding, feature_norm
 
     def validate(self, cfg: GPTConfig) -> None:
         L = cfg.n_layer
@@ -90,6 +96,8 @@ class LayerwiseAttentionShortcuts(Arch):
                                   nn.Linear(Fd, D, bias=False))
             for s in self.layers
         })
+        if self.feature_norm:
+            self.out_norm = nn.ModuleDict({str(s): nn.RMSNorm(D, eps=cfg.norm_eps) for s in self.layers})
         self.n_sources = len(self.layers) + int(self.keep_self)
         if self.depth_embedding:
             self.depth_emb = nn.Parameter(torch.zeros(self.n_sources, cfg.n_head, 1, cfg.head_dim))
@@ -106,7 +114,10 @@ class LayerwiseAttentionShortcuts(Arch):
 
     def features(self, mem: DepthMemory) -> list[Tensor]:
         """phi_s(h_s) for the selected blocks s, from the states the memory recorded, (B, T, D) each."""
-        return [self.phi[str(s)](mem.states[s]) for s in self.layers]
+        feats = [self.phi[str(s)](mem.states[s]) for s in self.layers]  # (B, T, D) each
+        if self.feature_norm:
+            feats = [self.out_norm[str(s)](f) for s, f in zip(self.layers, feats)]
+        return feats
 
     def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
         if l != self.cfg.n_layer - 1:
