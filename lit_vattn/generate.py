@@ -88,9 +88,10 @@ def sample(net, prompt, n: int = 1, max_new_tokens: int = 256, temperature: floa
            greedy: bool = False) -> list[list[int]]:
     """``n`` continuations of ``prompt`` (token ids, at least one) from ``net`` (a ``GPT`` in eval
     mode), each a list of new ids ending with ``stop_id`` when it was drawn. ``prompt`` may also be
-    a list of prompts of one length (one continuation each, one batch; ``n`` is then ignored). ``allowed(i)`` may
-    return a (V,) bool mask of the ids position i (of the whole sequence) may hold. ``greedy``
-    takes the most likely id at every step (the filters and the seed then do nothing)."""
+    a list of prompts of one length (one continuation each, one batch; ``n`` is then ignored).
+    ``allowed(i)`` may return a (V,) bool mask of the ids position i (of the whole sequence) may
+    hold; top-k and top-p then choose among them. ``greedy`` takes the most likely id at every step
+    (the filters and the seed then do nothing)."""
     if not prompt:
         raise ValueError("sample: the prompt needs at least one token (the separator, for an unconditional sample)")
     if temperature <= 0:
@@ -106,10 +107,11 @@ def sample(net, prompt, n: int = 1, max_new_tokens: int = 256, temperature: floa
     ends = [None] * n
     ctx = Context(net, use_cache)
     for step in range(max_new_tokens):
-        logits = filter_logits(ctx.next_logits(seq), temperature, top_k, top_p)  # (n, V)
+        logits = ctx.next_logits(seq)  # (n, V)
         mask = allowed(seq.shape[1]) if allowed is not None else None
-        if mask is not None:
+        if mask is not None:  # before the filters, so top-k / top-p choose among the allowed ids
             logits = logits.masked_fill(~mask.to(device), float("-inf"))
+        logits = filter_logits(logits, temperature, top_k, top_p)
         if greedy:
             nxt = logits.argmax(-1, keepdim=True)  # (n, 1)
         else:

@@ -87,7 +87,8 @@ def test_a_sample_ends_at_the_stop_token_and_respects_the_mask():
     net = trained_like(READERS["vanilla"])
     allowed = torch.zeros(V, dtype=torch.bool)
     allowed[[7, 9]] = True
-    out = sample(net, [1], n=8, max_new_tokens=30, stop_id=9, allowed=lambda i: allowed, seed=0)
+    out = sample(net, [1], n=8, max_new_tokens=30, stop_id=9, allowed=lambda i: allowed, seed=0, top_k=1, top_p=0.5)
+    out += sample(net, [1], n=8, max_new_tokens=30, stop_id=9, allowed=lambda i: allowed, seed=0)
     for s in out:
         assert set(s) <= {7, 9}
         assert 9 not in s[:-1] and (s[-1] == 9 or len(s) == 30)
