@@ -87,6 +87,9 @@ class LitVattnLM(LM):
                 if not cont:
                     out[i] = (0.0, True)
                     continue
+                if len(cont) > self.max_length:
+                    raise ValueError(f"a continuation of {len(cont)} tokens is longer than the model's context of "
+                                     f"{self.max_length} (--model_args max_length); it cannot be scored in one window")
                 seq = (ctx + cont)[-(self.max_length + 1):]
                 inp = seq[:-1]
                 rows.append(inp)
