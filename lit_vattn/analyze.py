@@ -39,16 +39,22 @@ import torch
 import torch.nn.functional as F
 
 
-def load(ckpt_path: str, config: Optional[str] = None):
-    from lit_vattn.cli import from_run_config
-
+def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
+    """The YAML a checkpoint was trained with (default ``<run>/config.yaml``), both checked to exist."""
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (--ckpt_path)")
     cfg = Path(config) if config else ckpt.parent.parent / "config.yaml"
     if not cfg.is_file():
         raise FileNotFoundError(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
-    cli = from_run_config(cfg)
+    return cfg
+
+
+def load(ckpt_path: str, config: Optional[str] = None):
+    from lit_vattn.cli import from_run_config
+
+    ckpt = Path(ckpt_path)
+    cli = from_run_config(run_config(ckpt_path, config))
     model, dm = cli.model, cli.datamodule
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])

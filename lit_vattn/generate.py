@@ -29,6 +29,7 @@ context restarts from its last half (re-encoded once, then cached again), in bot
 
 from __future__ import annotations
 
+import abc
 import argparse
 import json
 import os
@@ -130,41 +131,41 @@ def sample(net, prompt, n: int = 1, max_new_tokens: int = 256, temperature: floa
 
 # --- modalities -------------------------------------------------------------------------------------
 
-def _plt():
-    import matplotlib
+def _finish_plot(fig, ax, stem: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, lay out and write ``<stem>.png`` atomically (``analyze._savefig``); close the figure."""
+    from lit_vattn.analyze import _plt, _savefig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _atomic_png(fig, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    png = stem.with_suffix(".png")
+    _savefig(fig, png)
+    _plt().close(fig)
+    return png
 
 
-class Modality:
+class Modality(abc.ABC):
     """How one modality's prompts become ids and ids become files."""
 
-    kind = "?"
-
+    kind: str
+    separator: int  # the token between documents / pieces / clips: an unconditional sample starts after it
     boundary: Optional[float] = None  # where the prompt ends, in the plot's time unit
 
     def __init__(self, dm, context: int):
         self.dm, self.context = dm, context
 
-    separator: int  # the token between documents / pieces / clips: an unconditional sample starts after it
-
+    @abc.abstractmethod
     def prompt(self, args) -> list[int]:
-        raise NotImplementedError
+        """The prompt's ids, starting with the separator."""
 
-    def allowed(self, prompt_len: int) -> Optional[Callable[[int], Optional[torch.Tensor]]]:
+    def allowed(self) -> Optional[Callable[[int], Optional[torch.Tensor]]]:
+        """A mask of the ids each position may hold, for ``sample``; None = every id."""
         return None
 
+    @abc.abstractmethod
     def write(self, ids: list[int], stem: Path) -> list[Path]:
-        raise NotImplementedError
+        """Write the sample ``ids`` (prompt included) as ``stem.*`` files; return their paths."""
 
 
 class Text(Modality):
@@ -225,7 +226,7 @@ class Music(Modality):
         self.boundary = bar * args.prompt_bars / tpq  # in quarter notes, for the piano roll
         return [self.separator, *ids]
 
-    def allowed(self, prompt_len: int):
+    def allowed(self):
         mask = torch.ones(self.dm.vocab_size, dtype=torch.bool)
         mask[self.never] = False
         return lambda i: mask
@@ -233,23 +234,18 @@ class Music(Modality):
     def write(self, ids: list[int], stem: Path) -> list[Path]:
         mid = self.dm.to_midi(ids, str(stem.with_suffix(".mid")))
         score = self.dm.decode(ids)
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(8, 3.2))
+        from lit_vattn.analyze import _plt
+
+        fig, ax = _plt().subplots(figsize=(8, 3.2))
         tpq = score.ticks_per_quarter
         for c, track in enumerate(score.tracks):
-            bars = [(n.time / tpq, max(n.duration, 1) / tpq) for n in track.notes]
-            for (x, w), n in zip(bars, track.notes):
-                ax.broken_barh([(x, w)], (n.pitch - 0.4, 0.8), color=f"C{c % 10}")
+            for n in track.notes:
+                ax.broken_barh([(n.time / tpq, max(n.duration, 1) / tpq)], (n.pitch - 0.4, 0.8), color=f"C{c % 10}")
         if self.boundary is not None:
             ax.axvline(self.boundary, color="grey", ls="--", lw=0.8, label="end of prompt")
             ax.legend(fontsize=7, loc="upper right")
-        ax.set_xlabel("time (quarter notes)")
-        ax.set_ylabel("MIDI pitch")
-        ax.set_title(f"{stem.name}: {sum(len(t.notes) for t in score.tracks)} notes", fontsize=9)
-        fig.tight_layout()
-        png = stem.with_suffix(".png")
-        _atomic_png(fig, png)
-        plt.close(fig)
+        png = _finish_plot(fig, ax, stem, "time (quarter notes)", "MIDI pitch",
+                           f"{stem.name}: {sum(len(t.notes) for t in score.tracks)} notes")
         return [mid, png]
 
 
@@ -282,7 +278,7 @@ class Acoustic(Modality):
         self.boundary = codes.shape[1] / codec.FRAME_RATE  # seconds, for the spectrogram
         return [self.separator, *codec.flatten(codes).tolist()]
 
-    def allowed(self, prompt_len: int):
+    def allowed(self):
         """Position i (after the leading separator) holds codebook (i - 1) % n_q; the end-of-clip
         token only where a frame would begin."""
         from datamodules import codec
@@ -302,19 +298,14 @@ class Acoustic(Modality):
         ids = [i for i in ids if i != self.separator]
         wav_path = self.dm.to_wav(ids, str(stem.with_suffix(".wav")))
         wav = self.dm.decode(ids)
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(8, 3.2))
+        from lit_vattn.analyze import _plt
+
+        fig, ax = _plt().subplots(figsize=(8, 3.2))
         if len(wav) >= 256:
             ax.specgram(wav, NFFT=512, Fs=codec.SAMPLE_RATE, noverlap=384, cmap="magma")
         if self.boundary is not None:
             ax.axvline(self.boundary, color="white", ls="--", lw=0.8)
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("frequency (Hz)")
-        ax.set_title(f"{stem.name}: {len(wav) / codec.SAMPLE_RATE:.2f} s", fontsize=9)
-        fig.tight_layout()
-        png = stem.with_suffix(".png")
-        _atomic_png(fig, png)
-        plt.close(fig)
+        png = _finish_plot(fig, ax, stem, "time (s)", "frequency (Hz)", f"{stem.name}: {len(wav) / codec.SAMPLE_RATE:.2f} s")
         return [wav_path, png]
 
 
@@ -322,12 +313,9 @@ def run_modality(ckpt_path: str, config: Optional[str]) -> str:
     """The run's modality from its saved config, read before anything is loaded."""
     import yaml
 
-    cfg = Path(config) if config else Path(ckpt_path).parent.parent / "config.yaml"
-    if not Path(ckpt_path).is_file():
-        raise SystemExit(f"--ckpt_path {ckpt_path}: no such checkpoint")
-    if not cfg.is_file():
-        raise SystemExit(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
-    data = (yaml.safe_load(cfg.read_text()) or {}).get("data") or {}
+    from lit_vattn.analyze import run_config
+
+    data = (yaml.safe_load(run_config(ckpt_path, config).read_text()) or {}).get("data") or {}
     name = str(data.get("class_path", "")).rpartition(".")[2]
     return {"TextDataModule": "text", "MusicDataModule": "music", "AcousticDataModule": "acoustic"}.get(name, name)
 
@@ -422,7 +410,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     samples = sample(net, prompt, args.n, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                     stop_id=mod.separator, allowed=mod.allowed(len(prompt)), use_cache=not args.no_cache)
+                     stop_id=mod.separator, allowed=mod.allowed(), use_cache=not args.no_cache)
     seconds = time.perf_counter() - t0
     written = []
     for i, s in enumerate(samples):

@@ -69,10 +69,8 @@ class LitVattnLM(LM):
         spaces = len(context) - len(context.rstrip())
         if spaces:  # the harness's convention: trailing context spaces belong to the continuation
             context, continuation = context[:-spaces], context[-spaces:] + continuation
-        ctx = self.encode(context) or [self.eot]
-        whole = self.encode(context + continuation)
-        n_ctx = len(self.encode(context)) if context else 0
-        return ctx, whole[n_ctx:] if context else whole
+        ctx = self.encode(context)
+        return ctx or [self.eot], self.encode(context + continuation)[len(ctx):]
 
     @torch.no_grad()
     def _score(self, items: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
