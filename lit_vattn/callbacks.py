@@ -221,10 +221,11 @@ class BudgetCurve(Callback):
     the model is put in eval mode and scored on the first ``max_batches`` batches of the
     validation split (the same windows every time; all of them when ``None``), with the module's
     own loss and ``NLLMetrics`` (exact under DDP: every rank scores its share, the sums are
-    reduced). The points go to ``summary.json`` under ``"curve"`` (step, tokens seen, nll and the
-    modality's unit) and into the checkpoint, so a resumed run continues the curve. Scoring draws
-    no training sample and no random number of the training stream. ``points: 0`` (the default)
-    turns it off; ``lit-vattn-reproduce`` presets turn it on (``--curve.points``)."""
+    reduced). The points go to ``summary.json`` under ``"curve"`` (step, tokens seen, nll, the
+    modality's unit, and accuracy for data that reports it) and into the checkpoint, so a resumed
+    run continues the curve. Scoring draws no training sample and no random number of the training
+    stream. ``points: 0`` (the default) turns it off; ``lit-vattn-reproduce`` presets turn it on
+    (``--curve.points``)."""
 
     def __init__(self, points: int = 0, first_step: int = 10, max_batches: Optional[int] = 16):
         """
@@ -289,8 +290,8 @@ class BudgetCurve(Callback):
                 if self.max_batches is not None and i >= self.max_batches:
                     break
                 batch = {k: v.to(pl_module.device) for k, v in batch.items()}
-                nll, _ = pl_module._nll_sum(batch)
-                metrics.update(nll, batch["target"], pl_module.units_per_token)
+                out = pl_module.eval_sums(batch)
+                metrics.update(out["nll"], batch["target"], pl_module.units_per_token, out.get("correct"))
         pl_module.train(was_training)
         values = metrics.compute(pl_module.unit)
         values.pop("tokens")

@@ -109,7 +109,7 @@ class CLI(LightningCLI):
 
 
 def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
-    """``<modality>-<arch>``: the arch part is the stem of the method config(s) given from a
+    """``<modality>-<arch>`` (a probe's task for the modality: ``mqar-va``): the arch part is the stem of the method config(s) given from a
     ``configs/arch/`` folder (so a control such as ``va-frozen`` gets its own run directory),
     otherwise the reader names of the parsed model config."""
     import importlib
@@ -120,6 +120,8 @@ def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
 
     data_cls = getattr(data, "class_path", "") or ""
     modality = data_cls.rpartition(".")[2].removesuffix("DataModule").lower() or "run"
+    task = getattr(getattr(data, "init_args", None), "task", None)  # an in-context probe: its task (mqar, copy)
+    modality = task if isinstance(task, str) else modality
     arch = getattr(getattr(model, "init_args", None), "arch", None) if model is not None else None
     readers = arch if isinstance(arch, list) else [arch] if arch is not None else []
     names = [Path(c).stem for c in configs or [] if Path(c).parent.name == "arch"]

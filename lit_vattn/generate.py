@@ -321,7 +321,11 @@ def run_modality(ckpt_path: str, config: Optional[str]) -> str:
 
 
 def check_prompt_file(kind: str, args) -> None:
-    """A prompt file that cannot work, refused before the checkpoint and data are loaded."""
+    """A run this command cannot sample, or a prompt file that cannot work, refused before the
+    checkpoint and data are loaded."""
+    if kind not in ("text", "music", "acoustic"):
+        raise SystemExit(f"lit-vattn-generate samples text, music and acoustic runs; this run's data is {kind} "
+                         "(an in-context probe is scored on its answers with `lit-vattn test`)")
     if args.prompt is None or kind == "text":
         return
     path = Path(args.prompt)

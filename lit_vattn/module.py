@@ -11,6 +11,7 @@ from typing import Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lit_vattn.arch.base import Arch
@@ -66,6 +67,7 @@ class LanguageModel(pl.LightningModule):
         self.val_metrics, self.test_metrics = NLLMetrics(), NLLMetrics()
         self.units_per_token: Optional[Tensor] = None
         self.unit = "token"
+        self.report_accuracy = False  # set from the DataModule (the in-context probes score top-1 accuracy)
 
     # --- setup -------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -76,6 +78,7 @@ class LanguageModel(pl.LightningModule):
             if getattr(dm, "units_per_token", None) is not None:
                 self.units_per_token = dm.units_per_token.float()
                 self.unit = dm.unit
+            self.report_accuracy = bool(getattr(dm, "report_accuracy", False))
             # ThroughputMonitor reads this for FLOPs/s and MFU
             self.flops_per_batch = self.net.flops_per_token(dm.seq_len) * dm.seq_len * dm.batch_size
         if self.hparams.compile and not getattr(self, "_compiled", False):
@@ -90,6 +93,22 @@ class LanguageModel(pl.LightningModule):
         tgt = batch["target"]
         nll = self.net(batch["input"], targets=tgt)  # summed nats, float32, inside the (compiled) forward
         return nll, (tgt >= 0).sum()
+
+    def eval_sums(self, batch: dict, per_sequence: bool = False) -> dict[str, Tensor]:
+        """An evaluation batch's summed NLL ("nll"; with per_sequence also each row's, "rows") and,
+        when the data reports accuracy, the targets ranked first ("correct", and per row
+        "correct_rows"). Accuracy needs the logits, so that path computes the loss from them here
+        (the same float32 cross-entropy as the fused path of ``GPT.forward``)."""
+        tgt = batch["target"]
+        if not self.report_accuracy:
+            if not per_sequence:
+                return {"nll": self.net(batch["input"], targets=tgt)}
+            nll, rows = self.net(batch["input"], targets=tgt, per_sequence=True)
+            return {"nll": nll, "rows": rows}
+        logits = self.net(batch["input"]).float()  # (B, T, V)
+        per_token = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none").view(tgt.shape)
+        hit = (logits.argmax(-1) == tgt) & (tgt >= 0)  # (B, T); ties go to the lowest id, as argmax does
+        return {"nll": per_token.sum(), "rows": per_token.sum(1), "correct": hit.sum(), "correct_rows": hit.sum(1)}
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         nll, n = self._nll_sum(batch)
@@ -135,18 +154,21 @@ class LanguageModel(pl.LightningModule):
         self.check_finite()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        nll, _ = self._nll_sum(batch)
-        self.val_metrics.update(nll, batch["target"], self.units_per_token)
+        out = self.eval_sums(batch)
+        self.val_metrics.update(out["nll"], batch["target"], self.units_per_token, out.get("correct"))
 
     def on_test_epoch_start(self) -> None:
-        self._windows: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._windows: list[tuple[Tensor, ...]] = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         tgt = batch["target"]
-        nll, rows = self.net(batch["input"], targets=tgt, per_sequence=True)
-        self.test_metrics.update(nll, tgt, self.units_per_token)
+        out = self.eval_sums(batch, per_sequence=True)
+        self.test_metrics.update(out["nll"], tgt, self.units_per_token, out.get("correct"))
         # per-window sums, for a bootstrap paired over the same test windows across methods
-        self._windows.append((batch["index"].detach().cpu(), rows.detach().float().cpu(), (tgt >= 0).sum(1).cpu()))
+        row = (batch["index"].detach().cpu(), out["rows"].detach().float().cpu(), (tgt >= 0).sum(1).cpu())
+        if "correct_rows" in out:
+            row += (out["correct_rows"].cpu(),)
+        self._windows.append(row)
 
     def _log_eval(self, metrics: NLLMetrics, stage: str) -> None:
         values = metrics.compute(self.unit)  # already reduced across ranks by torchmetrics
@@ -163,18 +185,22 @@ class LanguageModel(pl.LightningModule):
         self.test_windows = self._gather_windows()
 
     def _gather_windows(self) -> dict:
-        """{"index", "nll", "tokens"}: every test window's start, summed NLL (nats) and scored
-        targets, from all ranks, sorted by start (RunSummary writes them to the summary)."""
+        """{"index", "nll", "tokens"} (and "correct" when accuracy is reported): every test
+        window's start (a probe's example number), summed NLL (nats), scored targets (and top-1
+        hits), from all ranks, sorted by index (RunSummary writes them to the summary)."""
         parts = self._windows
-        local = [torch.cat([p[i] for p in parts]) if parts else torch.zeros(0) for i in range(3)]
-        local = [t.tolist() for t in local]
+        fields = ["index", "nll", "tokens"] + (["correct"] if self.report_accuracy else [])
+        local = [torch.cat([p[i] for p in parts]).tolist() if parts else [] for i in range(len(fields))]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, local)
         else:
             gathered = [local]
-        rows = sorted({int(i): (n, int(t)) for g in gathered for i, n, t in zip(*g)}.items())
-        return {"index": [i for i, _ in rows], "nll": [n for _, (n, _) in rows], "tokens": [t for _, (_, t) in rows]}
+        rows = sorted({int(r[0]): r[1:] for g in gathered for r in zip(*g)}.items())
+        out = {"index": [i for i, _ in rows]}
+        for k, name in enumerate(fields[1:]):
+            out[name] = [r[k] if name == "nll" else int(r[k]) for _, r in rows]
+        return out
 
     # --- optimizer ---------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:

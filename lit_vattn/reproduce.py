@@ -34,7 +34,10 @@ from lit_vattn.callbacks import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits/note"),
-        "acoustic": ("bits_per_second", "bits/s")}
+        "acoustic": ("bits_per_second", "bits/s"), "mqar": ("acc", "accuracy"), "copy": ("acc", "accuracy")}
+# the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
+# (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
+PROBES = ("mqar", "copy")
 
 
 def git_commit() -> str:
@@ -324,21 +327,23 @@ def fmt(xs: list[float], digits: int = 4) -> str:
     return f"{mean(xs):.{digits}f} ± {stdev(xs):.{digits}f}"
 
 
-def _windows(r: dict) -> Optional[dict]:
-    """The run's per-test-window NLLs ({index: (nll sum, tokens)}), if its test recorded them."""
+def _windows(r: dict, field: str = "nll") -> Optional[dict]:
+    """The run's per-test-window sums ({index: (sum of field, tokens)}; field "nll", or "correct"
+    for a probe's top-1 hits), if its test recorded them."""
     path = Path(r["run_dir"]) / "test" / "summary.json"
     w = json.loads(path.read_text()).get("test_windows") if path.is_file() else None
-    return {i: (n, t) for i, n, t in zip(w["index"], w["nll"], w["tokens"])} if w else None
+    return {i: (n, t) for i, n, t in zip(w["index"], w[field], w["tokens"])} if w and field in w else None
 
 
-def window_diffs(rs: list[dict], base: dict) -> Optional[tuple[list[float], list[int]]]:
-    """Per test window: the seed-mean summed NLL difference to vanilla and the scored tokens, over
-    the seeds both finished; None when a run lacks windows or the windows differ."""
+def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tuple[list[float], list[int]]]:
+    """Per test window: the seed-mean difference to vanilla of the window's summed ``field`` and
+    the scored tokens, over the seeds both finished; None when a run lacks windows or the windows
+    differ."""
     per_seed = []
     for r in rs:
         if r["seed"] not in base:
             continue
-        a, v = _windows(r), _windows(base[r["seed"]])
+        a, v = _windows(r, field), _windows(base[r["seed"]], field)
         if a is None or v is None or a.keys() != v.keys():
             return None
         per_seed.append({i: (a[i][0] - v[i][0], a[i][1]) for i in a})
@@ -348,19 +353,45 @@ def window_diffs(rs: list[dict], base: dict) -> Optional[tuple[list[float], list
     return [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
 
 
-def significance(archs: list[str], by: dict, base: dict) -> dict[str, tuple]:
+def significance(archs: list[str], by: dict, base: dict, probe: bool = False) -> dict[str, tuple]:
     """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
-    seeds both finished (``lit_vattn.stats``)."""
+    seeds both finished (``lit_vattn.stats``): on test NLL (lower is better), or for a probe on
+    test accuracy (higher is better; the bootstrap over test examples of their top-1 hits)."""
     from lit_vattn.stats import holm, paired_bootstrap, paired_t, verdict2
 
+    key, field, sign = ("test_acc", "correct", -1.0) if probe else ("test_nll", "nll", 1.0)
     names = [a for a in archs if a != "vanilla" and by.get(a)]
-    diffs = {a: [r["test_nll"] - base[r["seed"]]["test_nll"] for r in by[a] if r["seed"] in base] for a in names}
+    diffs = {a: [r[key] - base[r["seed"]][key] for r in by[a] if r["seed"] in base] for a in names}
     raw = [paired_t(diffs[a])[1] for a in names]
     adj = holm(raw)
-    wins = [window_diffs(by[a], base) for a in names]
+    wins = [window_diffs(by[a], base, field) for a in names]
     boot = holm([paired_bootstrap(*w) if w else None for w in wins])
-    return {a: (p, q, b, verdict2(mean(diffs[a]) if diffs[a] else None, q, b))
+    # verdict2 reads a negative difference as "better": an accuracy gain is negated
+    return {a: (p, q, b, verdict2(sign * mean(diffs[a]) if diffs[a] else None, q, b))
             for a, p, q, b in zip(names, raw, adj, boot)}
+
+
+def probe_lines(results: list[dict]) -> list[str]:
+    """A probe table's header bullets: the task as configured (from the first run's saved config)
+    and its chance accuracy."""
+    import yaml
+
+    from datamodules.probes import ProbeDataModule
+
+    cfg = yaml.safe_load((Path(results[0]["run_dir"]) / "fit" / "config.yaml").read_text())
+    init = {k: v for k, v in cfg["data"]["init_args"].items() if k not in ("num_workers",)}
+    dm = ProbeDataModule(**init)
+    task = (f"multi-query associative recall (Zoology): {dm.num_kv_pairs} key-value pairs then their {dm.num_kv_pairs} "
+            f"queries, gaps p(g) ~ (g + 1)^({dm.power_a:g} - 1)" if dm.task == "mqar" else
+            f"induction copying: a sequence of {dm.copy_len} distinct ids repeated after 0 to {dm.copy_gap} filler tokens "
+            "(uniform per example)")
+    fresh = "a fresh generated example for every training sample" if dm.train_examples is None else \
+        f"a fixed set of {dm.train_examples} training examples"
+    return [f"- task: {task}; vocabulary {dm.vocab}, {dm.seq_len} tokens per example, {dm.answers_per_example} scored answers "
+            f"per example; {fresh}; {dm.val_examples} validation and {dm.test_examples} test examples, the same for every "
+            f"seed and method (`datamodules/probes.py`)",
+            f"- chance accuracy (a uniform guess among the ids an answer can be): {dm.chance_accuracy:.4f}; "
+            "NLL columns are over the answers only"]
 
 
 def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
@@ -413,37 +444,46 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     base = {r["seed"]: r for r in by.get("vanilla", [])}
     devices = sorted({r["device"] for r in results})
     hw = ", ".join(devices) if devices != ["cpu"] else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    probe = args.modality in PROBES
     lines = [
-        f"# {args.modality} NLL table, preset `{args.preset}`",
+        f"# {args.modality} {'in-context probe table (accuracy on the answers)' if probe else 'NLL table'}, preset `{args.preset}`",
         "",
         f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
         f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', 'not recorded (see results/README.md)') for r in results}))}; "
         f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
-        f"- epochs over the training split: {epochs(results, counts)}",
+        *(probe_lines(results) if probe else [f"- epochs over the training split: {epochs(results, counts)}"]),
         ("- wall time: " if getattr(args, "table_only", False) else f"- wall time: {wall / 60:.1f} min for this invocation; ")
         + f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"
         + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else "")
         + (f"; plus {sweep_minutes:.1f} min for the lr sweep's runs not in the table" if sweep else "")
         + (f"; {n_resumed} run(s) resumed after an interruption count their last attempt only" if n_resumed else ""),
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
-        f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed",
+        f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed"
+        + (" (of test accuracy)" if probe else ""),
         f"- scored: {scored_fraction(results)}",
         *lr_head,
-        "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
-        "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
-        "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
-        "architectures of this table; verdict \"better\"/\"worse\" when both Holm p < 0.05 (the seed test alone for runs "
-        "without per-window NLLs), otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)",
+        ("- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test accuracy minus vanilla's on the same "
+         "seed: training noise) and (2) a paired bootstrap over the test examples of the seed-mean Δ of their hits (10,000 "
+         "resamples: test-set noise), each Holm-corrected across the architectures of this table; verdict \"better\" "
+         "(higher accuracy)/\"worse\" when both Holm p < 0.05, otherwise \"no detectable difference\" at this scale "
+         "(`lit_vattn/stats.py`)" if probe else
+         "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
+         "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
+         "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
+         "architectures of this table; verdict \"better\"/\"worse\" when both Holm p < 0.05 (the seed test alone for runs "
+         "without per-window NLLs), otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)"),
     ]
     if failed:
         lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
     lines += [
         "",
-        f"| arch | runs | lr | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} | Δ test NLL vs vanilla "
+        f"| arch | runs | lr | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} "
+        f"| Δ test {'accuracy' if probe else 'NLL'} vs vanilla "
         "| p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict | tokens/s | peak mem (GiB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    tests = significance(archs, by, base)
+    tests = significance(archs, by, base, probe)
+    key = "test_acc" if probe else "test_nll"
     for a in archs:
         rs = by[a]
         n_failed = sum(r["arch"] == a for r in failed)
@@ -453,7 +493,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
             continue
         p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
         pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
-        delta = [r["test_nll"] - base[r["seed"]]["test_nll"] for r in rs if r["seed"] in base] if a != "vanilla" else []
+        delta = [r[key] - base[r["seed"]][key] for r in rs if r["seed"] in base] if a != "vanilla" else []
         lines.append(
             f"| {a} | {runs} | {lr_cell(rs)} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
             f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
@@ -469,9 +509,10 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
                   "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`)."]
     lines += lr_rows
-    budget = plot_budget(results, stem.with_name(stem.name + "-budget"), f"{args.modality}, preset {args.preset}", counts)
+    budget = plot_budget(results, stem.with_name(stem.name + "-budget"), f"{args.modality}, preset {args.preset}", counts,
+                         "acc" if probe else "nll")
     if budget:
-        lines += ["", f"Budget curves (validation NLL at log-spaced steps of every run, `--curve.points`; each method's paired "
+        lines += ["", f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
                   f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`."]
     lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`."]
     tmp = stem.with_suffix(".md.tmp")
@@ -486,9 +527,10 @@ def lr_cell(rs: list[dict]) -> str:
     return ", ".join(f"{x:g}" for x in lrs) or "—"
 
 
-def budget_rows(results: list[dict]) -> list[dict]:
-    """Per architecture and curve step: tokens seen, validation NLL (mean, std over seeds) and the
-    paired difference to vanilla on the same seeds (mean, std); [] when no run has a curve."""
+def budget_rows(results: list[dict], metric: str = "nll") -> list[dict]:
+    """Per architecture and curve step: tokens seen, the validation metric ("nll", or "acc" for a
+    probe: columns val_<metric>_mean/_std) over seeds and the paired difference to vanilla on the
+    same seeds (mean, std); [] when no run has a curve."""
     curves = {}
     for r in results:
         path = Path(r["run_dir"]) / "fit" / "summary.json"
@@ -500,21 +542,23 @@ def budget_rows(results: list[dict]) -> list[dict]:
         seeds = sorted(s for a, s in curves if a == arch)
         steps = sorted(set.intersection(*(set(curves[(arch, s)]) for s in seeds)))
         for step in steps:
-            nll = [curves[(arch, s)][step]["nll"] for s in seeds]
-            d = [curves[(arch, s)][step]["nll"] - curves[("vanilla", s)][step]["nll"] for s in seeds
+            nll = [curves[(arch, s)][step][metric] for s in seeds]
+            d = [curves[(arch, s)][step][metric] - curves[("vanilla", s)][step][metric] for s in seeds
                  if arch != "vanilla" and step in curves.get(("vanilla", s), {})]
             sd = lambda xs: stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
             rows.append({"arch": arch, "step": step, "tokens": curves[(arch, seeds[0])][step]["tokens"], "seeds": len(seeds),
-                         "val_nll_mean": mean(nll), "val_nll_std": sd(nll), "paired_seeds": len(d),
+                         f"val_{metric}_mean": mean(nll), f"val_{metric}_std": sd(nll), "paired_seeds": len(d),
                          "delta_mean": mean(d) if d else float("nan"), "delta_std": sd(d) if d else float("nan")})
     return rows
 
 
-def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None) -> Optional[Path]:
+def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None,
+                metric: str = "nll") -> Optional[Path]:
     """``<stem>.csv`` and ``<stem>.png`` from the runs' budget curves (``BudgetCurve``): validation
     NLL against tokens seen with the count-model floors, and each method's paired difference to
     vanilla with its seed spread. None (nothing written) when the runs recorded no curve."""
-    rows = budget_rows(results)
+    rows = budget_rows(results, metric)
+    what = {"nll": "validation NLL (nats/token)", "acc": "validation accuracy"}[metric]
     if not rows:
         return None
     fields = list(rows[0])
@@ -534,7 +578,7 @@ def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[li
     for arch in dict.fromkeys(r["arch"] for r in rows):
         rs = [r for r in rows if r["arch"] == arch]
         x = [r["tokens"] for r in rs]
-        line, = ax.plot(x, [r["val_nll_mean"] for r in rs], "o-", ms=3, label=f"{arch} (n={rs[0]['seeds']})")
+        line, = ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "o-", ms=3, label=f"{arch} (n={rs[0]['seeds']})")
         if arch != "vanilla" and any(r["paired_seeds"] for r in rs):
             m, sd = np.array([r["delta_mean"] for r in rs]), np.nan_to_num(np.array([r["delta_std"] for r in rs]))
             bx.plot(x, m, "o-", ms=3, color=line.get_color(), label=arch)
@@ -547,9 +591,9 @@ def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[li
         a.set_xscale("log")
         a.set_xlabel("training tokens seen")
         a.grid(alpha=0.3)
-    ax.set_ylabel("validation NLL (nats/token), mean over seeds")
-    bx.set_ylabel("Δ validation NLL vs vanilla (same seed), mean ± std")
-    ax.set_title(f"{title}: validation NLL over training", fontsize=9)
+    ax.set_ylabel(f"{what}, mean over seeds")
+    bx.set_ylabel(f"Δ {what.split(' (')[0]} vs vanilla (same seed), mean ± std")
+    ax.set_title(f"{title}: {what.split(' (')[0]} over training", fontsize=9)
     bx.set_title("paired difference to vanilla over training", fontsize=9)
     ax.legend(fontsize=6)
     if bx.get_legend_handles_labels()[0]:  # a table without vanilla or without other methods has no pairs
