@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.probes import EVAL_SEED, ProbeDataModule, gap_probabilities, mqar_example
+from datamodules.probes import EVAL_SEED, ProbeDataModule, gap_probabilities
 from datamodules.windows import IGNORE
 from lit_vattn.metrics import NLLMetrics
 
@@ -228,3 +228,41 @@ def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monke
     w = test["test_windows"]
     assert w["index"] == list(range(20)) and all(t == 8 for t in w["tokens"])
     assert abs(sum(w["correct"]) / sum(w["tokens"]) - test["test"]["acc"]) < 1e-6
+
+    from lit_vattn import generate  # a probe run is scored, not sampled: refused before it loads
+
+    with pytest.raises(SystemExit, match="this run's data is ProbeDataModule"):
+        generate.main(["--ckpt_path", str(run / "fit/checkpoints/last.ckpt")])
+
+
+def test_reproduce_builds_a_probe_table_on_test_accuracy(tmp_path):
+    """``lit-vattn-reproduce --modality copy``: the probe's header (task, chance), test accuracy as
+    the table's metric, Δ = the paired accuracy difference, the bootstrap over test examples' hits,
+    no count rows, and accuracy budget curves."""
+    import csv
+    import json
+
+    from lit_vattn import reproduce
+
+    short = ["--override", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1",
+             "--model.init_args.config.n_layer", "2", "--model.init_args.config.d_model", "32",
+             "--data.init_args.val_examples", "32", "--data.init_args.test_examples", "48", "--curve.points", "2",
+             "--curve.first_step", "2", "--curve.max_batches", "1"]
+    results = reproduce.main(["--modality", "copy", "--preset", "tiny", "--archs", "vanilla,va", "--seeds", "0,1",
+                              "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *short])
+    md = (tmp_path / "out/copy-tiny-vanilla-va-seeds0-1.md").read_text()
+    assert md.startswith("# copy in-context probe table (accuracy on the answers)")
+    assert "induction copying: a sequence of 16 distinct ids" in md and "chance accuracy" in md and "0.0039" in md
+    assert "Δ test accuracy vs vanilla" in md and "test examples of the seed-mean Δ of their hits" in md
+    assert "(counts)" not in md
+    by = {(r["arch"], r["seed"]): r for r in results}
+    for r in results:
+        test = json.loads((tmp_path / f"runs/copy-tiny/{r['arch']}/seed{r['seed']}/test/summary.json").read_text())
+        assert r["test_acc"] == pytest.approx(test["test"]["acc"]) and 0 <= r["test_acc"] <= 1
+        assert sum(test["test_windows"]["correct"]) == round(r["test_acc"] * 48 * 16)
+    va = next(line for line in md.splitlines() if line.startswith("| va |")).split("|")
+    delta = np.mean([by[("va", s)]["test_acc"] - by[("vanilla", s)]["test_acc"] for s in (0, 1)])
+    assert float(va[9].split("±")[0]) == pytest.approx(delta, abs=1e-4)
+    assert va[13].strip() in ("better", "worse", "no detectable difference") and 0 < float(va[12]) <= 1
+    rows = list(csv.DictReader(open(tmp_path / "out/copy-tiny-vanilla-va-seeds0-1-budget.csv")))
+    assert rows and all(0 <= float(r["val_acc_mean"]) <= 1 for r in rows)
