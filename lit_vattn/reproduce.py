@@ -688,7 +688,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     if not finished:
         raise SystemExit("every run failed; no table is written: " + "; ".join(
             f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results))
-    if not args.no_baselines:
+    if not args.no_baselines and args.modality not in PROBES:  # a probe's floor is its chance line
         saved = runner.root / f"{args.modality}-{args.preset}" / "counts.json"
         try:
             if saved.exists() and args.table_only:  # computed beside the runs, where their data is
