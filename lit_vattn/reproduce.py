@@ -574,14 +574,17 @@ def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arch in dict.fromkeys(r["arch"] for r in rows):
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = list(dict.fromkeys(r["arch"] for r in rows))
+    markers = "os^vD<>ph*"
+    for i, arch in enumerate(names):  # tab20 and a marker cycle: thirteen methods stay distinguishable
         rs = [r for r in rows if r["arch"] == arch]
         x = [r["tokens"] for r in rs]
-        line, = ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "o-", ms=3, label=f"{arch} (n={rs[0]['seeds']})")
+        line, = ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "-", marker=markers[i % len(markers)], ms=3,
+                        color=plt.cm.tab20(i % 20), label=f"{arch} (n={rs[0]['seeds']})")
         if arch != "vanilla" and any(r["paired_seeds"] for r in rs):
             m, sd = np.array([r["delta_mean"] for r in rs]), np.nan_to_num(np.array([r["delta_std"] for r in rs]))
-            bx.plot(x, m, "o-", ms=3, color=line.get_color(), label=arch)
+            bx.plot(x, m, "-", marker=markers[i % len(markers)], ms=3, color=line.get_color(), label=arch)
             bx.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
     for c in counts or []:
         ax.axhline(c["val_nll"], ls="--", lw=1, color="gray")
@@ -592,7 +595,7 @@ def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[li
         a.set_xlabel("training tokens seen")
         a.grid(alpha=0.3)
     ax.set_ylabel(f"{what}, mean over seeds")
-    bx.set_ylabel(f"Δ {what.split(' (')[0]} vs vanilla (same seed), mean ± std")
+    bx.set_ylabel(f"Δ {what.split(' (')[0].removeprefix('validation ')} vs vanilla (same seed), mean ± std", fontsize=8)
     ax.set_title(f"{title}: {what.split(' (')[0]} over training", fontsize=9)
     bx.set_title("paired difference to vanilla over training", fontsize=9)
     ax.legend(fontsize=6)
