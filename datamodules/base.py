@@ -29,7 +29,47 @@ def report_skipped(skipped: list, what: str) -> None:
         log.warning("skipped %d %s: %s%s", len(skipped), what, names, ", ..." if len(skipped) > 5 else "")
 
 
-class TokenDataModule(pl.LightningDataModule):
+class StreamDataModule(pl.LightningDataModule):
+    """What every DataModule of the suite shares, whether its tokens come from shards or are
+    generated (the probes): each rank's slice of the stream, the loaders, and the count of training
+    samples consumed that makes resuming continue the same stream (``consumed``, saved by the
+    subclass's ``state_dict``)."""
+
+    consumed: int = 0  # training samples this rank has taken from the stream
+
+    def check_sampler(self) -> None:
+        """The streams slice themselves per rank: Lightning's distributed sampler must stay off."""
+        t = self.trainer
+        if t is not None and t.world_size > 1 and t._accelerator_connector.use_distributed_sampler:
+            raise ValueError(
+                "trainer.use_distributed_sampler must be false: the DataModule already gives each rank "
+                "disjoint training windows and unpadded evaluation slices (Lightning's sampler would pad)"
+            )
+
+    @property
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _loader(self, ds, sampler=None) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=sampler is not None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.consumed += batch["input"].shape[0]
+        return batch
+
+
+class TokenDataModule(StreamDataModule):
     name = "tokens"
     unit = "token"  # the comparable unit: byte / second / note
 
@@ -100,31 +140,9 @@ class TokenDataModule(pl.LightningDataModule):
             )
         self._data = {s: shards.open_split(self.shard_dir, s) for s in shards.SPLITS}
         self.units_per_token = torch.from_numpy(shards.load_units(self.shard_dir))
-        t = self.trainer
-        if t is not None and t.world_size > 1 and t._accelerator_connector.use_distributed_sampler:
-            raise ValueError(
-                "trainer.use_distributed_sampler must be false: the DataModule already gives each rank "
-                "disjoint training windows and unpadded evaluation slices (Lightning's sampler would pad)"
-            )
-
-    @property
-    def _rank_world(self) -> tuple[int, int]:
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+        self.check_sampler()
 
     # --- loaders -----------------------------------------------------------------------------------
-    def _loader(self, ds, sampler=None) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=sampler is not None,
-            persistent_workers=self.num_workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world
         ds = TrainWindows(self._data["train"], self.seq_len, self.seed, rank, world)
@@ -135,11 +153,6 @@ class TokenDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(EvalWindows(self._data["test"], self.seq_len, *self._rank_world))
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.consumed += batch["input"].shape[0]
-        return batch
 
     # --- tokenizer identity --------------------------------------------------------------------------
     TOKENIZER_FILES = ("tokenizer.json", "codec.pt")  # trained tokenizers / codecs saved with the shards

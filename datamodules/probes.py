@@ -43,11 +43,11 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.base import StreamDataModule
 from datamodules.windows import IGNORE, ResumableSampler
 
 EVAL_SEED = 20231208  # the evaluation sets' seed: fixed, so every run is scored on the same examples
@@ -126,7 +126,7 @@ class ProbeExamples(Dataset):
         return {"input": torch.from_numpy(x), "target": torch.from_numpy(y), "index": g}
 
 
-class ProbeDataModule(pl.LightningDataModule):
+class ProbeDataModule(StreamDataModule):
     name = "probe"
     unit = "token"
     units_per_token = None  # no comparable unit: answers are tokens
@@ -230,6 +230,18 @@ class ProbeDataModule(pl.LightningDataModule):
         """Accuracy of a uniform guess among the ids an answer can be."""
         return 1.0 / (self.vocab - self.vocab // 2) if self.task == "mqar" else 1.0 / (self.vocab - 2)
 
+    def describe(self) -> str:
+        """One sentence of what the examples are, for table headers."""
+        task = (f"multi-query associative recall (Zoology): {self.num_kv_pairs} key-value pairs then their "
+                f"{self.num_kv_pairs} queries, gaps p(g) ~ (g + 1)^({self.power_a:g} - 1)" if self.task == "mqar" else
+                f"induction copying: a sequence of {self.copy_len} distinct ids repeated after 0 to {self.copy_gap} "
+                "filler tokens (uniform per example)")
+        fresh = ("a fresh generated example for every training sample" if self.train_examples is None else
+                 f"a fixed set of {self.train_examples} training examples")
+        return (f"{task}; vocabulary {self.vocab}, {self.seq_len} tokens per example, {self.answers_per_example} scored "
+                f"answers per example; {fresh}; {self.val_examples} validation and {self.test_examples} test examples, "
+                "the same for every seed and method")
+
     def settings(self) -> dict:
         """Everything that decides the examples (the training stream also depends on data.seed)."""
         s = {"task": self.task, "vocab": self.vocab, "seq_len": self.seq_len, "tokenizer": None}
@@ -249,22 +261,7 @@ class ProbeDataModule(pl.LightningDataModule):
         """Nothing to prepare: examples are generated as they are drawn."""
 
     def setup(self, stage: Optional[str] = None) -> None:
-        t = self.trainer
-        if t is not None and t.world_size > 1 and t._accelerator_connector.use_distributed_sampler:
-            raise ValueError(
-                "trainer.use_distributed_sampler must be false: the DataModule already gives each rank "
-                "disjoint training samples and unpadded evaluation slices (Lightning's sampler would pad)"
-            )
-
-    @property
-    def _rank_world(self) -> tuple[int, int]:
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
-
-    def _loader(self, ds, sampler=None) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, shuffle=False, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=sampler is not None,
-                          persistent_workers=self.num_workers > 0)
+        self.check_sampler()
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world
@@ -283,11 +280,6 @@ class ProbeDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test", self.test_examples)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.consumed += batch["input"].shape[0]
-        return batch
 
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

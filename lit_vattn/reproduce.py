@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from lit_vattn.callbacks import read_summary
+from lit_vattn.curves import plot_budget, plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits/note"),
@@ -379,17 +380,8 @@ def probe_lines(results: list[dict]) -> list[str]:
     from datamodules.probes import ProbeDataModule
 
     cfg = yaml.safe_load((Path(results[0]["run_dir"]) / "fit" / "config.yaml").read_text())
-    init = {k: v for k, v in cfg["data"]["init_args"].items() if k not in ("num_workers",)}
-    dm = ProbeDataModule(**init)
-    task = (f"multi-query associative recall (Zoology): {dm.num_kv_pairs} key-value pairs then their {dm.num_kv_pairs} "
-            f"queries, gaps p(g) ~ (g + 1)^({dm.power_a:g} - 1)" if dm.task == "mqar" else
-            f"induction copying: a sequence of {dm.copy_len} distinct ids repeated after 0 to {dm.copy_gap} filler tokens "
-            "(uniform per example)")
-    fresh = "a fresh generated example for every training sample" if dm.train_examples is None else \
-        f"a fixed set of {dm.train_examples} training examples"
-    return [f"- task: {task}; vocabulary {dm.vocab}, {dm.seq_len} tokens per example, {dm.answers_per_example} scored answers "
-            f"per example; {fresh}; {dm.val_examples} validation and {dm.test_examples} test examples, the same for every "
-            f"seed and method (`datamodules/probes.py`)",
+    dm = ProbeDataModule(**cfg["data"]["init_args"])
+    return [f"- task: {dm.describe()} (`datamodules/probes.py`)",
             f"- chance accuracy (a uniform guess among the ids an answer can be): {dm.chance_accuracy:.4f}; "
             "NLL columns are over the answers only"]
 
@@ -525,117 +517,6 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
 def lr_cell(rs: list[dict]) -> str:
     lrs = sorted({r["lr"] for r in rs if r.get("lr") is not None})
     return ", ".join(f"{x:g}" for x in lrs) or "—"
-
-
-def budget_rows(results: list[dict], metric: str = "nll") -> list[dict]:
-    """Per architecture and curve step: tokens seen, the validation metric ("nll", or "acc" for a
-    probe: columns val_<metric>_mean/_std) over seeds and the paired difference to vanilla on the
-    same seeds (mean, std); [] when no run has a curve."""
-    curves = {}
-    for r in results:
-        path = Path(r["run_dir"]) / "fit" / "summary.json"
-        pts = json.loads(path.read_text()).get("curve") if path.is_file() else None
-        if pts:
-            curves[(r["arch"], r["seed"])] = {p["step"]: p for p in pts}
-    rows = []
-    for arch in dict.fromkeys(a for a, _ in curves):
-        seeds = sorted(s for a, s in curves if a == arch)
-        steps = sorted(set.intersection(*(set(curves[(arch, s)]) for s in seeds)))
-        for step in steps:
-            nll = [curves[(arch, s)][step][metric] for s in seeds]
-            d = [curves[(arch, s)][step][metric] - curves[("vanilla", s)][step][metric] for s in seeds
-                 if arch != "vanilla" and step in curves.get(("vanilla", s), {})]
-            sd = lambda xs: stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
-            rows.append({"arch": arch, "step": step, "tokens": curves[(arch, seeds[0])][step]["tokens"], "seeds": len(seeds),
-                         f"val_{metric}_mean": mean(nll), f"val_{metric}_std": sd(nll), "paired_seeds": len(d),
-                         "delta_mean": mean(d) if d else float("nan"), "delta_std": sd(d) if d else float("nan")})
-    return rows
-
-
-def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None,
-                metric: str = "nll") -> Optional[Path]:
-    """``<stem>.csv`` and ``<stem>.png`` from the runs' budget curves (``BudgetCurve``): validation
-    NLL against tokens seen with the count-model floors, and each method's paired difference to
-    vanilla with its seed spread. None (nothing written) when the runs recorded no curve."""
-    rows = budget_rows(results, metric)
-    what = {"nll": "validation NLL (nats/token)", "acc": "validation accuracy"}[metric]
-    if not rows:
-        return None
-    fields = list(rows[0])
-    tmp = stem.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    os.replace(tmp, stem.with_suffix(".csv"))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
-    names = list(dict.fromkeys(r["arch"] for r in rows))
-    markers = "os^vD<>ph*"
-    for i, arch in enumerate(names):  # tab20 and a marker cycle: thirteen methods stay distinguishable
-        rs = [r for r in rows if r["arch"] == arch]
-        x = [r["tokens"] for r in rs]
-        line, = ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "-", marker=markers[i % len(markers)], ms=3,
-                        color=plt.cm.tab20(i % 20), label=f"{arch} (n={rs[0]['seeds']})")
-        if arch != "vanilla" and any(r["paired_seeds"] for r in rs):
-            m, sd = np.array([r["delta_mean"] for r in rs]), np.nan_to_num(np.array([r["delta_std"] for r in rs]))
-            bx.plot(x, m, "-", marker=markers[i % len(markers)], ms=3, color=line.get_color(), label=arch)
-            bx.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
-    for c in counts or []:
-        ax.axhline(c["val_nll"], ls="--", lw=1, color="gray")
-        ax.annotate(f"{c['arch']} (whole val split)", (ax.get_xlim()[0], c["val_nll"]), fontsize=7, color="gray", va="bottom")
-    bx.axhline(0, color="black", lw=0.8)
-    for a in (ax, bx):
-        a.set_xscale("log")
-        a.set_xlabel("training tokens seen")
-        a.grid(alpha=0.3)
-    ax.set_ylabel(f"{what}, mean over seeds")
-    bx.set_ylabel(f"Δ {what.split(' (')[0].removeprefix('validation ')} vs vanilla (same seed), mean ± std", fontsize=8)
-    ax.set_title(f"{title}: {what.split(' (')[0]} over training", fontsize=9)
-    bx.set_title("paired difference to vanilla over training", fontsize=9)
-    ax.legend(fontsize=6)
-    if bx.get_legend_handles_labels()[0]:  # a table without vanilla or without other methods has no pairs
-        bx.legend(fontsize=6)
-    fig.tight_layout()
-    tmp = stem.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, stem.with_suffix(".png"))
-    return stem
-
-
-def plot_curves(results: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arch in dict.fromkeys(r["arch"] for r in results):
-        curves = []
-        for r in results:
-            if r["arch"] != arch:
-                continue
-            pts = {int(step): loss for step, _, loss in read_summary(Path(r["run_dir"]) / "fit")["train"]}
-            curves.append(pts)
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-        if steps:
-            ax.plot(steps, [mean(c[s] for c in curves) for s in steps], label=f"{arch} (n={len(curves)})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/token), mean over seeds")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:

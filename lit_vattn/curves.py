@@ -1,0 +1,127 @@
+"""The curves of a table's runs: validation (NLL or a probe's accuracy) at log-spaced steps,
+paired with vanilla over tokens seen (``-budget.csv`` / ``.png``), and the training loss
+(``-loss.png``); ``lit-vattn-reproduce`` writes them beside each table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Optional
+
+import numpy as np
+
+from lit_vattn.callbacks import read_summary
+
+
+def budget_rows(results: list[dict], metric: str = "nll") -> list[dict]:
+    """Per architecture and curve step: tokens seen, the validation metric ("nll", or "acc" for a
+    probe: columns val_<metric>_mean/_std) over seeds and the paired difference to vanilla on the
+    same seeds (mean, std); [] when no run has a curve."""
+    curves = {}
+    for r in results:
+        path = Path(r["run_dir"]) / "fit" / "summary.json"
+        pts = json.loads(path.read_text()).get("curve") if path.is_file() else None
+        if pts:
+            curves[(r["arch"], r["seed"])] = {p["step"]: p for p in pts}
+    rows = []
+    for arch in dict.fromkeys(a for a, _ in curves):
+        seeds = sorted(s for a, s in curves if a == arch)
+        steps = sorted(set.intersection(*(set(curves[(arch, s)]) for s in seeds)))
+        for step in steps:
+            nll = [curves[(arch, s)][step][metric] for s in seeds]
+            d = [curves[(arch, s)][step][metric] - curves[("vanilla", s)][step][metric] for s in seeds
+                 if arch != "vanilla" and step in curves.get(("vanilla", s), {})]
+            sd = lambda xs: stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
+            rows.append({"arch": arch, "step": step, "tokens": curves[(arch, seeds[0])][step]["tokens"], "seeds": len(seeds),
+                         f"val_{metric}_mean": mean(nll), f"val_{metric}_std": sd(nll), "paired_seeds": len(d),
+                         "delta_mean": mean(d) if d else float("nan"), "delta_std": sd(d) if d else float("nan")})
+    return rows
+
+
+def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None,
+                metric: str = "nll") -> Optional[Path]:
+    """``<stem>.csv`` and ``<stem>.png`` from the runs' budget curves (``BudgetCurve``): validation
+    NLL against tokens seen with the count-model floors, and each method's paired difference to
+    vanilla with its seed spread. None (nothing written) when the runs recorded no curve."""
+    rows = budget_rows(results, metric)
+    what = {"nll": "validation NLL (nats/token)", "acc": "validation accuracy"}[metric]
+    if not rows:
+        return None
+    fields = list(rows[0])
+    tmp = stem.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    os.replace(tmp, stem.with_suffix(".csv"))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = list(dict.fromkeys(r["arch"] for r in rows))
+    markers = "os^vD<>ph*"
+    for i, arch in enumerate(names):  # tab20 and a marker cycle: thirteen methods stay distinguishable
+        rs = [r for r in rows if r["arch"] == arch]
+        x = [r["tokens"] for r in rs]
+        line, = ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "-", marker=markers[i % len(markers)], ms=3,
+                        color=plt.cm.tab20(i % 20), label=f"{arch} (n={rs[0]['seeds']})")
+        if arch != "vanilla" and any(r["paired_seeds"] for r in rs):
+            m, sd = np.array([r["delta_mean"] for r in rs]), np.nan_to_num(np.array([r["delta_std"] for r in rs]))
+            bx.plot(x, m, "-", marker=markers[i % len(markers)], ms=3, color=line.get_color(), label=arch)
+            bx.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
+    for c in counts or []:
+        ax.axhline(c["val_nll"], ls="--", lw=1, color="gray")
+        ax.annotate(f"{c['arch']} (whole val split)", (ax.get_xlim()[0], c["val_nll"]), fontsize=7, color="gray", va="bottom")
+    bx.axhline(0, color="black", lw=0.8)
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xlabel("training tokens seen")
+        a.grid(alpha=0.3)
+    ax.set_ylabel(f"{what}, mean over seeds")
+    bx.set_ylabel(f"Δ {what.split(' (')[0].removeprefix('validation ')} vs vanilla (same seed), mean ± std", fontsize=8)
+    ax.set_title(f"{title}: {what.split(' (')[0]} over training", fontsize=9)
+    bx.set_title("paired difference to vanilla over training", fontsize=9)
+    ax.legend(fontsize=6)
+    if bx.get_legend_handles_labels()[0]:  # a table without vanilla or without other methods has no pairs
+        bx.legend(fontsize=6)
+    fig.tight_layout()
+    tmp = stem.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, stem.with_suffix(".png"))
+    return stem
+
+
+def plot_curves(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arch in dict.fromkeys(r["arch"] for r in results):
+        curves = []
+        for r in results:
+            if r["arch"] != arch:
+                continue
+            pts = {int(step): loss for step, _, loss in read_summary(Path(r["run_dir"]) / "fit")["train"]}
+            curves.append(pts)
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if steps:
+            ax.plot(steps, [mean(c[s] for c in curves) for s in steps], label=f"{arch} (n={len(curves)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/token), mean over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
