@@ -236,6 +236,14 @@ def test_sla_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):
     monkeypatch.setattr(attention, "causal", spy)
     net = build("sla-absolute")  # blocks 2 and 3: heads 0..2 read block 0's own K/V
     net(torch.randint(0, V, (2, 16)))
+    H = net.cfg.n_head
+    blocks = []  # the K/V every head of each block attended to (a skip block attends per head slice)
+    while calls:
+        ks, vs = [calls[0][0]], [calls.pop(0)[1]]
+        while sum(x.shape[1] for x in ks) < H:
+            ks.append(calls[0][0]), vs.append(calls.pop(0)[1])
+        blocks.append((torch.cat(ks, 1), torch.cat(vs, 1)))
+    calls = blocks
     assert len(calls) == 4
     k0, v0 = calls[0]  # block 0 is not a skip block: its own K/V
     for l in (2, 3):

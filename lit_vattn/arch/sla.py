@@ -121,9 +121,14 @@ class SkipLayerAttention(Arch):
         n = self.n_skip_heads
         ks, vs = mem.kv[self.src(l)]  # the source layer's own K/V, (B, H, T, d)
         if self.mode == "replace":
-            k2 = torch.cat([ks[:, :n], k[:, n:]], dim=1)
-            v2 = torch.cat([vs[:, :n], v[:, n:]], dim=1)
-            return attention.causal(q, k2, v2)
+            if n == q.shape[1]:
+                return attention.causal(q, ks, vs)
+            # Two attentions over head slices instead of one over concatenated K/V (which copied the
+            # block's K and V); the outputs are joined once, in the (B, T, H, d) layout the output
+            # projection reads, so the join stands in for the transpose copy it would otherwise make.
+            y_skip = attention.causal(q[:, :n], ks[:, :n], vs[:, :n])  # (B, n, T, d)
+            y_rest = attention.causal(q[:, n:], k[:, n:], v[:, n:])  # (B, H - n, T, d)
+            return torch.cat([y_skip.transpose(1, 2), y_rest.transpose(1, 2)], dim=2).transpose(1, 2)  # (B, H, T, d)
         qs = q[:, :n]
         if self.record_maps:
             with torch.no_grad():
