@@ -319,3 +319,31 @@ def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give
     readme = (root / "README.md").read_text()
     section = readme[readme.index("Method x modality at `tiny`"):]
     assert rows(section.split("\n\n", 2)[1]) == built
+
+
+def test_gpu_window_steps_name_requests_that_resolve(tmp_path):
+    """scripts/gpu_window.sh, run on a lent GPU, cannot be debugged there (10-minute calls, rare
+    windows): every step's reproduce request must resolve here (methods, presets and configs exist;
+    --table-only then stops only because nothing has run), and an unknown step is refused."""
+    import shlex
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts/gpu_window.sh"
+    steps = [["small", "text", "0,1,2", "vanilla,va,sla,las,elc-bert"], ["small", "music"], ["mqar", "8"],
+             ["tests"], ["generate"], ["throughput", "vanilla,sla"]]
+    requests = 0
+    for step in steps:
+        out = subprocess.run(["bash", str(script), "--dry-run", *step], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            argv = shlex.split(line.removeprefix("+ "))
+            if argv[:3] != ["python", "-m", "lit_vattn.reproduce"]:
+                continue
+            argv = argv[3:]
+            cut = argv.index("--override") if "--override" in argv else len(argv)
+            argv[cut:cut] = ["--table-only", "--runs", str(tmp_path / "none")]
+            with pytest.raises(SystemExit, match="--table-only: vanilla seed 0 has no finished summary"):
+                reproduce.main(argv)
+            requests += 1
+    assert requests == 3
+    bad = subprocess.run(["bash", str(script), "--dry-run", "bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One step of the work owed to a lent GPU (results/README.md, "Still owed"), run inside one device
+# call (< 10 min): install what the GPU image lacks, run the step under a time limit, and leave what
+# comes back in $OUT (few files: the device returns at most 8). Prepared on the CPU machine:
+#   .whl/                      wheels the image lacks (../shared/tools/offline-wheels.sh, Python 3.12)
+#   .carry/regen-cache/        text and music shards (LIT_VATTN_CACHE), made by a CPU run of the same data config
+#   runs/gpu/                  (optional) run directories from earlier calls, without checkpoints:
+#                              finished runs are skipped, so a table fills over several calls
+# Device call (carry the paths above; LIT_VATTN_COMMIT names the tree, whose .git on the device is
+# the session's base checkout):
+#   LIT_VATTN_COMMIT=<commit> bash scripts/gpu_window.sh small text 0,1,2 vanilla,va,sla,las,elc-bert
+# Here, afterwards (the table is built here from the finished runs that came back):
+#   tar xzf <files_at>/runs-text-small.tgz && lit-vattn-reproduce --modality text --preset small \
+#   --table-only --runs runs/gpu --archs <same>
+# MQAR's runs go to runs/gpu/mqar-kv<n>/ (one folder per pair count: the 4- and 8-pair runs share a
+# preset name); its table: --modality mqar --preset tiny --table-only --runs runs/gpu/mqar-kv<n>
+#   --out results/gpu-probes-kv<n>
+#
+# Steps:
+#   small <modality> [seeds] [archs]   the `small` NLL table's runs (text, music; acoustic needs the
+#                                       audio wheels in .carry/audio-whl), 4 runs share the GPU
+#   tests                               the tests that skip without a GPU (+ the model tests)
+#   generate                            sampling speed at the GPT-2-small shape, KV cache vs recompute
+#   throughput <archs>                  training throughput rows, e.g. vanilla,sla (after a change to SLA)
+#   mqar [num_kv_pairs]                 the MQAR probe table at a budget that leaves the 1/n plateau
+# --dry-run (first argument) prints the commands without running them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DRY=0; if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
+STEP=${1:?"a step: small | tests | generate | throughput | mqar (see the header)"}; shift
+OUT=${OUT:-/tmp/out}; LIMIT=${LIMIT:-530}   # seconds for the step itself: the call's 600 less setup and packing
+export LIT_VATTN_CACHE=${LIT_VATTN_CACHE:-$PWD/.carry/regen-cache}
+export LIT_VATTN_COMMIT=${LIT_VATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+
+pack() {  # finished run directories (done.json) of $2, without checkpoints, and the count rows, into $OUT/$1
+  [[ $DRY == 1 ]] && { echo "+ pack $2 -> \$OUT/$1"; return 0; }
+  { find "$2" -name done.json -printf '%h\n'; find "$2" -maxdepth 1 -name counts.json; } 2>/dev/null \
+    | tar czf "$OUT/$1" --exclude='*.ckpt' -T -
+  echo "packed $(tar tzf "$OUT/$1" | grep -c 'done.json$') finished runs into \$OUT/$1"
+}
+
+run() {  # the step's command, time-limited; a run cut off by the limit starts again on the next call
+  echo "+ $*"
+  [[ $DRY == 1 ]] && return 0
+  timeout --signal=INT --kill-after=30 "$LIMIT" "$@" || echo "(exit $?: cut off by the ${LIMIT}s limit or failed; finished runs are kept)"
+}
+
+if [[ $DRY == 0 ]]; then
+  mkdir -p "$OUT"
+  if compgen -G ".whl/*.whl" >/dev/null; then pip install -q --no-index --no-deps .whl/*.whl; fi
+  pip install -q --no-deps --no-build-isolation -e . >/dev/null
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+
+case $STEP in
+  small)
+    MOD=${1:?"small <modality> [seeds] [archs]"}; SEEDS=${2:-0,1,2}; ARCHS=${3:-}
+    if [[ $MOD == acoustic && $DRY == 0 ]] && compgen -G ".carry/audio-whl/*.whl" >/dev/null; then
+      pip install -q --no-index --no-deps .carry/audio-whl/*.whl
+    fi
+    run python -m lit_vattn.reproduce --modality "$MOD" --preset small --seeds "$SEEDS" ${ARCHS:+--archs "$ARCHS"} \
+      --parallel 4 --runs runs/gpu --out /tmp/tables
+    pack "runs-$MOD-small.tgz" "runs/gpu/$MOD-small"
+    ;;
+  tests)
+    run python -m pytest tests/test_attention.py tests/test_model.py tests/test_archs.py -k "not real_text" -rfEs -q \
+      -p no:cacheprovider
+    ;;
+  generate)
+    run python benchmarks/generate.py --d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --vocab 50304 \
+      --new-tokens 512 --out "$OUT/generate-h100.md"
+    ;;
+  throughput)
+    ARCHS=${1:?"throughput <archs>, e.g. vanilla,sla"}
+    run python benchmarks/throughput.py --d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --batch-size 32 \
+      --precision bf16-mixed --compile --warmup 10 --steps 30 --archs "$ARCHS" --json-dir "$OUT/throughput" \
+      --num-workers 4 --out "$OUT/throughput-h100.md"
+    ;;
+  mqar)
+    PAIRS=${1:-4}
+    run python -m lit_vattn.reproduce --modality mqar --preset tiny --seeds 0,1,2 --parallel 4 \
+      --runs "runs/gpu/mqar-kv$PAIRS" --out /tmp/tables --override --trainer.accelerator gpu \
+      --trainer.max_steps 20000 --trainer.val_check_interval 20000 --data.init_args.num_kv_pairs "$PAIRS"
+    pack "runs-mqar-kv$PAIRS.tgz" "runs/gpu/mqar-kv$PAIRS/mqar-tiny"
+    ;;
+  *) echo "unknown step '$STEP': small | tests | generate | throughput | mqar" >&2; exit 2 ;;
+esac
+[[ $DRY == 1 ]] || { ls -la "$OUT"; find /tmp/tables -name '*.md' -exec tail -n 25 {} \; 2>/dev/null || true; }
