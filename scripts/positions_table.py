@@ -208,8 +208,9 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
     plt = _plt()
     edges = np.unique(np.round(np.geomspace(1, L + 1, 24)).astype(int))  # log-spaced position bins
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
-    colors = plt.cm.tab20(np.linspace(0, 1, max(len(archs), 2)))
-    for a, c in zip(archs, colors):
+    colors = [plt.cm.tab20(i % 20) for i in range(len(archs))]  # categorical, plus a marker cycle: 13 methods stay apart
+    markers = "os^vD<>ph*"
+    for i, (a, c) in enumerate(zip(archs, colors)):
         nll = sum(data[a][s][L][0] for s in seeds)
         tok = sum(data[a][s][L][1] for s in seeds)
         xs, ys = [], []
@@ -217,7 +218,7 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
             if tok[lo - 1 : hi - 1].sum():
                 xs.append(np.sqrt(lo * (hi - 1)) if hi - 1 > lo else lo)
                 ys.append(nll[lo - 1 : hi - 1].sum() / tok[lo - 1 : hi - 1].sum())
-        ax.plot(xs, ys, "-", color=c, lw=1.2 if a != "vanilla" else 2.2, label=a)
+        ax.plot(xs, ys, "-", marker=markers[i % len(markers)], ms=3, color=c, lw=1.2 if a != "vanilla" else 2.2, label=a)
     ax.axvline(T, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(f"position (tokens of context), windows of {L}; dashed: trained length {T}")
