@@ -30,6 +30,7 @@ DRY=0; if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
 STEP=${1:?"a step: small | tests | generate | throughput | mqar (see the header)"}; shift
 OUT=${OUT:-/tmp/out}; LIMIT=${LIMIT:-530}   # seconds for the step itself: the call's 600 less setup and packing
 export LIT_VATTN_CACHE=${LIT_VATTN_CACHE:-$PWD/.carry/regen-cache}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # lit_vattn and datamodules from this tree, installed or not
 export LIT_VATTN_COMMIT=${LIT_VATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 pack() {  # finished run directories (done.json) of $2, without checkpoints, and the count rows, into $OUT/$1
@@ -48,7 +49,7 @@ run() {  # the step's command, time-limited; a run cut off by the limit starts a
 if [[ $DRY == 0 ]]; then
   mkdir -p "$OUT"
   if compgen -G ".whl/*.whl" >/dev/null; then pip install -q --no-index --no-deps .whl/*.whl; fi
-  pip install -q --no-deps --no-build-isolation -e . >/dev/null
+  pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "(no editable install: running from the source tree)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 
