@@ -16,6 +16,15 @@ import numpy as np
 from lit_vattn.callbacks import read_summary
 
 
+MARKERS = "os^vD<>ph*"
+
+
+def method_style(i: int, plt) -> dict:
+    """Line style of the i-th method of a plot: tab20 colour and a marker cycle, so thirteen methods
+    (and controls) stay distinguishable."""
+    return {"color": plt.cm.tab20(i % 20), "marker": MARKERS[i % len(MARKERS)], "ms": 3}
+
+
 def budget_rows(results: list[dict], metric: str = "nll") -> list[dict]:
     """Per architecture and curve step: tokens seen, the validation metric ("nll", or "acc" for a
     probe: columns val_<metric>_mean/_std) over seeds and the paired difference to vanilla on the
@@ -65,16 +74,14 @@ def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[li
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     names = list(dict.fromkeys(r["arch"] for r in rows))
-    markers = "os^vD<>ph*"
-    for i, arch in enumerate(names):  # tab20 and a marker cycle: thirteen methods stay distinguishable
-        rs = [r for r in rows if r["arch"] == arch]
+    for i, arch in enumerate(names):
+        rs, style = [r for r in rows if r["arch"] == arch], method_style(i, plt)
         x = [r["tokens"] for r in rs]
-        line, = ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "-", marker=markers[i % len(markers)], ms=3,
-                        color=plt.cm.tab20(i % 20), label=f"{arch} (n={rs[0]['seeds']})")
+        ax.plot(x, [r[f"val_{metric}_mean"] for r in rs], "-", label=f"{arch} (n={rs[0]['seeds']})", **style)
         if arch != "vanilla" and any(r["paired_seeds"] for r in rs):
             m, sd = np.array([r["delta_mean"] for r in rs]), np.nan_to_num(np.array([r["delta_std"] for r in rs]))
-            bx.plot(x, m, "-", marker=markers[i % len(markers)], ms=3, color=line.get_color(), label=arch)
-            bx.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
+            bx.plot(x, m, "-", label=arch, **style)
+            bx.fill_between(x, m - sd, m + sd, color=style["color"], alpha=0.15)
     for c in counts or []:
         ax.axhline(c["val_nll"], ls="--", lw=1, color="gray")
         ax.annotate(f"{c['arch']} (whole val split)", (ax.get_xlim()[0], c["val_nll"]), fontsize=7, color="gray", va="bottom")

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from lit_vattn import stats  # noqa: E402
 from lit_vattn.analyze import _plt, _save_csv, _savefig  # noqa: E402
+from lit_vattn.curves import method_style  # noqa: E402
 from lit_vattn.reproduce import ALL_ARCHS, git_commit  # noqa: E402
 
 
@@ -208,9 +209,8 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
     plt = _plt()
     edges = np.unique(np.round(np.geomspace(1, L + 1, 24)).astype(int))  # log-spaced position bins
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
-    colors = [plt.cm.tab20(i % 20) for i in range(len(archs))]  # categorical, plus a marker cycle: 13 methods stay apart
-    markers = "os^vD<>ph*"
-    for i, (a, c) in enumerate(zip(archs, colors)):
+    styles = [method_style(i, plt) for i in range(len(archs))]
+    for a, style in zip(archs, styles):
         nll = sum(data[a][s][L][0] for s in seeds)
         tok = sum(data[a][s][L][1] for s in seeds)
         xs, ys = [], []
@@ -218,7 +218,7 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
             if tok[lo - 1 : hi - 1].sum():
                 xs.append(np.sqrt(lo * (hi - 1)) if hi - 1 > lo else lo)
                 ys.append(nll[lo - 1 : hi - 1].sum() / tok[lo - 1 : hi - 1].sum())
-        ax.plot(xs, ys, "-", marker=markers[i % len(markers)], ms=3, color=c, lw=1.2 if a != "vanilla" else 2.2, label=a)
+        ax.plot(xs, ys, "-", lw=1.2 if a != "vanilla" else 2.2, label=a, **style)
     ax.axvline(T, color="grey", ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(f"position (tokens of context), windows of {L}; dashed: trained length {T}")
@@ -227,10 +227,10 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
     labels = [f"{lo}-{hi}" for lo, hi in bks]
     others = [a for a in archs if a != "vanilla"]
     width = 0.8 / max(len(others), 1)
-    for i, (a, c) in enumerate(zip(others, colors[1:])):
+    for i, (a, style) in enumerate(zip(others, styles[1:])):
         d = np.array([[bucket_nll(a, s, lo, hi) - bucket_nll("vanilla", s, lo, hi) for s in seeds] for lo, hi in bks])
         err = d.std(1, ddof=1) if len(seeds) > 1 else None
-        bx.bar(np.arange(len(bks)) + (i - len(others) / 2 + 0.5) * width, d.mean(1), width, yerr=err, color=c, label=a)
+        bx.bar(np.arange(len(bks)) + (i - len(others) / 2 + 0.5) * width, d.mean(1), width, yerr=err, color=style["color"], label=a)
     bx.axhline(0, color="black", lw=0.6)
     bx.set_xticks(range(len(bks)), labels)
     bx.set_xlabel("positions")
