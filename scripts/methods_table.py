@@ -2,8 +2,9 @@
 
 Reads ``results/<modality>-<preset>.md`` (written by ``lit-vattn-reproduce``) and copies, for
 every architecture, its paired difference to vanilla in test NLL (mean ± std over seeds), the
-number of finished seeds and the verdict of the table's stated test; a modality whose table lacks
-an architecture says so. Nothing is recomputed, so this table can never disagree with the tables
+number of finished seeds, the verdict of the table's stated test and, where that table chose a
+learning rate per method, the chosen one; a modality whose table lacks an architecture (a control
+run on one modality only) says so. Nothing is recomputed, so this table can never disagree with the tables
 it summarises.
 
     python scripts/methods_table.py --preset tiny --out results/methods-tiny.md
@@ -15,7 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from lit_vattn.reproduce import ALL_ARCHS
+
 MODALITIES = ("text", "music", "acoustic")
+METHODS = ALL_ARCHS.split(",")  # the compared methods; anything else in a table is a control or a reading
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,16 +51,22 @@ def main(argv=None) -> str:
     parsed = {m: parse(t) for m, t in tables.items() if t.is_file()}
     if not parsed:
         sys.exit(f"no results/<modality>-{args.preset}.md found under {args.results}: run lit-vattn-reproduce first")
+    # the compared methods first, in the tables' order; then the controls (va-frozen, sla-far, ...)
+    # that a table with --lrs and controls also holds, which the others mark "not run"
     archs = list(dict.fromkeys(a for rows, _ in parsed.values() for a in rows if "counts" not in a))
+    archs = [a for a in archs if a in METHODS] + [a for a in archs if a not in METHODS]
+    tuned = {m: any(b.startswith("learning rate: each method's own") for b in bl) for m, (_, bl) in parsed.items()}
     lines = [f"# Every method against vanilla, preset `{args.preset}`", "",
              f"- command: `python scripts/methods_table.py --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
              "- cell: paired difference in test NLL to vanilla on the same seeds (nats per token; negative = lower "
              "NLL than vanilla), mean ± std over seeds, [finished seeds], and the verdict of the test stated in "
              "that table's header (n.d. = no detectable difference at this scale); tables made since the "
              "bootstrap landed require both the Holm-corrected paired t over seeds and the Holm-corrected "
-             "paired bootstrap over test windows to pass at 0.05, older ones the t-test only",
+             "paired bootstrap over test windows to pass at 0.05, older ones the t-test only; (lr x) = the "
+             "learning rate chosen for that method on validation, where its table tuned one per method",
              "- sources (each with its own command, commit, date and hardware):"]
-    lines += [f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')})"
+    lines += [f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')}; "
+              + ("learning rate: each method's own, chosen on validation)" if tuned[m] else "one learning rate for every method)")
               for m, (_, bl) in parsed.items()]
     lines += [f"  - {m}: no table yet" for m in MODALITIES if m not in parsed]
     lines += ["", "| method | " + " | ".join(MODALITIES) + " |", "|---|" + "---|" * len(MODALITIES)]
@@ -70,7 +80,8 @@ def main(argv=None) -> str:
             delta = row.get("Δ test NLL vs vanilla", "—")
             verdict = row.get("verdict", "—").replace("no detectable difference", "n.d.")
             runs = row.get("runs", "").split("/")[0]
-            cells.append("—" if a == "vanilla" else f"{delta} [{runs}] {verdict}")
+            lr = f" (lr {row['lr']})" if tuned[m] and row.get("lr") else ""
+            cells.append(f"—{lr}" if a == "vanilla" else f"{delta} [{runs}] {verdict}{lr}")
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if args.out:

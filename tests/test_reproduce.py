@@ -314,11 +314,39 @@ def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give
         return [line for line in text.splitlines() if line.startswith("| ")]
 
     built = rows(mod.main(["--preset", "tiny"]))
-    assert len(built) == 1 + len(reproduce.ALL_ARCHS.split(","))  # header + every method
+    methods = reproduce.ALL_ARCHS.split(",")
+    # header, then every method in order, then any control a table holds
+    assert [r.split("|")[1].strip() for r in built[1:1 + len(methods)]] == methods
     assert rows((root / "results/methods-tiny.md").read_text()) == built
     readme = (root / "README.md").read_text()
     section = readme[readme.index("Method x modality at `tiny`"):]
     assert rows(section.split("\n\n", 2)[1]) == built
+
+
+def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_path, capsys):
+    """Where a modality's table chose a learning rate per method (--lrs), each cell says which; a
+    table with one shared lr adds nothing; controls come after the compared methods and are
+    "not run" where a modality's table lacks them."""
+    import importlib.util
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("methods_table", root / "scripts/methods_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    head = "| arch | runs | lr | Δ test NLL vs vanilla | verdict |\n|---|---|---|---|---|\n"
+    (tmp_path / "music-tiny.md").write_text(
+        "# music\n\n- commit: abc\n- learning rate: each method's own, chosen from {0.003, 0.006} ...\n\n" + head
+        + "| va-frozen | 3/3 | 0.006 | -0.1 ± 0.01 | better |\n| vanilla | 3/3 | 0.003 | — | — |\n"
+        + "| va | 3/3 | 0.006 | -0.2 ± 0.02 | better |\n")
+    (tmp_path / "text-tiny.md").write_text(
+        "# text\n\n- commit: def\n\n" + head + "| vanilla | 3/3 | 0.003 | — | — |\n| va | 3/3 | 0.003 | -0.1 ± 0.01 | no detectable difference |\n")
+    text = mod.main(["--preset", "tiny", "--results", str(tmp_path)])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
+    assert rows == ["| vanilla | — | — (lr 0.003) | not run |",
+                    "| va | -0.1 ± 0.01 [3] n.d. | -0.2 ± 0.02 [3] better (lr 0.006) | not run |",
+                    "| va-frozen | not run | -0.1 ± 0.01 [3] better (lr 0.006) | not run |"]
+    assert "music-tiny.md` (commit: abc; learning rate: each method's own" in text
+    assert "text-tiny.md` (commit: def; one learning rate for every method)" in text
 
 
 def test_gpu_window_steps_name_requests_that_resolve(tmp_path):
