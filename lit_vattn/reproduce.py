@@ -354,22 +354,57 @@ def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tup
     return [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
 
 
+# A control or a second reading of a method -> the method it is read against (besides vanilla): the
+# table's "controls" section tests each against its method, so "caused by X" claims have a test.
+CONTROLS = {"va-frozen": "va", "va-nonorm": "va", "va-previous": "va", "sla-far": "sla", "las-all": "las",
+            "las-norm": "las", "vanilla-flops-las": "las", "attnres-block": "attnres",
+            "value-residual-learned": "value-residual"}
+
+
 def significance(archs: list[str], by: dict, base: dict, probe: bool = False) -> dict[str, tuple]:
     """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
     seeds both finished (``lit_vattn.stats``): on test NLL (lower is better), or for a probe on
     test accuracy (higher is better; the bootstrap over test examples of their top-1 hits)."""
+    return paired_tests([(a, by[a], base) for a in archs if a != "vanilla" and by.get(a)], probe)
+
+
+def paired_tests(items: list[tuple[str, list[dict], dict]], probe: bool = False) -> dict[str, tuple]:
+    """name -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) of each (name, runs,
+    reference runs by seed): the runs against the reference on the seeds both finished, Holm over
+    the items."""
     from lit_vattn.stats import holm, paired_bootstrap, paired_t, verdict2
 
     key, field, sign = ("test_acc", "correct", -1.0) if probe else ("test_nll", "nll", 1.0)
-    names = [a for a in archs if a != "vanilla" and by.get(a)]
-    diffs = {a: [r[key] - base[r["seed"]][key] for r in by[a] if r["seed"] in base] for a in names}
-    raw = [paired_t(diffs[a])[1] for a in names]
+    diffs = [[r[key] - ref[r["seed"]][key] for r in rs if r["seed"] in ref] for _, rs, ref in items]
+    raw = [paired_t(d)[1] for d in diffs]
     adj = holm(raw)
-    wins = [window_diffs(by[a], base, field) for a in names]
-    boot = holm([paired_bootstrap(*w) if w else None for w in wins])
+    boot = holm([paired_bootstrap(*w) if w else None for w in (window_diffs(rs, ref, field) for _, rs, ref in items)])
     # verdict2 reads a negative difference as "better": an accuracy gain is negated
-    return {a: (p, q, b, verdict2(sign * mean(diffs[a]) if diffs[a] else None, q, b))
-            for a, p, q, b in zip(names, raw, adj, boot)}
+    return {name: (p, q, b, verdict2(sign * mean(d) if d else None, q, b))
+            for (name, _, _), d, p, q, b in zip(items, diffs, raw, adj, boot)}
+
+
+def control_lines(by: dict, probe: bool = False) -> list[str]:
+    """The "controls" section: each control or reading (``CONTROLS``) in the table against its own
+    method on the same seeds, with the table's two tests, Holm over these comparisons."""
+    pairs = [(c, m) for c, m in CONTROLS.items() if by.get(c) and by.get(m)]
+    if not pairs:
+        return []
+    key = "test_acc" if probe else "test_nll"
+    tests = paired_tests([(c, by[c], {r["seed"]: r for r in by[m]}) for c, m in pairs], probe)
+    pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
+    what = "accuracy" if probe else "NLL"
+    lines = ["", f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
+             "mean ± std; the same two tests, Holm-corrected across these rows; \"better\" = "
+             + ("higher accuracy" if probe else "lower NLL") + " than the method):", "",
+             f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for c, m in pairs:
+        ref = {r["seed"]: r for r in by[m]}
+        delta = [r[key] - ref[r["seed"]][key] for r in by[c] if r["seed"] in ref]
+        p, q, b, word = tests[c]
+        lines.append(f"| {c} | {m} | {fmt(delta) if delta else '—'} | {pf(p)} | {pf(q)} | {pf(b)} | {word} |")
+    return lines
 
 
 def probe_lines(results: list[dict]) -> list[str]:
@@ -500,6 +535,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     if counts:
         lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
                   "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`)."]
+    lines += control_lines(by, probe)
     lines += lr_rows
     budget = plot_budget(results, stem.with_name(stem.name + "-budget"), f"{args.modality}, preset {args.preset}", counts,
                          "acc" if probe else "nll")

@@ -112,6 +112,40 @@ def test_learning_rate_choice_ignores_failed_runs_and_bad_grids_are_refused():
             reproduce.parse_lrs(bad)
 
 
+def test_controls_are_tested_against_their_own_method(tmp_path):
+    """A control (va-frozen, sla-far, ...) gets a row against its own method, not only against
+    vanilla: Δ on the same seeds, the paired t and its Holm correction across the controls, and a
+    control whose method is absent from the table has no row. Every pair names shipped configs."""
+    from scipy import stats as sps
+
+    arch_dir = Path(__file__).parents[1] / "configs/arch"
+    assert all((arch_dir / f"{c}.yaml").is_file() and (arch_dir / f"{m}.yaml").is_file()
+               for c, m in reproduce.CONTROLS.items())
+
+    def runs(arch, nlls):  # run_dir without a test summary: the seed test alone
+        return [{"arch": arch, "seed": s, "test_nll": x, "run_dir": str(tmp_path / arch / str(s))} for s, x in enumerate(nlls)]
+
+    by = {"vanilla": runs("vanilla", [5.0, 5.1, 5.2]), "va": runs("va", [4.80, 4.91, 5.00]),
+          "va-frozen": runs("va-frozen", [4.83, 4.93, 5.04]), "va-nonorm": runs("va-nonorm", [5.30, 5.35, 5.50]),
+          "sla-far": runs("sla-far", [4.9, 5.0, 5.1])}  # no sla: no row
+    text = "\n".join(reproduce.control_lines(by))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| va-")}
+    assert set(rows) == {"va-frozen", "va-nonorm"} and "sla-far" not in text
+    frozen_p = sps.ttest_rel([4.83, 4.93, 5.04], [4.80, 4.91, 5.00]).pvalue
+    nonorm_p = sps.ttest_rel([5.30, 5.35, 5.50], [4.80, 4.91, 5.00]).pvalue
+    assert rows["va-frozen"][0] == "va" and rows["va-frozen"][1] == "0.0300 ± 0.0100"
+    assert float(rows["va-frozen"][2]) == pytest.approx(frozen_p, abs=1e-3)
+    assert float(rows["va-nonorm"][2]) == pytest.approx(nonorm_p, abs=1e-3)
+    # Holm over the two: the smaller p doubled, the larger kept (or raised to the smaller's)
+    lo, hi = sorted([frozen_p, nonorm_p])
+    holm = {frozen_p: None, nonorm_p: None}
+    holm[lo], holm[hi] = min(1, 2 * lo), max(min(1, 2 * lo), hi)
+    assert float(rows["va-frozen"][3]) == pytest.approx(holm[frozen_p], abs=1e-3)
+    assert rows["va-nonorm"][5] == ("worse" if holm[nonorm_p] < 0.05 else "no detectable difference")
+    assert reproduce.control_lines({"vanilla": by["vanilla"], "va": by["va"]}) == []
+
+
 def test_rerun_skips_finished_runs(table, capsys):
     tmp, args, results = table
     done = tmp / "runs/text-tiny/vanilla/seed0/done.json"
