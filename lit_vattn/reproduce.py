@@ -392,7 +392,6 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
         return []
     key = "test_acc" if probe else "test_nll"
     tests = paired_tests([(c, by[c], {r["seed"]: r for r in by[m]}) for c, m in pairs], probe)
-    pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
     what = "accuracy" if probe else "NLL"
     lines = ["", f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
              "mean ± std; the same two tests, Holm-corrected across these rows; \"better\" = "
@@ -403,7 +402,7 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
         ref = {r["seed"]: r for r in by[m]}
         delta = [r[key] - ref[r["seed"]][key] for r in by[c] if r["seed"] in ref]
         p, q, b, word = tests[c]
-        lines.append(f"| {c} | {m} | {fmt(delta) if delta else '—'} | {pf(p)} | {pf(q)} | {pf(b)} | {word} |")
+        lines.append(f"| {c} | {m} | {fmt(delta) if delta else '—'} | {pval(p)} | {pval(q)} | {pval(b)} | {word} |")
     return lines
 
 
@@ -519,12 +518,11 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
             lines.append(f"| {a} | {runs} | — | — | — | failed | failed | failed | — | — | — | — | — | — | — |")
             continue
         p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
-        pf = lambda v: "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")  # noqa: E731
         delta = [r[key] - base[r["seed"]][key] for r in rs if r["seed"] in base] if a != "vanilla" else []
         lines.append(
             f"| {a} | {runs} | {lr_cell(rs)} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
             f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
-            f"{fmt(delta) if delta else '—'} | {pf(p_raw)} | {pf(p_holm)} | {pf(p_boot)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
+            f"{fmt(delta) if delta else '—'} | {pval(p_raw)} | {pval(p_holm)} | {pval(p_boot)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
             f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
         )
     for c in counts or []:
@@ -548,6 +546,10 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     os.replace(tmp, stem.with_suffix(".md"))
     plot_curves(results, stem.with_name(stem.name + "-loss.png"), f"{args.modality}, preset {args.preset}")
     return stem.with_suffix(".md"), stem.with_suffix(".csv")
+
+
+def pval(v: Optional[float]) -> str:
+    return "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
 
 
 def lr_cell(rs: list[dict]) -> str:
