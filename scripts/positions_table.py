@@ -2,7 +2,9 @@
 length and beyond it, paired against vanilla on the same seeds.
 
 For every (architecture, seed) run of one ``lit-vattn-reproduce`` table (``--runs`` holds
-``<arch>/seed<s>/fit/checkpoints/last.ckpt``), ``lit_vattn.analyze.position_nll`` scores every
+``<arch>/seed<s>/fit/checkpoints/last.ckpt``; for a table with per-method learning rates,
+``--lrs-from`` its CSV picks ``<arch>/lr<lr>/seed<s>``, the runs that table scored),
+``lit_vattn.analyze.position_nll`` scores every
 window of the test split at each length of ``--seq-lens`` (default: the trained length T and 2T;
 past T, RoPE is extrapolated, the only part of these models whose size depends on T). Per run the
 sums are cached in ``<run>/positions.json`` (keyed by the checkpoint's size and mtime), so an
@@ -24,6 +26,7 @@ vanilla by bucket).
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -92,21 +95,38 @@ def main(argv=None) -> str:
     p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows of each length "
                    "(a quick look); default every window of the split")
     p.add_argument("--out", required=True, help="output stem, e.g. results/positions-text-tiny")
+    p.add_argument("--lrs-from", default=None, help="the CSV of a table made with --lrs (e.g. results/music-tiny.csv): "
+                   "each (arch, seed) is read from <arch>/lr<its lr>/seed<s>, the run that table scored")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     seeds = [int(s) for s in args.seeds.split(",")]
-    archs = args.archs.split(",") if args.archs else [a for a in ALL_ARCHS.split(",") if (runs / a).is_dir()]
+    lrs = {}
+    if args.lrs_from:  # the lr each (arch, seed) of that table trained at
+        try:
+            lrs = {(r["arch"], int(r["seed"])): float(r["lr"]) for r in csv.DictReader(open(args.lrs_from)) if r.get("lr")}
+        except (OSError, KeyError, ValueError) as e:
+            raise SystemExit(f"--lrs-from {args.lrs_from}: not a reproduce table CSV with arch, seed and lr columns ({e})") from None
+
+    def run_dir(a: str, s: int) -> Path:
+        if not lrs:
+            return runs / a / f"seed{s}"
+        if (a, s) not in lrs:
+            raise SystemExit(f"--lrs-from {args.lrs_from} has no run of {a} seed {s}: leave it out with --archs / --seeds")
+        return runs / a / f"lr{lrs[a, s]:g}" / f"seed{s}"
+
+    have = {a for a, _ in lrs} if lrs else {a for a in ALL_ARCHS.split(",") if (runs / a).is_dir()}
+    archs = args.archs.split(",") if args.archs else [a for a in ALL_ARCHS.split(",") if a in have]
     if "vanilla" not in archs:
         raise SystemExit("--archs must include vanilla: every method is paired against it")
     archs = ["vanilla"] + [a for a in archs if a != "vanilla"]  # first: rows, colours and pairing read it so
     for a in archs:
         for s in seeds:
-            if not (runs / a / f"seed{s}" / "done.json").is_file():
-                raise SystemExit(f"{runs / a / f'seed{s}'}: no finished run (done.json); run lit-vattn-reproduce "
+            if not (run_dir(a, s) / "done.json").is_file():
+                raise SystemExit(f"{run_dir(a, s)}: no finished run (done.json); run lit-vattn-reproduce "
                                  f"first or leave it out with --archs / --seeds")
     from lit_vattn.cli import from_run_config
 
-    T = from_run_config(runs / "vanilla" / f"seed{seeds[0]}" / "fit" / "config.yaml").datamodule.seq_len  # trained length
+    T = from_run_config(run_dir("vanilla", seeds[0]) / "fit" / "config.yaml").datamodule.seq_len  # trained length
     try:
         seq_lens = sorted({int(x) for x in args.seq_lens.split(",")}) if args.seq_lens else [T, 2 * T]
     except ValueError:
@@ -119,7 +139,7 @@ def main(argv=None) -> str:
     for a in archs:
         data[a] = {}
         for s in seeds:
-            saved = run_positions(runs / a / f"seed{s}", seq_lens, args.split, args.max_windows)
+            saved = run_positions(run_dir(a, s), seq_lens, args.split, args.max_windows)
             data[a][s] = {int(k): (np.asarray(v["nll"]), np.asarray(v["tokens"])) for k, v in saved["lengths"].items()}
             print(f"[positions] {a} seed {s}", flush=True)
     longest = max(seq_lens)
@@ -131,7 +151,7 @@ def main(argv=None) -> str:
         for a in archs:
             for s in seeds:
                 nll, tok = data[a][s][T]
-                w = json.loads((runs / a / f"seed{s}" / "test" / "summary.json").read_text()).get("test_windows") or {}
+                w = json.loads((run_dir(a, s) / "test" / "summary.json").read_text()).get("test_windows") or {}
                 ref, got = 0.0, 0
                 for _, wn, wt in sorted(zip(w.get("index", []), w.get("nll", []), w.get("tokens", []))):
                     if got >= tok.sum():  # the run's windows, in order, until they cover what we scored
@@ -178,8 +198,9 @@ def main(argv=None) -> str:
     lines = [
         f"# NLL by position: `{runs}`", "",
         f"- command: `{cmd}`",
-        f"- commit: {git_commit()} (table); checkpoints: `{runs}/<arch>/seed<s>/fit/checkpoints/last.ckpt` "
-        f"(commits in their done.json); date: {datetime.date.today().isoformat()}; hardware: "
+        f"- commit: {git_commit()} (table); checkpoints: `{runs}/<arch>/{'lr<lr>/' if lrs else ''}seed<s>/fit/checkpoints/last.ckpt` "
+        + (f"(each method's lr from `{args.lrs_from}`) " if lrs else "")
+        + f"(commits in their done.json); date: {datetime.date.today().isoformat()}; hardware: "
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) for this scoring",
         f"- scored: every target of the {args.split} split once"
         + (f" (the first {args.max_windows} windows of each length only)" if args.max_windows else "") + f", in windows of {', '.join(map(str, seq_lens))} tokens "

@@ -334,6 +334,32 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
         mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1,2", "--out", str(out)])
 
 
+def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
+    """--lrs-from: each (arch, seed) from <arch>/lr<lr>/seed<s> as that table's CSV says; the same
+    runs give the same table as read from <arch>/seed<s>; a run the CSV lacks is refused."""
+    import importlib.util
+    import shutil
+
+    tmp, _, _ = table
+    spec = importlib.util.spec_from_file_location("positions_table", Path(__file__).parents[1] / "scripts/positions_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lrs = {("vanilla", 0): 0.0015, ("vanilla", 1): 0.0015, ("va", 0): 0.00075, ("va", 1): 0.00075}
+    for (a, s), lr in lrs.items():  # the fixture's runs, laid out as a sweep's
+        shutil.copytree(tmp / f"runs/text-tiny/{a}/seed{s}", tmp_path / f"runs/{a}/lr{lr:g}/seed{s}")
+    table_csv = tmp_path / "text-tiny.csv"
+    table_csv.write_text("arch,seed,lr\n" + "".join(f"{a},{s},{lr}\n" for (a, s), lr in lrs.items()))
+    common = ["--seeds", "0,1", "--max-windows", "16"]
+    md = mod.main(["--runs", str(tmp_path / "runs"), "--lrs-from", str(table_csv), *common, "--out", str(tmp_path / "tuned")])
+    ref = mod.main(["--runs", str(tmp / "runs/text-tiny"), *common, "--out", str(tmp_path / "plain")])
+    assert (tmp_path / "runs/va/lr0.00075/seed1/positions.json").is_file()  # scored (or its cache read) there
+    assert md.split("| arch |")[1] == ref.split("| arch |")[1]
+    assert "lr<lr>/seed<s>" in md and "each method's lr from" in md
+    table_csv.write_text("arch,seed,lr\nvanilla,0,0.0015\nvanilla,1,0.0015\nva,0,0.00075\n")
+    with pytest.raises(SystemExit, match="has no run of va seed 1"):
+        mod.main(["--runs", str(tmp_path / "runs"), "--lrs-from", str(table_csv), *common, "--out", str(tmp_path / "tuned")])
+
+
 def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give(capsys):
     """The README's "method x modality" table and results/methods-tiny.md are copies of what
     scripts/methods_table.py builds from the committed per-modality tables: none can drift."""
