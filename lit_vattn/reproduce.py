@@ -356,8 +356,10 @@ def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tup
 
 # A control or a second reading of a method -> the method it is read against (besides vanilla): the
 # table's "controls" section tests each against its method, so "caused by X" claims have a test.
-CONTROLS = {"va-frozen": "va", "va-nonorm": "va", "va-previous": "va", "sla-far": "sla", "las-all": "las",
-            "las-norm": "las", "vanilla-flops-las": "las", "attnres-block": "attnres",
+# ELC-BERT-style weighting (normalised learned layer weights, no attention) is there as VA's
+# simplest explanation: is VA more than that?
+CONTROLS = {"va-frozen": "va", "va-nonorm": "va", "va-previous": "va", "elc-bert": "va", "sla-far": "sla",
+            "las-all": "las", "las-norm": "las", "vanilla-flops-las": "las", "attnres-block": "attnres",
             "value-residual-learned": "value-residual"}
 
 
