@@ -103,7 +103,8 @@ def main(argv=None) -> str:
     lrs = {}
     if args.lrs_from:  # the lr each (arch, seed) of that table trained at
         try:
-            lrs = {(r["arch"], int(r["seed"])): float(r["lr"]) for r in csv.DictReader(open(args.lrs_from)) if r.get("lr")}
+            with open(args.lrs_from, newline="") as f:
+                lrs = {(r["arch"], int(r["seed"])): float(r["lr"]) for r in csv.DictReader(f) if r.get("lr")}
         except (OSError, KeyError, ValueError) as e:
             raise SystemExit(f"--lrs-from {args.lrs_from}: not a reproduce table CSV with arch, seed and lr columns ({e})") from None
 
