@@ -393,7 +393,8 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
     if not pairs:
         return []
     key = "test_acc" if probe else "test_nll"
-    tests = paired_tests([(c, by[c], {r["seed"]: r for r in by[m]}) for c, m in pairs], probe)
+    refs = {m: {r["seed"]: r for r in by[m]} for _, m in pairs}  # each method's runs by seed
+    tests = paired_tests([(c, by[c], refs[m]) for c, m in pairs], probe)
     what = "accuracy" if probe else "NLL"
     lines = ["", f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
              "mean ± std; the same two tests, Holm-corrected across these rows; \"better\" = "
@@ -401,8 +402,7 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
              f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict |",
              "|---|---|---|---|---|---|---|"]
     for c, m in pairs:
-        ref = {r["seed"]: r for r in by[m]}
-        delta = [r[key] - ref[r["seed"]][key] for r in by[c] if r["seed"] in ref]
+        delta = [r[key] - refs[m][r["seed"]][key] for r in by[c] if r["seed"] in refs[m]]
         p, q, b, word = tests[c]
         lines.append(f"| {c} | {m} | {fmt(delta) if delta else '—'} | {pval(p)} | {pval(q)} | {pval(b)} | {word} |")
     return lines
@@ -422,6 +422,9 @@ def probe_lines(results: list[dict]) -> list[str]:
             "NLL columns are over the answers only"]
 
 
+TUNED_LR = "learning rate: each method's own"  # how a tuned table's header bullet starts (scripts/methods_table.py reads it)
+
+
 def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
     """The header bullet on learning rates and, after an --lrs sweep, its table."""
     if not sweep:
@@ -430,7 +433,7 @@ def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
         return [f"- learning rate: {shared} (the preset's; not tuned per method, so methods with other optima are at a disadvantage)"], []
     grid = sorted({r["lr"] for r in sweep})
     seed = sweep[0]["seed"]
-    head = [f"- learning rate: each method's own, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
+    head = [f"- {TUNED_LR}, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
             f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"]
     rows = ["", f"Learning-rate sweep (seed {seed}, final validation NLL in nats/token; * = chosen; a choice at the grid's edge "
             "means the optimum may lie outside it):", "", "| arch | " + " | ".join(f"lr {x:g}" for x in grid) + " | chosen |",

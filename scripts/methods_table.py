@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_vattn.reproduce import ALL_ARCHS
+from lit_vattn.reproduce import ALL_ARCHS, TUNED_LR
 
 MODALITIES = ("text", "music", "acoustic")
 METHODS = ALL_ARCHS.split(",")  # the compared methods; anything else in a table is a control or a reading
@@ -55,7 +55,7 @@ def main(argv=None) -> str:
     # that a table with --lrs and controls also holds, which the others mark "not run"
     archs = list(dict.fromkeys(a for rows, _ in parsed.values() for a in rows if "counts" not in a))
     archs = [a for a in archs if a in METHODS] + [a for a in archs if a not in METHODS]
-    tuned = {m: any(b.startswith("learning rate: each method's own") for b in bl) for m, (_, bl) in parsed.items()}
+    tuned = {m: any(b.startswith(TUNED_LR) for b in bl) for m, (_, bl) in parsed.items()}
     lines = [f"# Every method against vanilla, preset `{args.preset}`", "",
              f"- command: `python scripts/methods_table.py --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
              "- cell: paired difference in test NLL to vanilla on the same seeds (nats per token; negative = lower "
@@ -66,7 +66,7 @@ def main(argv=None) -> str:
              "learning rate chosen for that method on validation, where its table tuned one per method",
              "- sources (each with its own command, commit, date and hardware):"]
     lines += [f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')}; "
-              + ("learning rate: each method's own, chosen on validation)" if tuned[m] else "one learning rate for every method)")
+              + (f"{TUNED_LR}, chosen on validation)" if tuned[m] else "one learning rate for every method)")
               for m, (_, bl) in parsed.items()]
     lines += [f"  - {m}: no table yet" for m in MODALITIES if m not in parsed]
     lines += ["", "| method | " + " | ".join(MODALITIES) + " |", "|---|" + "---|" * len(MODALITIES)]
