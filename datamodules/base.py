@@ -117,17 +117,22 @@ class TokenDataModule(StreamDataModule):
         return self.cache_dir / f"{self.name}-{shards.cache_key(self.settings())}"
 
     def prepare_data(self) -> None:
-        """Tokenize once (Lightning calls this on local rank 0; the other ranks wait)."""
+        """Tokenize once (Lightning calls this on local rank 0; the other ranks wait). Separate
+        processes asking for the same shards at once take turns: the first writes them, the
+        others wait on its lock and then read them (``shards.preparing``)."""
         if shards.is_complete(self.shard_dir):
             return
-        log.info("preparing %s shards in %s", self.name, self.shard_dir)
-        writer = shards.ShardWriter(self.shard_dir, self.vocab_size)
-        try:
-            meta, units = self.write_shards(writer)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit({"source": self.name, "settings": self.settings(), "unit": self.unit, **meta}, units)
+        with shards.preparing(self.shard_dir, log):
+            if shards.is_complete(self.shard_dir):  # written while this process waited
+                return
+            log.info("preparing %s shards in %s", self.name, self.shard_dir)
+            writer = shards.ShardWriter(self.shard_dir, self.vocab_size)
+            try:
+                meta, units = self.write_shards(writer)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit({"source": self.name, "settings": self.settings(), "unit": self.unit, **meta}, units)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if not shards.is_complete(self.shard_dir):

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -110,6 +111,31 @@ def clean_stale(final_dir: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         except (ValueError, PermissionError):
             pass  # not ours to judge
+
+
+@contextmanager
+def preparing(final_dir: Path, log=None) -> Iterator[None]:
+    """Hold ``<parent>/.<name>.lock`` while this process prepares these shards. Processes that
+    start together on empty shards (``lit-vattn-reproduce --parallel 2`` on a fresh machine, or
+    several jobs on one node) would otherwise each tokenize the same source at once: twice the
+    time, and for the acoustic source twice ~13 GiB of EnCodec encoding, which got one of them
+    OOM-killed on a 24 GiB machine. The others wait here, then find the shards complete. The lock
+    is ``filelock``'s (a torch dependency); the kernel frees it if its holder dies."""
+    from filelock import FileLock, Timeout
+
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(final_dir.parent / f".{final_dir.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log is not None:
+            log.info("another process is preparing %s; waiting for it", final_dir)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def is_complete(shard_dir: Path) -> bool:

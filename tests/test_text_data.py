@@ -1,6 +1,8 @@
 """Real corpus text through the text DataModule: shards, cache, round trips, windows, bad input."""
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,7 +114,7 @@ def test_too_few_documents_names_the_empty_split(tmp_path):
     f.write_text("just one document")
     with pytest.raises(ValueError, match="'val', 'test' would be empty.*val_fraction.*sample_by"):
         TextDataModule(source="files", files=[str(f)], cache_dir=str(tmp_path)).prepare_data()
-    assert [p.name for p in tmp_path.iterdir()] == ["one.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"] == ["one.txt"]  # no shard, no temporary
 
 
 def test_unknown_hf_dataset_offline_fails_fast_with_its_name(tmp_path):
@@ -145,4 +147,32 @@ def test_crash_during_preparation_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(GPT2Tokenizer, "encode_batch", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         dm.prepare_data()
-    assert not os.listdir(tmp_path)
+    assert [p for p in os.listdir(tmp_path) if not p.endswith(".lock")] == []  # the lock file holds no data
+
+
+def test_processes_preparing_the_same_shards_at_once_tokenize_once(tmp_path, monkeypatch):
+    """Runs started together on empty shards (reproduce --parallel) take turns on the shards'
+    lock: one tokenizes, the other waits and reads the same shards. Two threads here, each with its
+    own DataModule and its own handle on the lock file, as two processes would have."""
+    f = tmp_path / "corpus.txt"
+    f.write_text("\n\n".join(f"Paragraph {i} is about the harbour at {i % 5}." for i in range(300)))
+    real, calls = TextDataModule.write_shards, []
+
+    def slow(self, writer):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # the second caller arrives while the first is still writing
+        return real(self, writer)
+
+    monkeypatch.setattr(TextDataModule, "write_shards", slow)
+    dms = [TextDataModule(source="files", files=[str(f)], sample_by="paragraph", seq_len=16,
+                          cache_dir=str(tmp_path / "cache")) for _ in range(2)]
+    threads = [threading.Thread(target=dm.prepare_data) for dm in dms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    for dm in dms:
+        dm.setup()
+    assert np.array_equal(dms[0]._data["train"], dms[1]._data["train"])
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]
