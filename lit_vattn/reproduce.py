@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,10 @@ UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits
 # the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
 # (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
 PROBES = ("mqar", "copy")
+# what --records keeps of a run: the files a table reads (and the per-step metrics), no checkpoint,
+# no log; a few tens of kB, meant for committing beside the table
+RECORD_FILES = ("done.json", "failed.json", "fit/config.yaml", "fit/summary.json", "fit/metrics.csv",
+                "test/summary.json", "test/metrics.csv")
 
 
 def git_commit() -> str:
@@ -87,6 +92,33 @@ class Runner:
     def run_dir(self, arch: str, seed: int, lr: Optional[float] = None) -> Path:
         return self.root / self.run_name(arch, seed, lr)
 
+    def record_dir(self, arch: str, seed: int, lr: Optional[float] = None) -> Optional[Path]:
+        return Path(self.args.records) / self.run_name(arch, seed, lr) if self.args.records else None
+
+    def keep(self, arch: str, seed: int, lr: Optional[float] = None) -> None:
+        """Copy the run's record (``RECORD_FILES``) to --records, replacing any older one whole:
+        written beside the destination, then renamed, so an interruption leaves no half record."""
+        rec, d = self.record_dir(arch, seed, lr), self.run_dir(arch, seed, lr)
+        if rec is None or rec.resolve() == d.resolve():
+            return
+        tmp = rec.with_name(rec.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in RECORD_FILES:
+            if (d / f).is_file():
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(d / f, tmp / f)
+        shutil.rmtree(rec, ignore_errors=True)
+        os.replace(tmp, rec)
+
+    def recorded(self, arch: str, seed: int, lr: Optional[float] = None) -> Optional[dict]:
+        """A finished run kept under --records and absent under --runs (made in an earlier session
+        or on another machine): its numbers, its run_dir pointing at the record, which holds every
+        file a table reads."""
+        rec = self.record_dir(arch, seed, lr)
+        if rec is None or not (rec / "done.json").is_file() or (self.run_dir(arch, seed, lr) / "done.json").exists():
+            return None
+        return {**read_done(rec), "run_dir": str(rec)}
+
     def _cmd(self, sub: str, arch: str, seed: int, version: str, lr: Optional[float] = None) -> list[str]:
         a = self.args
         return [sys.executable, "-m", "lit_vattn", sub, *configs(a.modality, arch, a.preset, self.config_dir),
@@ -119,13 +151,18 @@ class Runner:
     def summary(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
         """The finished run's done.json (for --table-only); its run_dir is re-rooted here. A run
         recorded as failed (``failed.json``, e.g. a diverged lr of a sweep) comes back as failed."""
+        kept = self.recorded(arch, seed, lr)
+        if kept is not None:
+            return kept
         d = self.run_dir(arch, seed, lr)
         done, failed = d / "done.json", d / "failed.json"
         if not done.exists() and failed.exists():
+            self.keep(arch, seed, lr)
             return {**json.loads(failed.read_text()), "run_dir": str(d)}
         if not done.exists():
             raise SystemExit(f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
                              f"summary {done}; run it first (without --table-only) or copy its run directory under --runs")
+        self.keep(arch, seed, lr)
         return {**read_done(d), "run_dir": str(d)}
 
     def one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
@@ -140,14 +177,20 @@ class Runner:
             r = {"arch": arch, "seed": seed, "lr": lr, "failed": e.reason, "run_dir": str(d)}
             d.mkdir(parents=True, exist_ok=True)
             (d / "failed.json").write_text(json.dumps(r, indent=2))
+            self.keep(arch, seed, lr)
             return r
 
     def _one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
         d = self.run_dir(arch, seed, lr)
         done = d / "done.json"
         what = f"{arch} seed {seed}" + ("" if lr is None else f" lr {lr:g}")
+        kept = self.recorded(arch, seed, lr)
+        if kept is not None:
+            print(f"[skip] {what}: recorded ({kept['run_dir']})", flush=True)
+            return kept
         if done.exists():
             print(f"[skip] {what}: finished ({done})", flush=True)
+            self.keep(arch, seed, lr)
             return read_done(d)
         (d / "failed.json").unlink(missing_ok=True)  # a new attempt
         fit_dir, test_dir = d / "fit", d / "test"
@@ -177,6 +220,7 @@ class Runner:
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, done)
+        self.keep(arch, seed, lr)
         return result
 
 
@@ -545,7 +589,10 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     if budget:
         lines += ["", f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
                   f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`."]
-    lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`."]
+    lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
+              + (f"; each run's record (summaries, configs, metrics; what this table reads) under `{args.records}`: "
+                 f"`lit-vattn-reproduce <the command's options> --runs {args.records} --table-only` rebuilds it"
+                 if getattr(args, "records", None) else "") + "."]
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, stem.with_suffix(".md"))
@@ -577,6 +624,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                    "<arch>/lr<lr>/seed<s>; the table lists the choice and every value's validation NLL. Without it "
                    "every method trains at the preset's lr")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
+    p.add_argument("--records", default=None,
+                   help="also keep each run's record (done.json, the fit/test summaries, config and metrics; no "
+                   "checkpoint, no log: tens of kB) under this directory, laid out like --runs, e.g. results/records: "
+                   "commit it beside the table, and `--table-only --runs <it>` rebuilds the table anywhere. A run "
+                   "recorded there and absent under --runs counts as finished, so a sweep longer than one machine's "
+                   "session continues from the committed records on a fresh machine")
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
     p.add_argument("--table-only", action="store_true",
@@ -622,7 +675,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                 counts = json.loads(saved.read_text())
             else:
                 counts = count_baselines(finished)
+                saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(counts, indent=2))
+            if args.records:
+                kept = Path(args.records) / f"{args.modality}-{args.preset}" / "counts.json"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_text(json.dumps(counts, indent=2))
         except Exception as e:  # the runs are done: a failing extra row must not cost the table
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     md, _ = write_tables(args, results, wall, counts, sweep)

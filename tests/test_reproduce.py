@@ -286,6 +286,37 @@ def test_table_only_rebuilds_the_table_from_copied_summaries(table, tmp_path):
         reproduce.main([*moved, "--table-only", *args[cut:]])
 
 
+def test_records_carry_a_table_to_a_fresh_machine(table, tmp_path, capsys):
+    """--records keeps each run's record (what a table reads; no checkpoint, no log). On a machine
+    with none of the run directories, the same command with the same --records trains nothing and
+    writes the same table; --table-only reads the records directly."""
+    tmp, args, results = table
+    cut = args.index("--override")
+    rec, out = tmp_path / "records", tmp_path / "out"
+    head = [str(out) if a == str(tmp / "results") else a for a in args[:cut]]
+    reproduce.main([*head, "--records", str(rec), *args[cut:]])  # the fixture's runs, finished: kept
+    assert capsys.readouterr().out.count("[skip]") == 4
+    kept = sorted(str(f.relative_to(rec)) for f in rec.rglob("*") if f.is_file())
+    runs = [f"text-tiny/{a}/seed{s}" for a in ("va", "vanilla") for s in (0, 1)]
+    assert kept == sorted(["text-tiny/counts.json"] + [f"{r}/{f}" for r in runs for f in reproduce.RECORD_FILES
+                                                        if f != "failed.json"])
+    assert sum(f.stat().st_size for f in rec.rglob("*") if f.is_file()) < 400_000
+    md = (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()
+    assert f"record (summaries, configs, metrics; what this table reads) under `{rec}`" in md
+
+    fresh = [str(tmp_path / "empty") if a == str(tmp / "runs") else a for a in head]
+    again = reproduce.main([*fresh, "--records", str(rec), *args[cut:]])
+    assert capsys.readouterr().out.count("[skip]") == 4 and not (tmp_path / "empty/text-tiny/va").exists()
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
+    body = lambda text: text.split("- wall time")[1].split("\n", 1)[1].split("Per-run numbers")[0]  # noqa: E731
+    assert body((out / "text-tiny-vanilla-va-seeds0-1.md").read_text()) == body(md)
+
+    only = [str(rec) if a == str(tmp / "runs") else a for a in head]
+    again = reproduce.main([*only, "--table-only", *args[cut:]])
+    assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
+    assert "bigram (counts)" in (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()
+
+
 def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_trained_length(table):
     """Over the windows the run scored (the first 4 batches), the per-position sums are the run's own
     per-window test NLLs; at twice the trained length (RoPE extended) every window still scores
