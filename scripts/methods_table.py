@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_vattn.reproduce import ALL_ARCHS, TUNED_LR
+from lit_vattn.reproduce import ALL_ARCHS
+from lit_vattn.tables import TUNED_LR
 
 MODALITIES = ("text", "music", "acoustic")
 METHODS = ALL_ARCHS.split(",")  # the compared methods; anything else in a table is a control or a reading

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_vattn import analyze, reproduce
+from lit_vattn import analyze, reproduce, tables
 
 SHORT = ["--override", "--trainer.max_steps", "8", "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "1",
          "--trainer.limit_val_batches", "4", "--trainer.limit_test_batches", "4",
@@ -120,7 +120,7 @@ def test_controls_are_tested_against_their_own_method(tmp_path):
 
     arch_dir = Path(__file__).parents[1] / "configs/arch"
     assert all((arch_dir / f"{c}.yaml").is_file() and (arch_dir / f"{m}.yaml").is_file()
-               for c, m in reproduce.CONTROLS.items())
+               for c, m in tables.CONTROLS.items())
 
     def runs(arch, nlls):  # run_dir without a test summary: the seed test alone
         return [{"arch": arch, "seed": s, "test_nll": x, "run_dir": str(tmp_path / arch / str(s))} for s, x in enumerate(nlls)]
@@ -128,7 +128,7 @@ def test_controls_are_tested_against_their_own_method(tmp_path):
     by = {"vanilla": runs("vanilla", [5.0, 5.1, 5.2]), "va": runs("va", [4.80, 4.91, 5.00]),
           "va-frozen": runs("va-frozen", [4.83, 4.93, 5.04]), "va-nonorm": runs("va-nonorm", [5.30, 5.35, 5.50]),
           "sla-far": runs("sla-far", [4.9, 5.0, 5.1])}  # no sla: no row
-    text = "\n".join(reproduce.control_lines(by))
+    text = "\n".join(tables.control_lines(by))
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
             if line.startswith("| va-")}
     assert set(rows) == {"va-frozen", "va-nonorm"} and "sla-far" not in text
@@ -143,7 +143,7 @@ def test_controls_are_tested_against_their_own_method(tmp_path):
     holm[lo], holm[hi] = min(1, 2 * lo), max(min(1, 2 * lo), hi)
     assert float(rows["va-frozen"][3]) == pytest.approx(holm[frozen_p], abs=1e-3)
     assert rows["va-nonorm"][5] == ("worse" if holm[nonorm_p] < 0.05 else "no detectable difference")
-    assert reproduce.control_lines({"vanilla": by["vanilla"], "va": by["va"]}) == []
+    assert tables.control_lines({"vanilla": by["vanilla"], "va": by["va"]}) == []
 
 
 def test_rerun_skips_finished_runs(table, capsys):

@@ -254,7 +254,7 @@ def test_reproduce_rejects_bad_archs_and_seeds_in_one_line(archs, seeds, match, 
 def test_a_partial_request_never_takes_the_canonical_table_name():
     from types import SimpleNamespace
 
-    from lit_vattn.reproduce import table_stem
+    from lit_vattn.tables import table_stem
 
     args = SimpleNamespace(modality="text", preset="tiny")
     full = [{"arch": a, "seed": s} for a in ("vanilla", "va", "las", "sla") for s in (0, 1, 2)]

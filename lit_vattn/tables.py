@@ -1,0 +1,310 @@
+"""The tables of ``lit-vattn-reproduce``: finished runs' records in, markdown + CSV + curves out.
+
+``write_tables`` writes ``<stem>.md`` (header with command, commit, date, hardware, wall time, lr
+rule, tests; one row per method: params, tokens, val/test NLL mean ± std over seeds, Δ to vanilla
+on the same seed, the paired t over seeds and the paired bootstrap over test windows, each
+Holm-corrected across the table, the verdict, tokens/s, memory; the count-model floors; each
+control against its own method; the lr sweep), ``<stem>.csv`` (one row per run) and the loss and
+budget curves. It reads only what a run's record holds (``reproduce.RECORD_FILES``), so a table is
+rebuilt from committed records with ``--table-only``. The verdict words are defined here:
+"better"/"worse" when both Holm p < 0.05, else "no detectable difference".
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Optional
+
+from lit_vattn.curves import plot_budget, plot_curves
+from lit_vattn.reproduce import DEFAULT_ARCHS, PROBES, UNIT, choose_lr, git_commit
+
+
+def table_stem(args, results: list[dict]) -> str:
+    """``<modality>-<preset>`` only for a complete table: every default architecture, >= 3 seeds,
+    every run finished. Anything less gets a name of its own, so it never replaces a committed table."""
+    archs = list(dict.fromkeys(r["arch"] for r in results))
+    seeds = sorted({r["seed"] for r in results})
+    complete = (set(DEFAULT_ARCHS.split(",")) <= set(archs) and len(seeds) >= 3
+                and not any(r.get("failed") for r in results))
+    stem = f"{args.modality}-{args.preset}"
+    if complete:
+        return stem
+    stem += f"-{'-'.join(archs)}-seeds{'-'.join(map(str, seeds))}"
+    return stem + ("-incomplete" if any(r.get("failed") for r in results) else "")
+
+
+def epochs(results: list[dict], counts: Optional[list[dict]] = None) -> str:
+    """Tokens seen over the training split's size (the runs' own stats; else the count models',
+    which read the whole training split of the same data)."""
+    fallback = counts[0].get("split_tokens", counts[0]["train_tokens"]) if counts else None
+    e = sorted({round(r["tokens_seen"] / (r.get("train_tokens") or fallback), 2) for r in results
+                if r.get("train_tokens") or fallback})
+    return ", ".join(f"{x:g}" for x in e) if e else "n/a"
+
+
+def scored_fraction(results: list[dict]) -> str:
+    """What part of val/test the runs scored, read from the first run's saved config."""
+    import yaml
+
+    for r in results:
+        cfg_path = Path(r["run_dir"]) / "fit" / "config.yaml"
+        if cfg_path.exists():
+            t = yaml.safe_load(cfg_path.read_text()).get("trainer", {})
+            lv, lt = t.get("limit_val_batches"), t.get("limit_test_batches")
+            part = lambda v: "the whole split" if v in (None, 1.0) else (f"the first {v} batches" if isinstance(v, int) else f"{v:.0%} of the batches")  # noqa: E731
+            return f"val: {part(lv)}; test: {part(lt)} (data.batch_size windows of data.seq_len tokens)"
+    return "n/a"
+
+
+def fmt(xs: list[float], digits: int = 4) -> str:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{mean(xs):.{digits}f} ± {stdev(xs):.{digits}f}"
+
+
+def _windows(r: dict, field: str = "nll") -> Optional[dict]:
+    """The run's per-test-window sums ({index: (sum of field, tokens)}; field "nll", or "correct"
+    for a probe's top-1 hits), if its test recorded them."""
+    path = Path(r["run_dir"]) / "test" / "summary.json"
+    w = json.loads(path.read_text()).get("test_windows") if path.is_file() else None
+    return {i: (n, t) for i, n, t in zip(w["index"], w[field], w["tokens"])} if w and field in w else None
+
+
+def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tuple[list[float], list[int]]]:
+    """Per test window: the seed-mean difference to vanilla of the window's summed ``field`` and
+    the scored tokens, over the seeds both finished; None when a run lacks windows or the windows
+    differ."""
+    per_seed = []
+    for r in rs:
+        if r["seed"] not in base:
+            continue
+        a, v = _windows(r, field), _windows(base[r["seed"]], field)
+        if a is None or v is None or a.keys() != v.keys():
+            return None
+        per_seed.append({i: (a[i][0] - v[i][0], a[i][1]) for i in a})
+    if not per_seed:
+        return None
+    keys = sorted(per_seed[0])
+    return [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
+
+
+# A control or a second reading of a method -> the method it is read against (besides vanilla): the
+# table's "controls" section tests each against its method, so "caused by X" claims have a test.
+# ELC-BERT-style weighting (normalised learned layer weights, no attention) is there as VA's
+# simplest explanation: is VA more than that?
+CONTROLS = {"va-frozen": "va", "va-nonorm": "va", "va-previous": "va", "elc-bert": "va", "sla-far": "sla",
+            "las-all": "las", "las-norm": "las", "vanilla-flops-las": "las", "attnres-block": "attnres",
+            "value-residual-learned": "value-residual"}
+
+
+def significance(archs: list[str], by: dict, base: dict, probe: bool = False) -> dict[str, tuple]:
+    """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
+    seeds both finished (``lit_vattn.stats``): on test NLL (lower is better), or for a probe on
+    test accuracy (higher is better; the bootstrap over test examples of their top-1 hits)."""
+    return paired_tests([(a, by[a], base) for a in archs if a != "vanilla" and by.get(a)], probe)
+
+
+def paired_tests(items: list[tuple[str, list[dict], dict]], probe: bool = False) -> dict[str, tuple]:
+    """name -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) of each (name, runs,
+    reference runs by seed): the runs against the reference on the seeds both finished, Holm over
+    the items."""
+    from lit_vattn.stats import holm, paired_bootstrap, paired_t, verdict2
+
+    key, field, sign = ("test_acc", "correct", -1.0) if probe else ("test_nll", "nll", 1.0)
+    diffs = [[r[key] - ref[r["seed"]][key] for r in rs if r["seed"] in ref] for _, rs, ref in items]
+    raw = [paired_t(d)[1] for d in diffs]
+    adj = holm(raw)
+    boot = holm([paired_bootstrap(*w) if w else None for w in (window_diffs(rs, ref, field) for _, rs, ref in items)])
+    # verdict2 reads a negative difference as "better": an accuracy gain is negated
+    return {name: (p, q, b, verdict2(sign * mean(d) if d else None, q, b))
+            for (name, _, _), d, p, q, b in zip(items, diffs, raw, adj, boot)}
+
+
+def control_lines(by: dict, probe: bool = False) -> list[str]:
+    """The "controls" section: each control or reading (``CONTROLS``) in the table against its own
+    method on the same seeds, with the table's two tests, Holm over these comparisons."""
+    pairs = [(c, m) for c, m in CONTROLS.items() if by.get(c) and by.get(m)]
+    if not pairs:
+        return []
+    key = "test_acc" if probe else "test_nll"
+    refs = {m: {r["seed"]: r for r in by[m]} for _, m in pairs}  # each method's runs by seed
+    tests = paired_tests([(c, by[c], refs[m]) for c, m in pairs], probe)
+    what = "accuracy" if probe else "NLL"
+    lines = ["", f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
+             "mean ± std; the same two tests, Holm-corrected across these rows; \"better\" = "
+             + ("higher accuracy" if probe else "lower NLL") + " than the method):", "",
+             f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for c, m in pairs:
+        delta = [r[key] - refs[m][r["seed"]][key] for r in by[c] if r["seed"] in refs[m]]
+        p, q, b, word = tests[c]
+        lines.append(f"| {c} | {m} | {fmt(delta) if delta else '—'} | {pval(p)} | {pval(q)} | {pval(b)} | {word} |")
+    return lines
+
+
+def probe_lines(results: list[dict]) -> list[str]:
+    """A probe table's header bullets: the task as configured (from the first run's saved config)
+    and its chance accuracy."""
+    import yaml
+
+    from datamodules.probes import ProbeDataModule
+
+    cfg = yaml.safe_load((Path(results[0]["run_dir"]) / "fit" / "config.yaml").read_text())
+    dm = ProbeDataModule(**cfg["data"]["init_args"])
+    return [f"- task: {dm.describe()} (`datamodules/probes.py`)",
+            f"- chance accuracy (a uniform guess among the ids an answer can be): {dm.chance_accuracy:.4f}; "
+            "NLL columns are over the answers only"]
+
+
+TUNED_LR = "learning rate: each method's own"  # how a tuned table's header bullet starts (scripts/methods_table.py reads it)
+
+
+def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
+    """The header bullet on learning rates and, after an --lrs sweep, its table."""
+    if not sweep:
+        lrs = sorted({r["lr"] for r in results if r.get("lr") is not None})
+        shared = f"{lrs[0]:g} for every method" if len(lrs) == 1 else ", ".join(f"{x:g}" for x in lrs) if lrs else "not recorded"
+        return [f"- learning rate: {shared} (the preset's; not tuned per method, so methods with other optima are at a disadvantage)"], []
+    grid = sorted({r["lr"] for r in sweep})
+    seed = sweep[0]["seed"]
+    head = [f"- {TUNED_LR}, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
+            f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"]
+    rows = ["", f"Learning-rate sweep (seed {seed}, final validation NLL in nats/token; * = chosen; a choice at the grid's edge "
+            "means the optimum may lie outside it):", "", "| arch | " + " | ".join(f"lr {x:g}" for x in grid) + " | chosen |",
+            "|---|" + "---|" * (len(grid) + 1)]
+    for a in dict.fromkeys(r["arch"] for r in sweep):
+        by_lr = {r["lr"]: r for r in sweep if r["arch"] == a}
+        best = choose_lr(list(by_lr.values()))
+        cells = ["—" if x not in by_lr else "failed" if by_lr[x].get("failed") else
+                 f"{by_lr[x]['val_nll']:.4f}" + ("*" if x == best else "") for x in grid]
+        edge = " (edge)" if best is not None and best in (grid[0], grid[-1]) else ""
+        rows.append(f"| {a} | " + " | ".join(cells) + f" | {'none (every lr failed)' if best is None else f'{best:g}{edge}'} |")
+    return head, rows
+
+
+def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None,
+                 sweep: Optional[list[dict]] = None) -> tuple[Path, Path]:
+    unit, unit_label = UNIT[args.modality]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / table_stem(args, results)
+    fields = ["arch", "seed", "lr", "failed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
+              "tokens_per_sec", "peak_memory_gib", "flops_per_token", "device", "wall_seconds"]
+    tmp = stem.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            w.writerow(r)
+    os.replace(tmp, stem.with_suffix(".csv"))
+
+    lr_head, lr_rows = lr_lines(results, sweep or [])
+    in_table = {r["run_dir"] for r in results}
+    n_resumed = sum(bool(r.get("resumed")) for r in {r["run_dir"]: r for r in results + (sweep or [])}.values())
+    sweep_minutes = sum(r.get("wall_seconds", 0.0) for r in sweep or [] if r["run_dir"] not in in_table) / 60
+    failed = [r for r in results if r.get("failed")]
+    results = [r for r in results if not r.get("failed")]
+    archs = list(dict.fromkeys(r["arch"] for r in results + failed))
+    by = {a: sorted((r for r in results if r["arch"] == a), key=lambda r: r["seed"]) for a in archs}
+    base = {r["seed"]: r for r in by.get("vanilla", [])}
+    devices = sorted({r["device"] for r in results})
+    hw = ", ".join(devices) if devices != ["cpu"] else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    probe = args.modality in PROBES
+    lines = [
+        f"# {args.modality} {'in-context probe table (accuracy on the answers)' if probe else 'NLL table'}, preset `{args.preset}`",
+        "",
+        f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
+        f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', 'not recorded (see results/README.md)') for r in results}))}; "
+        f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
+        *(probe_lines(results) if probe else [f"- epochs over the training split: {epochs(results, counts)}"]),
+        ("- wall time: " if getattr(args, "table_only", False) else f"- wall time: {wall / 60:.1f} min for this invocation; ")
+        + f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"
+        + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else "")
+        + (f"; plus {sweep_minutes:.1f} min for the lr sweep's runs not in the table" if sweep else "")
+        + (f"; {n_resumed} run(s) resumed after an interruption count their last attempt only" if n_resumed else ""),
+        f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
+        f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed"
+        + (" (of test accuracy)" if probe else ""),
+        f"- scored: {scored_fraction(results)}",
+        *lr_head,
+        ("- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test accuracy minus vanilla's on the same "
+         "seed: training noise) and (2) a paired bootstrap over the test examples of the seed-mean Δ of their hits (10,000 "
+         "resamples: test-set noise), each Holm-corrected across the architectures of this table; verdict \"better\" "
+         "(higher accuracy)/\"worse\" when both Holm p < 0.05, otherwise \"no detectable difference\" at this scale "
+         "(`lit_vattn/stats.py`)" if probe else
+         "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
+         "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
+         "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
+         "architectures of this table; verdict \"better\"/\"worse\" when both Holm p < 0.05 (the seed test alone for runs "
+         "without per-window NLLs), otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)"),
+    ]
+    if failed:
+        lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
+    lines += [
+        "",
+        f"| arch | runs | lr | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} "
+        f"| Δ test {'accuracy' if probe else 'NLL'} vs vanilla "
+        "| p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict | tokens/s | peak mem (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    tests = significance(archs, by, base, probe)
+    key = "test_acc" if probe else "test_nll"
+    for a in archs:
+        rs = by[a]
+        n_failed = sum(r["arch"] == a for r in failed)
+        runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
+        if not rs:
+            lines.append(f"| {a} | {runs} | — | — | — | failed | failed | failed | — | — | — | — | — | — | — |")
+            continue
+        p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
+        delta = [r[key] - base[r["seed"]][key] for r in rs if r["seed"] in base] if a != "vanilla" else []
+        lines.append(
+            f"| {a} | {runs} | {lr_cell(rs)} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
+            f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
+            f"{fmt(delta) if delta else '—'} | {pval(p_raw)} | {pval(p_holm)} | {pval(p_boot)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
+            f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
+        )
+    for c in counts or []:
+        lines.append(
+            f"| {c['arch']} | count model | — | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
+            f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — | — |"
+        )
+    if counts:
+        lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
+                  "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`)."]
+    lines += control_lines(by, probe)
+    lines += lr_rows
+    budget = plot_budget(results, stem.with_name(stem.name + "-budget"), f"{args.modality}, preset {args.preset}", counts,
+                         "acc" if probe else "nll")
+    if budget:
+        lines += ["", f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
+                  f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`."]
+    lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
+              + (f"; each run's record (summaries, configs, metrics; what this table reads) under `{args.records}`: "
+                 f"`lit-vattn-reproduce <the command's options> --runs {args.records} --table-only` rebuilds it"
+                 if getattr(args, "records", None) else "") + "."]
+    tmp = stem.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, stem.with_suffix(".md"))
+    plot_curves(results, stem.with_name(stem.name + "-loss.png"), f"{args.modality}, preset {args.preset}")
+    return stem.with_suffix(".md"), stem.with_suffix(".csv")
+
+
+def pval(v: Optional[float]) -> str:
+    return "—" if v is None else (f"{v:.3f}" if v >= 0.001 else f"{v:.1e}")
+
+
+def lr_cell(rs: list[dict]) -> str:
+    lrs = sorted({r["lr"] for r in rs if r.get("lr") is not None})
+    return ", ".join(f"{x:g}" for x in lrs) or "—"
