@@ -38,10 +38,9 @@ UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits
 # the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
 # (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
 PROBES = ("mqar", "copy")
-# what --records keeps of a run: the files a table reads (and the per-step metrics), no checkpoint,
-# no log; a few tens of kB, meant for committing beside the table
-RECORD_FILES = ("done.json", "failed.json", "fit/config.yaml", "fit/summary.json", "fit/metrics.csv",
-                "test/summary.json", "test/metrics.csv")
+# what --records keeps of a run: the files a table reads (the summaries hold the loss and validation
+# curves too), no checkpoint, no log, no per-step CSV; ~20 kB, meant for committing beside the table
+RECORD_FILES = ("done.json", "failed.json", "fit/config.yaml", "fit/summary.json", "test/summary.json")
 
 
 def git_commit() -> str:
@@ -340,8 +339,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                    "every method trains at the preset's lr")
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
     p.add_argument("--records", default=None,
-                   help="also keep each run's record (done.json, the fit/test summaries, config and metrics; no "
-                   "checkpoint, no log: tens of kB) under this directory, laid out like --runs, e.g. results/records: "
+                   help="also keep each run's record (done.json, the fit/test summaries, the config; no "
+                   "checkpoint, no log: ~20 kB) under this directory, laid out like --runs, e.g. results/records: "
                    "commit it beside the table, and `--table-only --runs <it>` rebuilds the table anywhere. A run "
                    "recorded there and absent under --runs counts as finished, so a sweep longer than one machine's "
                    "session continues from the committed records on a fresh machine")

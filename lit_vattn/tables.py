@@ -291,7 +291,7 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         lines += ["", f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
                   f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`."]
     lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
-              + (f"; each run's record (summaries, configs, metrics; what this table reads) under `{args.records}`: "
+              + (f"; each run's record (summaries and config: what this table reads) under `{args.records}`: "
                  f"`lit-vattn-reproduce <the command's options> --runs {args.records} --table-only` rebuilds it"
                  if getattr(args, "records", None) else "") + "."]
     tmp = stem.with_suffix(".md.tmp")
