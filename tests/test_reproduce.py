@@ -317,6 +317,27 @@ def test_records_carry_a_table_to_a_fresh_machine(table, tmp_path, capsys):
     assert "bigram (counts)" in (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()
 
 
+def test_committed_tables_are_the_runs_their_records_hold(tmp_path, capsys):
+    """Every table whose run records are committed (results/records/<modality>-<preset>/) is rebuilt
+    from them by its own command (--table-only --runs results/records): the numbers, tests,
+    controls and sweep must come out as committed, so the table is the models it names."""
+    import shlex
+
+    root = Path(__file__).parents[1]
+    stems = sorted(d.name for d in (root / "results/records").iterdir() if d.is_dir())
+    assert stems, "no committed records"
+    for stem in stems:
+        md = (root / "results" / f"{stem}.md").read_text()
+        cmd = shlex.split(md.split("- command: `", 1)[1].split("`", 1)[0])[1:]
+        drop = {"--runs", "--out", "--records", "--parallel"}
+        keep = [a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop) and a != "--table-only"]
+        reproduce.main([*keep, "--runs", str(root / "results/records"), "--out", str(tmp_path), "--table-only"])
+        body = lambda text: text.split("\n| arch |", 1)[1].split("\nPer-run numbers")[0]  # noqa: E731
+        assert body((tmp_path / f"{stem}.md").read_text()) == body(md), stem
+        assert (tmp_path / f"{stem}.csv").read_text() == (root / "results" / f"{stem}.csv").read_text(), stem
+    capsys.readouterr()
+
+
 def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_trained_length(table):
     """Over the windows the run scored (the first 4 batches), the per-position sums are the run's own
     per-window test NLLs; at twice the trained length (RoPE extended) every window still scores
