@@ -27,7 +27,9 @@ SPLITS = ("train", "val", "test")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LIT_VATTN_CACHE", "~/.cache/lit_vattn")).expanduser()
+    """$LIT_VATTN_CACHE, or ~/.cache/lit_vattn when it is unset or empty (an empty value would
+    otherwise mean the current directory)."""
+    return Path(os.environ.get("LIT_VATTN_CACHE") or "~/.cache/lit_vattn").expanduser()
 
 
 def cache_key(settings: dict) -> str:

@@ -1,11 +1,11 @@
 """Bit-exact references for the reader refactor (issue 11): logits and every parameter gradient of
 each architecture and switch, for one seed and batch, in float32 on the CPU.
 
-``python tests/reference/numerics.py`` writes ``numerics.json`` (run once at commit 7555359, before
-the refactor); ``tests/test_reference_numerics.py`` recomputes every case with the current code and
+``python tests/reference/numerics.py`` writes ``numerics.json`` (run at commit 7555359, before the
+refactor, with this file copied into that tree); ``tests/test_reference_numerics.py`` recomputes every case with the current code and
 requires the same bits. Tensors are stored as SHA-256 of their bytes plus float64 sums, so a
 mismatch reports the size of the difference without shipping the tensors. A platform probe (plain
-torch matmul, SDPA and RMSNorm) is stored too: a CPU whose kernels round differently skips the test
+torch kernels only, ``probe``) is stored too: a CPU whose kernels round differently skips the test
 instead of failing it.
 """
 
@@ -54,11 +54,31 @@ def _digest(t: torch.Tensor) -> dict:
 
 
 def probe() -> dict:
+    """Plain torch kernels (no code of this repository): matmul, SDPA and RMSNorm, and the forward
+    and backward of a small embedding -> RMSNorm -> SiLU MLP -> causal SDPA -> tied readout ->
+    cross-entropy net at the cases' shapes. A CPU whose kernels round differently changes at least
+    one digest and the bit-exact tests skip there. The first three alone missed a CPU (an AVX-512
+    EPYC, 2026-11-24) on which every case's gradients moved in the last bits; the references were
+    then recomputed at 7555359 on it, with this probe."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(37, 64, generator=g), torch.randn(64, 29, generator=g)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
-    return {"matmul": _digest(a @ b), "sdpa": _digest(F.scaled_dot_product_attention(q, k, v, is_causal=True)),
-            "rmsnorm": _digest(torch.nn.RMSNorm(64)(a))}
+    out = {"matmul": _digest(a @ b), "sdpa": _digest(F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+           "rmsnorm": _digest(torch.nn.RMSNorm(64)(a))}
+    d, hid, n_head = CFG["d_model"], CFG["mlp_hidden"], CFG["n_head"]
+    emb = (0.02 * torch.randn(V, d, generator=g)).requires_grad_()
+    w1 = (0.1 * torch.randn(d, hid, generator=g)).requires_grad_()
+    w2 = (0.1 * torch.randn(hid, d, generator=g)).requires_grad_()
+    x = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(1))
+    h = emb[x[:, :-1]]  # (B, T, D)
+    h = h + F.silu(F.rms_norm(h, (d,)) @ w1) @ w2
+    heads = F.rms_norm(h, (d,)).view(2, 12, n_head, d // n_head).transpose(1, 2)  # (B, H, T, Dh)
+    h = h + F.scaled_dot_product_attention(heads, heads, heads, is_causal=True).transpose(1, 2).reshape(2, 12, d)
+    logits = F.rms_norm(h, (d,)) @ emb.T  # (B, T, V)
+    F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").backward()
+    out.update(net_logits=_digest(logits), net_grad_emb=_digest(emb.grad), net_grad_w1=_digest(w1.grad),
+               net_grad_w2=_digest(w2.grad))
+    return out
 
 
 def compute(name: str) -> dict:
