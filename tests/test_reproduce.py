@@ -325,13 +325,13 @@ def test_committed_tables_are_the_runs_their_records_hold(tmp_path, capsys):
     import shlex
 
     root = Path(__file__).parents[1]
-    commands = {md.stem: shlex.split(md.read_text().split("- command: `", 1)[1].split("`", 1)[0])[1:]
-                for md in (root / "results").glob("*.md") if md.read_text().startswith("# ")
-                and "- command: `lit-vattn-reproduce " in md.read_text()}
+    texts = {md.stem: md.read_text() for md in (root / "results").glob("*.md")}
+    commands = {stem: shlex.split(t.split("- command: `lit-vattn-reproduce ", 1)[1].split("`", 1)[0])
+                for stem, t in texts.items() if "- command: `lit-vattn-reproduce " in t}
     stems = sorted(m for m, c in commands.items() if "--records" in c and c[c.index("--records") + 1] == "results/records")
     assert "acoustic-tiny" in stems
     for stem in stems:
-        md, cmd = (root / "results" / f"{stem}.md").read_text(), commands[stem]
+        md, cmd = texts[stem], commands[stem]
         drop = {"--runs", "--out", "--records", "--parallel"}
         keep = [a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop) and a != "--table-only"]
         reproduce.main([*keep, "--runs", str(root / "results/records"), "--out", str(tmp_path), "--table-only"])
