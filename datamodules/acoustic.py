@@ -19,7 +19,7 @@ import torch
 
 from datamodules import codec, shards
 from datamodules.audio_sources import AUDIO_SUFFIXES, file_clips, hf_clips, rendered_music_clips, select_files, speech_clips
-from datamodules.base import TokenDataModule, report_skipped, require
+from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class AcousticDataModule(TokenDataModule):
         num_workers: int = 0,
         seed: int = 1234,
         cache_dir: Optional[str] = None,
+        on_bad_file: Literal["skip", "error"] = "skip",
     ):
         """
         Args:
@@ -79,9 +80,12 @@ class AcousticDataModule(TokenDataModule):
             num_workers: DataLoader worker processes.
             seed: Seed of the training-window stream.
             cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+            on_bad_file: An unreadable or empty input file: "skip" it (the skipped files are listed
+                after the first pass over the inputs) or stop with an "error" naming it. Hidden files
+                and folders are never read.
         """
         require(["soundfile", "soxr", "espeakng_loader", "symusic"], "audio", "AcousticDataModule")
-        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
+        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir, on_bad_file)
         if bandwidth not in codec.N_Q:
             raise ValueError(f"data.bandwidth={bandwidth} must be one of {sorted(codec.N_Q)} kbps")
         if source == "files" and not files:
@@ -135,7 +139,7 @@ class AcousticDataModule(TokenDataModule):
         return hf_clips(self.source, self.hf_config, self.hf_split, self.audio_column, self.max_clips, skipped)
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
-        skipped: list = []
+        skipped = SkippedFiles(self.on_bad_file)
         fix = ("add audio files, raise data.seconds / data.max_clips (they cap what is read), or raise "
                "data.val_fraction / data.test_fraction")
         assign = None

@@ -23,6 +23,26 @@ from datamodules.windows import EvalWindows, ResumableSampler, TrainWindows
 log = logging.getLogger(__name__)
 
 
+class SkippedFiles(list):
+    """(name, reason) of each input skipped as unreadable or empty, reported after the first pass
+    (``report_skipped``). With ``on_bad_file="error"`` the first one is an error that names the
+    file and the option instead, raised in the first pass over the inputs, before any tokenizer is
+    trained or anything is encoded."""
+
+    def __init__(self, on_bad_file: str = "skip"):
+        super().__init__()
+        if on_bad_file not in ("skip", "error"):
+            raise ValueError(f"data.on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
+
+    def append(self, item: tuple[str, str]) -> None:
+        if self.on_bad_file == "error":
+            name, why = item
+            raise ValueError(f"input {name!r} cannot be used: {why}; fix or remove it, or set data.on_bad_file=skip "
+                             "to skip unreadable files and list them")
+        super().append(item)
+
+
 def report_skipped(skipped: list, what: str) -> None:
     if skipped:
         names = ", ".join(f"{n} ({why[:60]})" for n, why in skipped[:5])
@@ -80,6 +100,7 @@ class TokenDataModule(StreamDataModule):
         num_workers: int = 0,
         seed: int = 1234,
         cache_dir: Optional[str] = None,
+        on_bad_file: str = "skip",
     ):
         """
         Args:
@@ -88,12 +109,16 @@ class TokenDataModule(StreamDataModule):
             num_workers: DataLoader worker processes.
             seed: Seed of the training-window stream (independent of the model's init seed).
             cache_dir: Where token shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+            on_bad_file: "skip" (list them) or "error" for unreadable or empty input files.
         """
         super().__init__()
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"data.seq_len and data.batch_size must be >= 1 (got {seq_len}, {batch_size})")
         self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else shards.default_cache_dir()
+        shards.check_cache_dir(self.cache_dir)
+        self.on_bad_file = on_bad_file
+        SkippedFiles(on_bad_file)  # checks the value now, not after the model is built
         self.consumed = 0  # training samples this rank has taken from the stream
         self.meta: Optional[dict] = None
         self._data: dict[str, np.ndarray] = {}
@@ -122,6 +147,7 @@ class TokenDataModule(StreamDataModule):
         others wait on its lock and then read them (``shards.preparing``)."""
         if shards.is_complete(self.shard_dir):
             return
+        shards.check_cache_dir(self.cache_dir, writable=True)
         with shards.preparing(self.shard_dir, log):
             if shards.is_complete(self.shard_dir):  # written while this process waited
                 return

@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from datamodules import shards
-from datamodules.base import TokenDataModule, report_skipped, require
+from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
 from datamodules.music_sources import MIDI_SUFFIXES, abc_pieces, file_pieces, score_pieces
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ DEFAULT_TOKENIZER_OPTIONS = {
 class MusicDataModule(TokenDataModule):
     name = "music"
     unit = "note"
+    FIX = "add MIDI files or raise data.val_fraction / data.test_fraction"
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class MusicDataModule(TokenDataModule):
         num_workers: int = 0,
         seed: int = 1234,
         cache_dir: Optional[str] = None,
+        on_bad_file: Literal["skip", "error"] = "skip",
     ):
         """
         Args:
@@ -68,9 +70,12 @@ class MusicDataModule(TokenDataModule):
             num_workers: DataLoader worker processes.
             seed: Seed of the training-window stream.
             cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+            on_bad_file: An unreadable or empty input file: "skip" it (the skipped files are listed
+                after the first pass over the inputs) or stop with an "error" naming it. Hidden files
+                and folders are never read.
         """
         require(["miditok", "symusic", "music21"], "music", "MusicDataModule")
-        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
+        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir, on_bad_file)
         if source == "files" and not files:
             raise ValueError('data.source="files" needs data.files (MIDI files, directories or globs)')
         self.source, self.files, self.max_pieces = source, files, max_pieces
@@ -80,6 +85,10 @@ class MusicDataModule(TokenDataModule):
         self.bpe_vocab_size, self.kern_timeout = bpe_vocab_size, kern_timeout
         self._tok = None
         self._base_vocab = len(self._new_tokenizer())
+        if source == "files":  # split the file list before any step: too few files is an error now
+            keys = [k for _, k in shards.expand_files(files, "MIDI file", MIDI_SUFFIXES)][:max_pieces]
+            assign = shards.split_keys(keys, val_fraction, test_fraction)
+            shards.check_splits({s: list(assign.values()).count(s) for s in shards.SPLITS}, "MIDI files", self.FIX)
 
     def _new_tokenizer(self):
         import miditok
@@ -139,12 +148,7 @@ class MusicDataModule(TokenDataModule):
         return seq.ids
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
-        fix = "add MIDI files or raise data.val_fraction / data.test_fraction"
-        if self.source == "files":  # split the file list before reading any file
-            keys = [k for _, k in shards.expand_files(self.files, "MIDI file", MIDI_SUFFIXES)][: self.max_pieces]
-            assign = shards.split_keys(keys, self.val_fraction, self.test_fraction)
-            shards.check_splits({s: list(assign.values()).count(s) for s in shards.SPLITS}, "MIDI files", fix)
-        skipped: list = []
+        skipped = SkippedFiles(self.on_bad_file)
         kept = []
         for n, (key, name, score) in enumerate(self._pieces(skipped)):
             if self.max_pieces is not None and n >= self.max_pieces:
@@ -159,7 +163,7 @@ class MusicDataModule(TokenDataModule):
         for key, name, score in kept:
             pieces[assign[key]].append((name, score))
         if self.source == "files" and kept:
-            shards.check_splits({k: len(v) for k, v in pieces.items()}, "usable MIDI files", fix)
+            shards.check_splits({k: len(v) for k, v in pieces.items()}, "usable MIDI files", self.FIX)
         if not pieces["train"]:
             raise ValueError(f"no usable music pieces in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
         tok = self._new_tokenizer()

@@ -198,7 +198,8 @@ def check_splits(counts: dict[str, int], what: str, fix: str) -> None:
 
 def expand_files(patterns: list[str], what: str, suffixes: Optional[set[str]] = None) -> list[tuple[str, str]]:
     """(path, key) for every file in ``data.files``: files, directories (searched recursively,
-    filtered by ``suffixes``) and globs. The key is the path relative to the directory (or the
+    filtered by ``suffixes``) and globs. Hidden files and folders (``.DS_Store``, ``.git/``) are
+    not data and are never listed from a directory or a glob. The key is the path relative to the directory (or the
     glob's fixed prefix) it was found under, or the file's name: splits and cache keys depend on it,
     not on where the folder lives. A missing path or an empty result is an error naming ``what``."""
     out: list[tuple[str, str]] = []
@@ -206,12 +207,14 @@ def expand_files(patterns: list[str], what: str, suffixes: Optional[set[str]] = 
         if os.path.isdir(p):
             root = Path(p)
             out += sorted((str(q), q.relative_to(root).as_posix()) for q in root.rglob("*")
-                          if q.is_file() and (suffixes is None or q.suffix.lower() in suffixes))
+                          if q.is_file() and not _hidden(q.relative_to(root).as_posix())
+                          and (suffixes is None or q.suffix.lower() in suffixes))
         elif any(c in p for c in "*?["):
             fixed = p[: min(p.index(c) for c in "*?[" if c in p)]
             root = Path(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
             out += sorted((q, os.path.relpath(q, root)) for q in glob.glob(p, recursive=True)
-                          if os.path.isfile(q) and (suffixes is None or Path(q).suffix.lower() in suffixes))
+                          if os.path.isfile(q) and not _hidden(os.path.relpath(q, root))
+                          and (suffixes is None or Path(q).suffix.lower() in suffixes))
         elif os.path.isfile(p):
             out.append((p, os.path.basename(p)))
         else:
@@ -219,6 +222,24 @@ def expand_files(patterns: list[str], what: str, suffixes: Optional[set[str]] = 
     if not out:
         raise FileNotFoundError(f"no {what}s found in data.files={patterns}")
     return out
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in Path(relative).parts)
+
+
+def check_cache_dir(path: Path, writable: bool = False) -> None:
+    """The shard cache must be a directory (or creatable as one), and writable where shards are
+    still to be prepared; otherwise an error naming ``LIT_VATTN_CACHE`` / ``data.cache_dir``
+    instead of a traceback about a lock file."""
+    fix = "set LIT_VATTN_CACHE (or data.cache_dir) to a writable directory"
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"shard cache {path}: {existing} is a file, not a directory; {fix}")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"shard cache {path} is not writable ({existing}); {fix}")
 
 
 def fingerprint(files: list[tuple[str, str]]) -> str:

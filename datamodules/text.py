@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from datamodules import shards
-from datamodules.base import TokenDataModule
+from datamodules.base import SkippedFiles, TokenDataModule, report_skipped
 from datamodules.text_sources import embedded_documents, file_documents, hf_documents
 from datamodules.text_tokenizers import GPT2Tokenizer, TrainedBPE
 
@@ -40,6 +40,7 @@ class TextDataModule(TokenDataModule):
         num_workers: int = 0,
         seed: int = 1234,
         cache_dir: Optional[str] = None,
+        on_bad_file: Literal["skip", "error"] = "skip",
     ):
         """
         Args:
@@ -61,8 +62,11 @@ class TextDataModule(TokenDataModule):
             num_workers: DataLoader worker processes.
             seed: Seed of the training-window stream.
             cache_dir: Where shards are kept; default $LIT_VATTN_CACHE or ~/.cache/lit_vattn.
+            on_bad_file: An unreadable or empty input file: "skip" it (the skipped files are listed
+                after the first pass over the inputs) or stop with an "error" naming it. Hidden files
+                and folders are never read.
         """
-        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir)
+        super().__init__(seq_len, batch_size, num_workers, seed, cache_dir, on_bad_file)
         if source == "files" and not files:
             raise ValueError('data.source="files" needs data.files (paths, directories or globs of text files)')
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -73,6 +77,13 @@ class TextDataModule(TokenDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.tokenizer_kind, self.bpe_vocab_size = tokenizer, bpe_vocab_size
         self._tok = None
+        if source == "files" and sample_by == "document":  # too few files for three splits: say so before any step
+            keys = [k for _, k in shards.expand_files(files, "text file")][:max_documents]
+            assign = shards.split_keys(keys, val_fraction, test_fraction)
+            shards.check_splits({s: list(assign.values()).count(s) for s in shards.SPLITS}, "text files (data.files)",
+                                "add files, raise data.val_fraction / data.test_fraction, or use data.sample_by=paragraph")
+        elif source == "files":
+            shards.expand_files(files, "text file")  # a missing path or an empty folder: an error now
 
     @property
     def vocab_size(self) -> int:
@@ -103,11 +114,11 @@ class TextDataModule(TokenDataModule):
                 self._tok = TrainedBPE(self.bpe_vocab_size, path)
         return self._tok
 
-    def _documents(self) -> dict:
+    def _documents(self, skipped: list) -> dict:
         if self.source == "embedded":
             docs = {"all": embedded_documents()}
         elif self.source == "files":
-            docs = {"all": file_documents(self.files, self.sample_by)}
+            docs = {"all": file_documents(self.files, self.sample_by, skipped)}
         else:
             docs = hf_documents(self.source, self.hf_config, self.text_column, self.streaming, self.max_documents)
         if self.max_documents is not None:
@@ -116,7 +127,8 @@ class TextDataModule(TokenDataModule):
 
     def _split_docs(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {s: [] for s in shards.SPLITS}
-        for split, docs in self._documents().items():
+        skipped = SkippedFiles(self.on_bad_file)
+        for split, docs in self._documents(skipped).items():
             if split != "all":  # the source's own split
                 out[split] += [text for _, text in docs]
                 continue
@@ -124,8 +136,10 @@ class TextDataModule(TokenDataModule):
             assign = shards.split_keys([k for k, _ in docs], self.val_fraction, self.test_fraction)
             for key, text in docs:
                 out[assign[key]].append(text)
+        report_skipped(skipped, "unreadable or empty text files")
         if not any(out.values()):
-            raise ValueError(f"text source {self.source!r} produced no non-empty documents")
+            raise ValueError(f"text source {self.source!r} produced no non-empty documents"
+                             f"{f' ({len(skipped)} files skipped, e.g. {skipped[:3]})' if skipped else ''}")
         # before the tokenizer is trained or anything is encoded
         shards.check_splits({k: len(v) for k, v in out.items()}, "documents",
                             "add documents, raise data.val_fraction / data.test_fraction, or use "

@@ -62,17 +62,25 @@ def embedded_documents() -> Iterator[Doc]:
     yield from kjv_documents()
 
 
-def file_documents(patterns: list[str], sample_by: str = "document") -> Iterator[Doc]:
+def file_documents(patterns: list[str], sample_by: str = "document", skipped: Optional[list] = None) -> Iterator[Doc]:
     """Local UTF-8 text files (paths, directories or globs). One file = one document, or one
-    paragraph (blank-line separated) = one document with sample_by='paragraph'."""
+    paragraph (blank-line separated) = one document with sample_by='paragraph'. A file that is
+    not UTF-8, cannot be read or is empty goes to ``skipped`` (name, reason), which decides whether
+    that is an error (``datamodules.base.SkippedFiles``)."""
+    skipped = [] if skipped is None else skipped
     for path, key in expand_files(patterns, "text file"):  # key: relative path, so splits follow the file, not its folder
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except UnicodeDecodeError as e:
-            raise ValueError(f"text file {path!r} is not UTF-8 ({e}); convert it or drop it from data.files") from e
+            skipped.append((path, f"not UTF-8 ({e})"))
+            continue
+        except OSError as e:
+            skipped.append((path, f"unreadable: {type(e).__name__}: {e}"))
+            continue
         if not text.strip():
-            raise ValueError(f"text file {path!r} is empty; remove it from data.files")
+            skipped.append((path, "empty"))
+            continue
         if sample_by == "paragraph":
             for i, para in enumerate(p for p in re.split(r"\n\s*\n", text) if p.strip()):
                 yield f"{key}#{i}", para.strip()

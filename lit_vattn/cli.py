@@ -10,6 +10,15 @@ same run write there too. ``--ckpt_path last`` means ``runs/<name>/checkpoints/l
 error when that file does not exist; a fresh ``fit`` into a run directory that already has a last
 checkpoint is refused (resume it with ``--ckpt_path last``, or choose another name); ``test`` and
 ``validate`` need a ``--ckpt_path``.
+
+A checkpoint is only ever run as the model it holds: ``fit --ckpt_path``, ``validate``, ``test``
+and ``predict`` compare the model the options describe (method, its switches, shape, vocabulary;
+for ``fit`` also the optimiser and schedule) with the checkpoint's saved hyperparameters and refuse
+any difference, naming each key and both values (``CheckpointMismatchError``); a checkpoint of a
+run directory, given without a run name, writes its results into that run. Only ``fit`` writes the
+run's ``config.yaml``; the other commands write ``<command>-config.yaml`` beside it, so every tool
+that reads a run reads the configuration it was trained with. One command at a time per run
+directory (``lit_vattn.runs.RunLock``).
 """
 
 from __future__ import annotations
@@ -27,7 +36,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from lit_vattn.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
-from lit_vattn.runs import RunCheckpoint
+from lit_vattn.runs import RunBusyError, RunCheckpoint, RunLock
+
+# model hyperparameters that a checkpoint's run may differ in: how it is computed, not what it is
+RUNTIME_KEYS = {"compile", "config.attn_backend"}
+# what the optimiser does: part of a resumed run's identity, not of the model a score is for
+TRAINING_KEYS = {"lr", "min_lr_ratio", "warmup_steps", "schedule", "decay_fraction", "weight_decay", "betas", "mix_lr_mult"}
+
+
+class CheckpointMismatchError(ValueError):
+    """The options describe another model than the checkpoint holds."""
 
 
 class CLI(LightningCLI):
@@ -46,17 +64,42 @@ class CLI(LightningCLI):
         parser.add_lightning_class_args(BudgetCurve, "curve")  # validation at log-spaced steps (off by default)
 
     def before_instantiate_classes(self) -> None:
-        """A run without a name is named after its data and method, ``<modality>-<arch>`` (e.g.
-        ``text-va``, ``text-va-frozen`` from configs/arch/va-frozen.yaml; combined readers of one
-        YAML ``text-va+las``), so composing a data config with a method config gives each method
-        its own run directory."""
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        """A run without a name is the run of its checkpoint, when ``--ckpt_path`` is a file of a
+        run directory (``<run>/checkpoints/*.ckpt`` beside ``<run>/config.yaml``); otherwise it is
+        named after its data and method, ``<modality>-<arch>`` (e.g. ``text-va``, ``text-va-frozen``
+        from configs/arch/va-frozen.yaml; combined readers of one YAML ``text-va+las``), so composing
+        a data config with a method config gives each method its own run directory. Only ``fit``
+        writes the run's ``config.yaml``."""
+        sub = self.subcommand
+        self.save_config_kwargs = {**self.save_config_kwargs,
+                                   "config_filename": "config.yaml" if sub in (None, "fit") else f"{sub}-config.yaml"}
+        cfg = self.config[sub] if sub else self.config
         logger = cfg.get("trainer", {}).get("logger")
         init = getattr(logger, "init_args", None)
         if init is None or "name" not in init or init.get("name") is not None:
             return
+        ckpt = cfg.get("ckpt_path")
+        own = Path(ckpt).resolve().parent.parent if ckpt not in (None, "last") and Path(ckpt).is_file() else None
+        if own is not None and Path(ckpt).resolve().parent.name == "checkpoints" and (own / "config.yaml").is_file() \
+                and "save_dir" in init:
+            init["save_dir"], init["name"] = str(own.parent), own.name
+            if "version" in init:
+                init["version"] = ""
+            return
         configs = [str(c) for c in (cfg.get("config") or [])]
         init["name"] = default_run_name(cfg.get("data"), cfg.get("model"), configs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model options with the checkpoint's hyperparameters here, so a
+        checkpoint of one model would be scored under options (and a run name) that describe
+        another. The suite compares the two instead and refuses a difference (``_check_model``)."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
 
     # --- the run directory ----------------------------------------------------------------------
     def _run_dir(self):
@@ -64,10 +107,13 @@ class CLI(LightningCLI):
         return Path(logger.log_dir) if logger is not None and getattr(logger, "log_dir", None) else None
 
     def _resolve_ckpt_path(self, required: bool) -> None:
-        """'last' -> this run's last.ckpt (an error if there is none); a missing file is an error
-        naming it, before anything is prepared or trained."""
+        """Take the run's lock; 'last' -> this run's last.ckpt (an error if there is none); a
+        missing file is an error naming it; a checkpoint of another model is refused; all before
+        anything is prepared or trained."""
         cfg = self.config_init[self.subcommand]
         ckpt, run_dir = cfg.get("ckpt_path"), self._run_dir()
+        if run_dir is not None and self.trainer.is_global_zero:
+            self._lock = RunLock(run_dir).acquire()
         last = run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
         if ckpt == "last":
             if last is None or not last.is_file():
@@ -75,11 +121,12 @@ class CLI(LightningCLI):
                     f"--ckpt_path last: no last checkpoint of this run ({last}); train it first with "
                     "`lit-vattn fit` under the same --trainer.logger.init_args.name, or give a checkpoint file"
                 )
-            cfg["ckpt_path"] = str(last)
+            cfg["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = str(last)  # the saved config names the file
         elif ckpt is not None and not Path(ckpt).exists():
             raise FileNotFoundError(f"--ckpt_path {ckpt}: no such checkpoint file")
         if cfg.get("ckpt_path") is not None:
             check_checkpoint_file(Path(cfg["ckpt_path"]))
+            self._check_model(Path(cfg["ckpt_path"]), run_dir)
         elif ckpt is None and required:
             raise ValueError(
                 f"`lit-vattn {self.subcommand}` needs --ckpt_path (a checkpoint file, or 'last' for "
@@ -98,6 +145,24 @@ class CLI(LightningCLI):
                 if old.is_file():
                     old.rename(run_dir / f"{old.stem}-failed-attempt-{stamp}{old.suffix}")
 
+    def _check_model(self, ckpt: Path, run_dir) -> None:
+        import torch
+
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+        if not saved:  # a checkpoint written outside the CLI: nothing to compare
+            return
+        ignore = RUNTIME_KEYS | (set() if self.subcommand == "fit" else TRAINING_KEYS)
+        diffs = model_differences(dict(self.model.hparams), saved, ignore)
+        if diffs:
+            config = ckpt.resolve().parent.parent / "config.yaml"
+            hint = f"--config {config}" if config.is_file() else "the options it was trained with"
+            raise CheckpointMismatchError(
+                f"--ckpt_path {ckpt} holds another model than the options of this `lit-vattn {self.subcommand}` describe:\n"
+                + "\n".join(f"  model.init_args.{k}{' (linked from the data tokenizer)' if k == 'vocab_size' else ''}: "
+                            f"checkpoint {a!r}, options {b!r}" for k, a, b in diffs)
+                + f"\nGive the model options the checkpoint was trained with ({hint}), or the checkpoint of the model you mean."
+            )
+
     def before_fit(self) -> None:
         self._resolve_ckpt_path(required=False)
 
@@ -106,6 +171,46 @@ class CLI(LightningCLI):
 
     def before_test(self) -> None:
         self._resolve_ckpt_path(required=True)
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path(required=True)
+
+
+def _plain(x):
+    """jsonargparse Namespaces, tuples and dicts as plain JSON-like values, for comparison."""
+    if hasattr(x, "as_dict"):
+        x = x.as_dict()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _flatten(x, prefix: str = "") -> dict:
+    if isinstance(x, dict):
+        return {k2: v2 for k, v in x.items() for k2, v2 in _flatten(v, f"{prefix}{k}.").items()}
+    if isinstance(x, list) and any(isinstance(v, dict) for v in x):
+        return {k2: v2 for i, v in enumerate(x) for k2, v2 in _flatten(v, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: x}
+
+
+def _readers(arch) -> str:
+    """The method a model's ``arch`` hyperparameter names: its reader classes, or vanilla."""
+    arch = arch if isinstance(arch, list) else [] if arch is None else [arch]
+    return "+".join(a.get("class_path", "?") if isinstance(a, dict) else type(a).__name__ for a in arch) or "vanilla"
+
+
+def model_differences(options: dict, saved: dict, ignore: set) -> list[tuple[str, object, object]]:
+    """(key, checkpoint value, option value) for each model hyperparameter both name and set
+    differently, plus the method itself (``arch``). A key only one side has (a switch added after
+    the checkpoint was written) is not a difference: its default is what the checkpoint ran."""
+    options, saved = _plain(options), _plain(saved)
+    a, b = _flatten(saved), _flatten(options)
+    diffs = [("arch", _readers(saved.get("arch")), _readers(options.get("arch")))]
+    diffs += [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())
+              if not k.startswith("_") and k not in ignore and k != "arch" and not k.endswith("class_path")]
+    return [(k, x, y) for k, x, y in diffs if x != y]
 
 
 def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
@@ -183,7 +288,7 @@ def from_run_config(path, *extra: str) -> CLI:
     import yaml
 
     saved = yaml.safe_load(Path(path).read_text())
-    for key in ("ckpt_path", "weights_only"):  # arguments of the fit subcommand, not of the objects
+    for key in ("ckpt_path", "weights_only", "verbose"):  # arguments of a subcommand, not of the objects
         saved.pop(key, None)
     for key in ("optimizer", "lr_scheduler"):  # configs saved before the CLI stopped offering them
         if saved.get(key) is None:
@@ -206,8 +311,15 @@ def from_run_config(path, *extra: str) -> CLI:
 
 
 def main() -> None:
-    """The ``lit-vattn`` console script: exit status 0 on success (``cli_main`` returns the CLI)."""
-    cli_main()
+    """The ``lit-vattn`` console script: exit status 0 on success (``cli_main`` returns the CLI); a
+    refused request (a checkpoint of another model, a busy run) prints its reason and exits 2."""
+    import sys
+
+    try:
+        cli_main()
+    except (CheckpointMismatchError, RunBusyError) as e:
+        print(f"lit-vattn: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

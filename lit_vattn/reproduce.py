@@ -4,7 +4,10 @@ Each (architecture, seed) is trained and tested through the same ``lit-vattn fit
 commands a user runs, composing ``configs/data/<modality>.yaml`` and ``configs/arch/<arch>.yaml`` with the preset
 ``configs/reproduce/<preset>.yaml`` (and ``<modality>-<preset>.yaml`` if present), so data, tokens,
 width, depth, optimizer and schedule are equal across architectures. A run that finished
-(``done.json``) is skipped; one that stopped early resumes from its ``last.ckpt``; with
+(``done.json``) is skipped; one that stopped early resumes from its ``last.ckpt``. Ctrl-C or
+SIGTERM stops the command: the running runs are stopped, reported as interrupted (never failed) and
+resumed by the next invocation, no other run starts, no table is written, and it exits 130 (143);
+only a run that itself failed (divergence, an error) is marked failed (``failed.json``). With
 ``--records`` each run's record (``RECORD_FILES``) is kept beside the table, and a recorded run
 counts as finished on a fresh machine. ``--lrs`` tunes each method's lr on the first seed
 (``choose_lr``). Then ``lit_vattn.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
@@ -21,9 +24,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -80,6 +86,32 @@ class Runner:
         self.args = args
         self.root = Path(args.runs)
         self.config_dir = Path(args.config_dir)
+        self.stop_signal: Optional[int] = None  # set by SIGINT/SIGTERM: no run starts after it
+        self._procs: set[subprocess.Popen] = set()
+        self._procs_lock = threading.Lock()
+
+    @contextmanager
+    def stopping_on_signals(self):
+        """While the runs go on, SIGINT and SIGTERM stop the command instead of killing it: the
+        signal is passed on to the running ``lit-vattn`` processes (a Ctrl-C reaches them through
+        the terminal's process group too; Lightning ignores a second one), and no further run is
+        started. The handlers are the process's own again afterwards."""
+        def stop(signum, frame):
+            self.stop_signal = signum
+            with self._procs_lock:
+                for p in self._procs:
+                    if p.poll() is None:
+                        p.send_signal(signum)
+
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
     def run_name(self, arch: str, seed: int, lr: Optional[float] = None) -> str:
         """``<modality>-<preset>/<arch>/seed<s>``; a run of an --lrs sweep: ``.../<arch>/lr<lr>/seed<s>``."""
@@ -136,14 +168,28 @@ class Runner:
         return env
 
     def _call(self, cmd: list[str], log: Path) -> None:
+        """One ``lit-vattn`` command; ``RunInterrupted`` when a signal stopped it (or the command),
+        ``RunFailed`` when it failed by itself."""
+        if self.stop_signal is not None:
+            raise RunInterrupted(f"not started: {signal.Signals(self.stop_signal).name}")
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
             f.write(f"\n$ {' '.join(cmd)}\n")
             f.flush()
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=self.env)
-        if p.returncode != 0:
+            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=self.env)
+            with self._procs_lock:
+                self._procs.add(p)
+            try:
+                rc = p.wait()
+            finally:
+                with self._procs_lock:
+                    self._procs.discard(p)
+        if rc != 0:
             tail = log.read_text()[-3000:]
-            raise RunFailed(f"exit {p.returncode}: {failure_reason(tail)}", f"{' '.join(cmd)}\nlog {log}:\n{tail}")
+            reason = f"exit {rc}: {failure_reason(tail)}"
+            if self.stop_signal is not None or rc < 0 or rc in (130, 143) or is_interruption(tail):
+                raise RunInterrupted(reason)
+            raise RunFailed(reason, f"{' '.join(cmd)}\nlog {log}:\n{tail}")
 
     def summary(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
         """The finished run's done.json (for --table-only); its run_dir is re-rooted here. A run
@@ -153,7 +199,7 @@ class Runner:
             return kept
         d = self.run_dir(arch, seed, lr)
         done, failed = d / "done.json", d / "failed.json"
-        if not done.exists() and failed.exists():
+        if not done.exists() and failed.exists() and not is_interruption(json.loads(failed.read_text())["failed"]):
             self.keep(arch, seed, lr)
             return {**json.loads(failed.read_text()), "run_dir": str(d)}
         if not done.exists():
@@ -167,6 +213,12 @@ class Runner:
         The failure is kept in ``failed.json`` beside the run, so --table-only can report it."""
         try:
             return self._one(arch, seed, lr)
+        except RunInterrupted as e:
+            ckpt = self.run_dir(arch, seed, lr) / "fit" / "checkpoints" / "last.ckpt"
+            resume = f"resumes from {ckpt}" if ckpt.exists() else "starts afresh (no checkpoint yet)"
+            print(f"[interrupted] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} ({e}): the same command "
+                  f"{resume}", file=sys.stderr, flush=True)
+            return {"arch": arch, "seed": seed, "lr": lr, "interrupted": str(e), "run_dir": str(self.run_dir(arch, seed, lr))}
         except RunFailed as e:
             print(f"[failed] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'}: {e.reason}\n{e.detail}",
                   file=sys.stderr, flush=True)
@@ -257,6 +309,16 @@ def choose_lr(sweep: list[dict]) -> Optional[float]:
     candidate; None when every candidate failed."""
     ok = [r for r in sweep if not r.get("failed") and r.get("val_nll") is not None and math.isfinite(r["val_nll"])]
     return min(ok, key=lambda r: (r["val_nll"], r["lr"]))["lr"] if ok else None
+
+
+class RunInterrupted(Exception):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, a killed process): resumable, never failed."""
+
+
+def is_interruption(reason: str) -> bool:
+    """Whether a run's exit reason is an interruption rather than a failure of its own (also for
+    ``failed.json`` files that older versions wrote for interrupted runs)."""
+    return "KeyboardInterrupt" in reason or "SIGTERM" in reason
 
 
 class RunFailed(Exception):
@@ -365,8 +427,15 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     def run(jobs: list[tuple]) -> list[dict]:
         if args.table_only:  # summaries made here or on other machines, copied under --runs
             return [runner.summary(*job) for job in jobs]
-        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            return list(pool.map(lambda job: runner.one(*job), jobs))
+        with runner.stopping_on_signals(), ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            results = list(pool.map(lambda job: runner.one(*job), jobs))
+        stopped = [r for r in results if r.get("interrupted")]
+        if stopped or runner.stop_signal is not None:
+            sig = runner.stop_signal or signal.SIGINT
+            print(f"interrupted ({signal.Signals(sig).name}): {len(stopped)} run(s) stopped or not started, no table "
+                  "written; run the same command again to resume them", file=sys.stderr, flush=True)
+            raise SystemExit(128 + sig)
+        return results
 
     sweep = []
     if lrs:  # every lr on the first seed, the choice by validation NLL, then the other seeds at the choice

@@ -9,16 +9,23 @@
   the same directory, then ``os.replace``, so a crash at any moment leaves the previous checkpoint
   readable and never a half-written one (Lightning's own write goes through a temporary file in
   $TMPDIR and a copy when that is another filesystem).
+- ``RunLock``: one process at a time per run directory (``fit``, ``test``, ``validate``), so two
+  commands never interleave one run's logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Optional, Union
 
+from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -113,3 +120,46 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
             for p in Path(self.dirpath).glob(".*.tmp-*"):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+class RunBusyError(RuntimeError):
+    """Another live process holds the run directory."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole command by its rank-0 process.
+
+    The lock is an OS file lock (``filelock``): it dies with its process, so the lock of a
+    killed run is taken over by the next command without any clean-up. Beside it, ``.lock.holder``
+    names the holder (pid, host, command, start time) for the refusal message."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._lock = FileLock(self.run_dir / ".lock", timeout=0)
+        self._holder = self.run_dir / ".lock.holder"
+
+    def acquire(self) -> "RunLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            try:
+                h = json.loads(self._holder.read_text())
+                who = f"pid {h['pid']} on {h['host']} (`{h['command']}`, since {h['since']})"
+            except (OSError, ValueError, KeyError):
+                who = "another process"
+            raise RunBusyError(
+                f"run directory {self.run_dir} is in use by {who}: wait for it to finish, or give this command "
+                "another run name (--trainer.logger.init_args.name)"
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self._holder.with_name(f".lock.holder.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(holder))
+        os.replace(tmp, self._holder)
+        return self
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._holder.unlink(missing_ok=True)
+            self._lock.release()

@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +495,63 @@ def test_gpu_window_steps_name_requests_that_resolve(tmp_path):
     assert requests == 3
     bad = subprocess.run(["bash", str(script), "--dry-run", "bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr
+
+
+# --- interruptions ---------------------------------------------------------------------------------
+
+def _runner(tmp_path):
+    import argparse
+
+    return reproduce.Runner(argparse.Namespace(runs=str(tmp_path / "runs"), config_dir=str(reproduce.ROOT / "configs"),
+                                               parallel=1, modality="text", preset="tiny", records=None, override=[]))
+
+
+def test_a_killed_run_is_interrupted_and_only_its_own_error_is_a_failure(tmp_path):
+    runner = _runner(tmp_path)
+    with pytest.raises(reproduce.RunInterrupted, match="exit -9"):  # a killed worker (OOM killer, kill -9)
+        runner._call([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], tmp_path / "a.log")
+    with pytest.raises(reproduce.RunInterrupted, match="KeyboardInterrupt"):
+        runner._call([sys.executable, "-c", "raise KeyboardInterrupt"], tmp_path / "b.log")
+    with pytest.raises(reproduce.RunFailed, match="ValueError: boom"):
+        runner._call([sys.executable, "-c", "raise ValueError('boom')"], tmp_path / "c.log")
+    runner.stop_signal = signal.SIGTERM  # after a signal no run starts
+    with pytest.raises(reproduce.RunInterrupted, match="not started: SIGTERM"):
+        runner._call([sys.executable, "-c", "pass"], tmp_path / "d.log")
+    # an interruption recorded as a failure by an older version is not reported as failed by --table-only
+    d = runner.run_dir("vanilla", 0)
+    d.mkdir(parents=True)
+    (d / "failed.json").write_text(json.dumps({"arch": "vanilla", "seed": 0, "failed": "exit 1: KeyboardInterrupt"}))
+    with pytest.raises(SystemExit, match="no finished summary"):
+        runner.summary("vanilla", 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm-to-reproduce"])
+def test_a_signal_leaves_the_run_resumable_and_the_same_command_finishes_it(sig, to_group, tmp_path, shard_cache, bpe_text):
+    """Ctrl-C reaches the whole process group; a SIGTERM to lit-vattn-reproduce alone (a scheduler's
+    kill) is passed on to the run it started. Either way: exit 128 + signal, no failure, no table."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "lit_vattn.reproduce", "--modality", "text", "--archs", "vanilla", "--seeds", "0",
+           "--runs", str(runs), "--out", str(tmp_path / "out"), "--no-baselines", "--override",
+           "--checkpoint.every_n_train_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+           "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "1"]
+    d = runs / "text-tiny/vanilla/seed0"
+    ckpt = d / "fit/checkpoints/last.ckpt"
+    p = subprocess.Popen([*cmd, "--trainer.max_steps", "100000"], preexec_fn=os.setpgrp, text=True,  # its own process group, as a shell gives it
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not ckpt.exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.5)
+    os.killpg(p.pid, sig) if to_group else p.send_signal(sig)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 128 + sig, err[-3000:]
+    assert "[interrupted] vanilla seed 0" in err and f"resumes from {ckpt}" in err and "no table written" in err
+    assert not (d / "failed.json").exists() and not (d / "done.json").exists()
+    assert not list(tmp_path.glob("out/*.md"))
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    again = subprocess.run([*cmd, "--trainer.max_steps", str(step + 2)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"[resume] vanilla seed 0 from {ckpt}" in again.stdout
+    done = json.loads((d / "done.json").read_text())
+    assert done["resumed"] and done["steps"] == step + 2 and done["test_nll"] > 0

@@ -3,6 +3,7 @@
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,23 +98,80 @@ def test_eval_windows_score_every_target_once():
         assert sorted(scored) == list(range(1, 1000))
 
 
-def test_missing_and_empty_text_files_are_rejected(tmp_path):
+def test_missing_files_and_folders_without_data_are_rejected_at_construction(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        TextDataModule(source="files", files=[str(tmp_path / "nope.txt")], cache_dir=str(tmp_path)).prepare_data()
-    empty = tmp_path / "empty.txt"
-    empty.write_text("  \n")
-    with pytest.raises(ValueError, match="empty.txt.*is empty"):
-        TextDataModule(source="files", files=[str(empty)], cache_dir=str(tmp_path)).prepare_data()
+        TextDataModule(source="files", files=[str(tmp_path / "nope.txt")], cache_dir=str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"")  # hidden files are not data
+    with pytest.raises(FileNotFoundError, match="no text files found"):
+        TextDataModule(source="files", files=[str(tmp_path / "empty")], cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="data.files"):
         TextDataModule(source="files")
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # nothing half-written
+
+
+def _folder_with_strays(d: Path) -> None:
+    for i in range(40):
+        (d / f"doc{i:02d}.txt").write_text(f"Document {i} tells of the harvest in the valley of {i % 5}. " * 8)
+    (d / ".DS_Store").write_bytes(b"")
+    (d / ".git").mkdir()
+    (d / ".git" / "HEAD").write_bytes(b"\xff\xfe binary in a hidden folder")
+    (d / "picture.txt").write_bytes(bytes(range(256)) * 4)  # not UTF-8
+    (d / "blank.txt").write_text("  \n")
+
+
+def test_unreadable_and_empty_text_files_are_skipped_and_listed_and_hidden_ones_never_read(tmp_path, caplog):
+    import logging
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    _folder_with_strays(d)
+    dm = TextDataModule(source="files", files=[str(d)], tokenizer="bpe", bpe_vocab_size=300, seq_len=16,
+                        cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.WARNING):
+        dm.prepare_data()
+    assert "skipped 2 unreadable or empty text files" in caplog.text
+    assert "picture.txt (not UTF-8" in caplog.text and "blank.txt (empty)" in caplog.text
+    assert ".DS_Store" not in caplog.text and ".git" not in caplog.text
+    dm.setup()
+    assert sum(s["documents"] for s in dm.meta["splits"].values()) == 40
+
+
+def test_on_bad_file_error_names_the_file_before_the_tokenizer_is_trained(tmp_path, monkeypatch):
+    from datamodules.text_tokenizers import TrainedBPE
+
+    d = tmp_path / "corpus"
+    d.mkdir()
+    _folder_with_strays(d)
+    monkeypatch.setattr(TrainedBPE, "train", lambda *a, **k: pytest.fail("the BPE was trained before the check"))
+    dm = TextDataModule(source="files", files=[str(d)], tokenizer="bpe", bpe_vocab_size=300, on_bad_file="error",
+                        cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"(picture|blank)\.txt.*data\.on_bad_file=skip"):
+        dm.prepare_data()
+    assert not [p for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")]  # no shard, no temporary
+    with pytest.raises(ValueError, match="on_bad_file must be 'skip' or 'error'"):
+        TextDataModule(on_bad_file="ignore", cache_dir=str(tmp_path / "c"))
+
+
+def test_a_misplaced_or_read_only_cache_is_named_by_its_variable(tmp_path, monkeypatch):
+    f = tmp_path / "a-file"
+    f.write_text("")
+    monkeypatch.setenv("LIT_VATTN_CACHE", str(f / "cache"))
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory; set LIT_VATTN_CACHE"):
+        TextDataModule()
+    monkeypatch.setenv("LIT_VATTN_CACHE", str(tmp_path / "ro" / "cache"))
+    (tmp_path / "ro").mkdir()
+    dm = TextDataModule()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as on a read-only filesystem (root ignores modes)
+    with pytest.raises(PermissionError, match="is not writable.*set LIT_VATTN_CACHE"):
+        dm.prepare_data()
 
 
 def test_too_few_documents_names_the_empty_split(tmp_path):
     f = tmp_path / "one.txt"
     f.write_text("just one document")
     with pytest.raises(ValueError, match="'val', 'test' would be empty.*val_fraction.*sample_by"):
-        TextDataModule(source="files", files=[str(f)], cache_dir=str(tmp_path)).prepare_data()
+        TextDataModule(source="files", files=[str(f)], cache_dir=str(tmp_path))  # at construction, before any step
     assert [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"] == ["one.txt"]  # no shard, no temporary
 
 

@@ -2,9 +2,12 @@
 
 Divergence stops a run; last.ckpt is the final model and survives a crash mid-save; the shard cache
 follows the files; a checkpoint refuses data of another tokenizer; ``--ckpt_path last`` continues the
-run; small folders work with defaults; reproduce refuses malformed requests."""
+run; small folders work with defaults; reproduce refuses malformed requests; a checkpoint is only
+scored as the model it holds, into its own run; ``test`` leaves the training config as it was; one
+command at a time per run."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -306,3 +309,107 @@ def test_no_source_or_config_file_is_hidden_by_gitignore():
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     hidden = [p for p in out if "__pycache__" not in p and not p.endswith(".pyc")]
     assert not hidden, f"ignored by .gitignore, so never committed: {hidden} (narrow the pattern in .gitignore)"
+
+
+# --- a score belongs to the model it names -------------------------------------------------------
+
+ARCH = ROOT / "configs/arch"
+
+
+@pytest.mark.parametrize("options,key", [
+    (["--config", str(ARCH / "va.yaml")], "arch: checkpoint 'vanilla', options 'lit_vattn.arch.VerticalAttention'"),
+    (["--config", str(ARCH / "sla.yaml")], "arch: checkpoint 'vanilla'"),
+    (["--config", str(ARCH / "value-residual.yaml")], "arch: checkpoint 'vanilla'"),
+    (["--model.init_args.config.d_model", "128"], "config.d_model: checkpoint 64, options 128"),
+    (["--model.init_args.config.n_head", "4"], "config.n_head: checkpoint 2, options 4"),
+])
+def test_test_refuses_a_checkpoint_of_another_model_and_scores_nothing(options, key, trained):
+    run, ckpt = trained
+    from lit_vattn.cli import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match=re.escape(key)):
+        cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, *options, "--ckpt_path", str(ckpt)])
+    assert [p.name for p in (run.parent).iterdir()] == ["text-vanilla"]  # no text-va etc. with a vanilla score
+    assert "test" not in read_summary(run)
+
+
+def test_a_checkpoint_file_scores_into_its_own_run_and_its_config_reproduces_it(trained, monkeypatch, capsys):
+    run, ckpt = trained
+    # the run's own config describes the checkpoint exactly; an unnamed test writes into the checkpoint's run
+    cli_main(["test", "--config", str(run / "config.yaml"), "--trainer.limit_test_batches", "2", "--ckpt_path", str(ckpt)])
+    assert read_summary(run)["test"]["nll"] > 0
+    assert (run / "test-config.yaml").is_file()
+    # resuming with another optimiser is another run too; the refusal is exit status 2 with the keys named
+    from lit_vattn import cli
+
+    monkeypatch.setattr(sys, "argv", ["lit-vattn", "fit", "--config", TEXT, "--config", CPU, *TINY,
+                                      "--model.init_args.lr", "0.5", "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2 and "model.init_args.lr: checkpoint 0.002, options 0.5" in capsys.readouterr().err
+    assert step_of(ckpt) == 2
+
+
+@pytest.fixture
+def trained(in_tmp):
+    fit("--trainer.max_steps", "2")
+    run = in_tmp / "runs/text-vanilla"
+    return run, run / "checkpoints/last.ckpt"
+
+
+def test_the_readme_path_fit_test_generate_analyze_lm_eval(trained, in_tmp):
+    """Each tool reads the run's training config, which `test` leaves as trained."""
+    import yaml
+
+    from lit_vattn import analyze, generate
+
+    run, ckpt = trained
+    config = (run / "config.yaml").read_text()
+    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "2", "--ckpt_path", "last"])
+    assert (run / "config.yaml").read_text() == config  # the test's own options went to test-config.yaml
+    assert Path(yaml.safe_load((run / "test-config.yaml").read_text())["ckpt_path"]).resolve() == ckpt.resolve()
+    samples = generate.main(["--ckpt_path", str(ckpt), "--n", "1", "--max_new_tokens", "4", "--out", str(in_tmp / "s")])
+    assert samples and all(p.exists() for p in samples)
+    assert analyze.main(["logit-lens", "--ckpt_path", str(ckpt), "--batches", "1", "--out", str(in_tmp / "a")])
+    pytest.importorskip("lm_eval")
+    from lit_vattn.lm_eval_adapter import LitVattnLM
+
+    lm = LitVattnLM(ckpt_path=str(ckpt), batch_size=1, device="cpu")
+    assert lm.encode("In the beginning")
+
+
+def test_a_busy_run_is_refused_with_its_holder_and_a_dead_holders_lock_is_taken_over(in_tmp):
+    from lit_vattn.runs import RunBusyError
+
+    run = in_tmp / "runs/text-vanilla"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lit_vattn.runs import RunLock; "
+                               f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusyError, match=rf"in use by pid {holder.pid} on .*--trainer.logger.init_args.name"):
+            fit("--trainer.max_steps", "2")
+        assert not (run / "checkpoints").exists()  # refused before anything ran
+    finally:
+        holder.kill()  # SIGKILL: no clean-up; the kernel frees its lock
+        holder.wait()
+    fit("--trainer.max_steps", "2")
+    assert step_of(run / "checkpoints/last.ckpt") == 2
+    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "1", "--ckpt_path", "last"])
+
+
+def test_data_errors_come_before_the_model_is_built(in_tmp, monkeypatch):
+    import lit_vattn.module
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(lit_vattn.module, "GPT", no_model)
+    (in_tmp / "empty").mkdir()
+    (in_tmp / "one").mkdir()
+    (in_tmp / "one" / "only.txt").write_text("a single document")
+    files = ["--data.init_args.source", "files", "--data.init_args.files"]
+    with pytest.raises(ValueError, match="no text files found"):  # jsonargparse passes the data's error on
+        fit(*files, f"[{in_tmp / 'empty'}]")
+    with pytest.raises(ValueError, match="would be empty.*sample_by=paragraph"):
+        fit(*files, f"[{in_tmp / 'one'}]")

@@ -1,12 +1,12 @@
-"""Bit-exact references for the reader refactor (issue 11): logits and every parameter gradient of
+"""Bit-exact references for the reader refactor: logits and every parameter gradient of
 each architecture and switch, for one seed and batch, in float32 on the CPU.
 
 ``python tests/reference/numerics.py`` writes ``numerics.json`` (run at commit 7555359, before the
 refactor, with this file copied into that tree); ``tests/test_reference_numerics.py`` recomputes every case with the current code and
 requires the same bits. Tensors are stored as SHA-256 of their bytes plus float64 sums, so a
 mismatch reports the size of the difference without shipping the tensors. A platform probe (plain
-torch kernels only, ``probe``) is stored too: a CPU whose kernels round differently skips the test
-instead of failing it.
+torch kernels only, ``probe``) is stored too: on a CPU whose kernels round differently the test
+recomputes the references with this file at 7555359 on that CPU (tests/test_reference_numerics.py).
 """
 
 from __future__ import annotations
@@ -57,9 +57,8 @@ def probe() -> dict:
     """Plain torch kernels (no code of this repository): matmul, SDPA and RMSNorm, and the forward
     and backward of a small embedding -> RMSNorm -> SiLU MLP -> causal SDPA -> tied readout ->
     cross-entropy net at the cases' shapes. A CPU whose kernels round differently changes at least
-    one digest and the bit-exact tests skip there. The first three alone missed a CPU (an AVX-512
-    EPYC, 2026-11-24) on which every case's gradients moved in the last bits; the references were
-    then recomputed at 7555359 on it, with this probe."""
+    one digest, and the references are recomputed on it. The first three alone missed a CPU (an AVX-512
+    EPYC) on which every case's gradients moved in the last bits."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(37, 64, generator=g), torch.randn(64, 29, generator=g)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
