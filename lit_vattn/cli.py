@@ -82,9 +82,9 @@ class CLI(LightningCLI):
         own = Path(ckpt).resolve().parent.parent if ckpt not in (None, "last") and Path(ckpt).is_file() else None
         if own is not None and Path(ckpt).resolve().parent.name == "checkpoints" and (own / "config.yaml").is_file() \
                 and "save_dir" in init:
-            init["save_dir"], init["name"] = str(own.parent), own.name
-            if "version" in init:
-                init["version"] = ""
+            # a version (reproduce's fit/ and test/) is a folder of the run: <save_dir>/<name>/<version>/
+            run = own.parent if init.get("version") not in (None, "") else own
+            init["save_dir"], init["name"] = str(run.parent), run.name
             return
         configs = [str(c) for c in (cfg.get("config") or [])]
         init["name"] = default_run_name(cfg.get("data"), cfg.get("model"), configs)

@@ -383,7 +383,7 @@ def test_a_busy_run_is_refused_with_its_holder_and_a_dead_holders_lock_is_taken_
 
     run = in_tmp / "runs/text-vanilla"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lit_vattn.runs import RunLock; "
-                               f"RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+                               f"lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
