@@ -21,14 +21,10 @@ import sys
 from pathlib import Path
 
 import torch
+from throughput import hardware
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from throughput import hardware  # noqa: E402
-
-from lit_vattn import attention  # noqa: E402
-from lit_vattn.reproduce import git_commit  # noqa: E402
+from lit_vattn import attention
+from lit_vattn.reproduce import git_commit
 
 
 def bench(fn, reps_ms: int = 200) -> float:
@@ -56,8 +52,11 @@ def fwd_bwd(fn, q, ks, vs, gout):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="32x12x1024x64,8x12x4096x64",
-                   help="comma-separated BxHxTxd (default: the d=768, H=12 model at T=1024 batch 32, and T=4096 batch 8)")
+    p.add_argument(
+        "--shapes",
+        default="32x12x1024x64,8x12x4096x64",
+        help="comma-separated BxHxTxd (default: the d=768, H=12 model at T=1024 batch 32, and T=4096 batch 8)",
+    )
     p.add_argument("--sources", default="2,3,6", help="numbers of key sources m (LAS at 12 layers reads 6)")
     p.add_argument("--backends", default="flex,merge,sdpa")
     p.add_argument("--out", default=None)
@@ -72,11 +71,14 @@ def main():
 
     def compiled_fn(backend: str):
         if backend == "causal":
+
             def f(q, ks, vs):
                 return attention.causal(q, ks[0], vs[0])
         else:
+
             def f(q, ks, vs):
                 return attention.multi_source(q, ks, vs, backend)
+
         return torch.compile(f, dynamic=False)
 
     causal = compiled_fn("causal")
@@ -107,8 +109,11 @@ def main():
                     torch.cuda.empty_cache()
                     continue
                 rows.append((shape, m, b, err, t_f, t_fb, t_f / (m * t_fwd1), t_fb / (m * t_fb1)))
-                print(f"{shape} m={m} {b}: fwd {t_f:.3f} ms ({t_f / (m * t_fwd1):.3f}x ideal), "
-                      f"fwd+bwd {t_fb:.3f} ms ({t_fb / (m * t_fb1):.3f}x ideal), rel err {err:.1e}", flush=True)
+                print(
+                    f"{shape} m={m} {b}: fwd {t_f:.3f} ms ({t_f / (m * t_fwd1):.3f}x ideal), "
+                    f"fwd+bwd {t_fb:.3f} ms ({t_fb / (m * t_fb1):.3f}x ideal), rel err {err:.1e}",
+                    flush=True,
+                )
         rows.append((shape, 1, "causal flash (ideal unit)", 0.0, t_fwd1, t_fb1, 1.0, 1.0))
         torch.cuda.empty_cache()
 
@@ -127,7 +132,9 @@ def main():
         "|---|---|---|---|---|---|---|---|",
     ]
     for shape, m, b, err, tf, tfb, rf, rfb in rows:
-        lines.append(f"| {shape} | {m} | {b} | {err:.1e} | {f(tf, '.3f')} | {f(tfb, '.3f')} | {f(rf, '.3f')} | {f(rfb, '.3f')} |")
+        lines.append(
+            f"| {shape} | {m} | {b} | {err:.1e} | {f(tf, '.3f')} | {f(tfb, '.3f')} | {f(rf, '.3f')} | {f(rfb, '.3f')} |"
+        )
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -22,21 +22,19 @@ import time
 from pathlib import Path
 
 import torch
+from throughput import hardware
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from throughput import hardware  # noqa: E402
-
-from lit_vattn import GPT, GPTConfig  # noqa: E402
-from lit_vattn.arch import registry  # noqa: E402
-from lit_vattn.generate import sample  # noqa: E402
-from lit_vattn.reproduce import git_commit  # noqa: E402
+from lit_vattn import GPT, GPTConfig
+from lit_vattn.arch.registry import registry
+from lit_vattn.generate import sample
+from lit_vattn.reproduce import git_commit
 
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", default=",".join(registry()), help="comma-separated short names (lit_vattn.arch.registry)")
+    p.add_argument(
+        "--archs", default=",".join(registry()), help="comma-separated short names (lit_vattn.arch.registry)"
+    )
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
@@ -63,7 +61,7 @@ def main(argv=None) -> str:
         same[name] = sample(net, prompt, use_cache=True, **kw) == sample(net, prompt, use_cache=False, **kw)
     best = {(name, cached): float("inf") for name in names for cached in (True, False)}
     for _ in range(args.repeats):  # round robin, so that drift in the machine's speed spreads over every cell
-        for (name, cached) in best:
+        for name, cached in best:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -71,13 +69,16 @@ def main(argv=None) -> str:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             best[name, cached] = min(best[name, cached], time.perf_counter() - t0)
-    rows = [(name, args.n * args.new_tokens / best[name, True], args.n * args.new_tokens / best[name, False], same[name])
-            for name in names]
+    rows = [
+        (name, args.n * args.new_tokens / best[name, True], args.n * args.new_tokens / best[name, False], same[name])
+        for name in names
+    ]
     for name, c, r, ok in rows:
         print(f"{name}: cached {c:.0f} tok/s, recomputed {r:.0f} tok/s, same tokens {ok}", flush=True)
     base = dict((r[0], r[1]) for r in rows).get("vanilla")
     lines = [
-        f"# Generation speed ({device.type})", "",
+        f"# Generation speed ({device.type})",
+        "",
         f"- command: `python benchmarks/generate.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- commit: {git_commit()}, date: {datetime.date.today().isoformat()}",
         f"- hardware: {hardware()}",
@@ -91,8 +92,11 @@ def main(argv=None) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, c, r, same in rows:
-        lines.append(f"| {name} | {c:.0f} | {r:.0f} | {c / r:.2f}x | {c / base:.2f} |" if base else
-                     f"| {name} | {c:.0f} | {r:.0f} | {c / r:.2f}x | n/a |")
+        lines.append(
+            f"| {name} | {c:.0f} | {r:.0f} | {c / r:.2f}x | {c / base:.2f} |"
+            if base
+            else f"| {name} | {c:.0f} | {r:.0f} | {c / r:.2f}x | n/a |"
+        )
         lines[-1] += f" {'yes' if same else 'NO'} |"
     text = "\n".join(lines) + "\n"
     if args.out:

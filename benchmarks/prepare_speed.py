@@ -22,17 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from throughput import hardware, sync
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from throughput import hardware, sync  # noqa: E402
-
-from lit_vattn.reproduce import git_commit  # noqa: E402
-
-from datamodules import MusicDataModule, TextDataModule, codec  # noqa: E402
-from datamodules.audio_sources import speech_clips  # noqa: E402
-from datamodules.music_sources import score_files, score_pieces  # noqa: E402
+from datamodules import MusicDataModule, TextDataModule, codec
+from datamodules.audio_sources import speech_clips
+from datamodules.music_sources import score_files, score_pieces
+from lit_vattn.reproduce import git_commit
 
 
 def timed(fn):
@@ -45,17 +40,29 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--audio-seconds", type=float, default=600)
     p.add_argument("--kmeans-seconds", type=float, default=300)
-    p.add_argument("--scores", type=int, default=200,
-                   help="kern/MusicXML scores (evenly spaced over music21's corpus) to convert for source='full'")
-    p.add_argument("--stages", default="text,music,audio",
-                   help="comma-separated subset of text, music (with --scores), audio (synthesis, k-means, encoding)")
-    p.add_argument("--encode-batch-seconds", default="120",
-                   help="comma-separated audio seconds per EnCodec batch; one encoding row each")
+    p.add_argument(
+        "--scores",
+        type=int,
+        default=200,
+        help="kern/MusicXML scores (evenly spaced over music21's corpus) to convert for source='full'",
+    )
+    p.add_argument(
+        "--stages",
+        default="text,music,audio",
+        help="comma-separated subset of text, music (with --scores), audio (synthesis, k-means, encoding)",
+    )
+    p.add_argument(
+        "--encode-batch-seconds",
+        default="120",
+        help="comma-separated audio seconds per EnCodec batch; one encoding row each",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     stages = set(args.stages.split(","))
     if stages - {"text", "music", "audio"}:
-        raise SystemExit(f"--stages: unknown {sorted(stages - {'text', 'music', 'audio'})}; choose from text, music, audio")
+        raise SystemExit(
+            f"--stages: unknown {sorted(stages - {'text', 'music', 'audio'})}; choose from text, music, audio"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,16 +88,27 @@ def music_rows(tmp: str, args) -> list:
     pieces = sum(s["documents"] for s in dm.meta["splits"].values())
     notes = sum(dm.meta["unit_counts"].values())
     n = sum(s["tokens"] for s in dm.meta["splits"].values())
-    rows.append(("music, embedded ABC, REMI", f"{pieces:,} pieces, {notes / 1e6:.2f} M notes, {n / 1e6:.2f} M tokens", dt,
-                 f"{pieces / dt:.0f} pieces/s"))
+    rows.append(
+        (
+            "music, embedded ABC, REMI",
+            f"{pieces:,} pieces, {notes / 1e6:.2f} M notes, {n / 1e6:.2f} M tokens",
+            dt,
+            f"{pieces / dt:.0f} pieces/s",
+        )
+    )
     if args.scores:
         failed: list = []
         scores, dt = timed(lambda: list(score_pieces(Path(tmp) / "scores", skipped=failed, max_files=args.scores)))
         notes = sum(s.note_num() for _, _, s in scores)
-        rows.append(("music, kern/MusicXML via music21 (source='full' part; 2 workers, 120 s timeout)",
-                     f"{len(scores) + len(failed)} of {len(score_files())} scores: {len(scores)} converted "
-                     f"({notes / 1e3:.0f} k notes), {len(failed)} failed or timed out", dt,
-                     f"{(len(scores) + len(failed)) / dt:.2f} scores/s"))
+        rows.append(
+            (
+                "music, kern/MusicXML via music21 (source='full' part; 2 workers, 120 s timeout)",
+                f"{len(scores) + len(failed)} of {len(score_files())} scores: {len(scores)} converted "
+                f"({notes / 1e3:.0f} k notes), {len(failed)} failed or timed out",
+                dt,
+                f"{(len(scores) + len(failed)) / dt:.2f} scores/s",
+            )
+        )
     return rows
 
 
@@ -98,17 +116,32 @@ def audio_rows(args, device) -> list:
     rows = []
     clips, dt = timed(lambda: [c[2] for c in speech_clips(args.audio_seconds)])
     secs = sum(len(c) for c in clips) / codec.SAMPLE_RATE
-    rows.append(("speech synthesis (espeak-ng, 1 core)", f"{secs:.0f} s of audio, {len(clips)} utterances", dt, f"{secs / dt:.0f} audio s/s"))
+    rows.append(
+        (
+            "speech synthesis (espeak-ng, 1 core)",
+            f"{secs:.0f} s of audio, {len(clips)} utterances",
+            dt,
+            f"{secs / dt:.0f} audio s/s",
+        )
+    )
     audio = np.concatenate(clips)[: int(args.kmeans_seconds * codec.SAMPLE_RATE)]
     model, dt = timed(lambda: codec.random_codec(audio, 6.0))
-    rows.append((f"EnCodec k-means init (8 levels, {args.kmeans_seconds:.0f} s)", "random weights, 10 iterations", dt, "-"))
+    rows.append(
+        (f"EnCodec k-means init (8 levels, {args.kmeans_seconds:.0f} s)", "random weights, 10 iterations", dt, "-")
+    )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for bs in (float(x) for x in args.encode_batch_seconds.split(",")):
         codec.encode(model, clips[:8], device, batch_seconds=bs)  # warm-up: kernels, cuDNN plans
         sync(device)
         _, dt = timed(lambda: (codec.encode(model, clips, device, batch_seconds=bs), sync(device)))
-        rows.append((f"EnCodec 6 kbps encode ({device.type}, {bs:.0f} s of audio per batch)", f"{secs:.0f} s of audio",
-                     dt, f"{secs / dt:.1f} audio s/s ({secs / dt:.0f}x real time)"))
+        rows.append(
+            (
+                f"EnCodec 6 kbps encode ({device.type}, {bs:.0f} s of audio per batch)",
+                f"{secs:.0f} s of audio",
+                dt,
+                f"{secs / dt:.1f} audio s/s ({secs / dt:.0f}x real time)",
+            )
+        )
     return rows
 
 

@@ -32,17 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import lightning.pytorch as pl  # noqa: E402
-from lightning.fabric.utilities.throughput import get_available_flops  # noqa: E402
-
-from datamodules import TextDataModule  # noqa: E402
-from lit_vattn import GPTConfig, LanguageModel  # noqa: E402
-from lit_vattn.arch import registry  # noqa: E402
-from lit_vattn.reproduce import git_commit  # noqa: E402
+from datamodules import TextDataModule
+from lit_vattn import GPTConfig, LanguageModel
+from lit_vattn.arch.registry import registry
+from lit_vattn.reproduce import git_commit
 
 
 def parse_arch(spec: str) -> tuple[str, str | None]:
@@ -81,8 +78,14 @@ def hardware() -> str:
 def build(args, dm, spec: str, **kw) -> LanguageModel:
     name, backend = parse_arch(spec)
     torch.manual_seed(0)
-    return LanguageModel(config=config(args, backend), arch=registry()[name](), vocab_size=dm.vocab_size, lr=args.lr,
-                         warmup_steps=1, **kw)
+    return LanguageModel(
+        config=config(args, backend),
+        arch=registry()[name](),
+        vocab_size=dm.vocab_size,
+        lr=args.lr,
+        warmup_steps=1,
+        **kw,
+    )
 
 
 def plain_loop(args, dm, spec, device, profile_dir: Path | None = None) -> dict:
@@ -115,9 +118,13 @@ def plain_loop(args, dm, spec, device, profile_dir: Path | None = None) -> dict:
         loss = step()
     sync(device)
     dt = time.perf_counter() - t0
-    out = {"tok_s": args.steps * args.batch_size * args.seq_len / dt, "peak": peak(device),
-           "params": net.num_params(), "flops_tok": net.flops_per_token(args.seq_len),
-           "loss": loss.item()}
+    out = {
+        "tok_s": args.steps * args.batch_size * args.seq_len / dt,
+        "peak": peak(device),
+        "params": net.num_params(),
+        "flops_tok": net.flops_per_token(args.seq_len),
+        "loss": loss.item(),
+    }
     if profile_dir is not None:
         out["profile"] = profile(step, device, profile_dir / f"profile-{spec.replace('@', '-')}.txt")
     return out
@@ -153,9 +160,17 @@ def lightning_path(args, dm, spec, device) -> dict:
     timer = StepTimer(args.warmup, last)
     with tempfile.TemporaryDirectory() as logdir:
         trainer = pl.Trainer(
-            accelerator=device.type if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
-            max_steps=last, limit_val_batches=0, logger=CSVLogger(logdir), log_every_n_steps=10,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+            accelerator=device.type if device.type == "cuda" else "cpu",
+            devices=1,
+            precision=args.precision,
+            max_steps=last,
+            limit_val_batches=0,
+            logger=CSVLogger(logdir),
+            log_every_n_steps=10,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
             callbacks=[timer, TokenThroughputMonitor(), LearningRateMonitor(logging_interval="step")],
             use_distributed_sampler=False,
         )
@@ -166,8 +181,13 @@ def lightning_path(args, dm, spec, device) -> dict:
 
 
 def config(args, backend: str | None) -> GPTConfig:
-    return GPTConfig(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, max_seq_len=args.seq_len,
-                     attn_backend=backend or args.attn_backend)
+    return GPTConfig(
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_model=args.d_model,
+        max_seq_len=args.seq_len,
+        attn_backend=backend or args.attn_backend,
+    )
 
 
 def sync(device):
@@ -213,7 +233,9 @@ def table(rows: list[dict], head: dict) -> str:
         f"# Training throughput ({head['device_type']})",
         "",
         f"- command: `{head['command']}`",
-        f"- commit: {head['commit']}" + (f" ({head['commit_note']})" if head.get("commit_note") else "") + f", date: {head['date']}",
+        f"- commit: {head['commit']}"
+        + (f" ({head['commit_note']})" if head.get("commit_note") else "")
+        + f", date: {head['date']}",
         f"- hardware: {head['hardware']}",
         f"- shape: {head['shape']}",
         "- FLOPs/token: measured with FlopCounterMode (forward + backward; matmuls and dense attention over every key read); "
@@ -221,9 +243,11 @@ def table(rows: list[dict], head: dict) -> str:
     ]
     if measured:
         runs = ", ".join(f"{b['head']['matmul_peak'] / 1e12:.0f}" for b in bases.values())
-        lines.append(f"- matmul rate measured in each run ({len(bases)} run(s), each with its own vanilla row): {runs} TFLOP/s "
-                     f"(8192^3 in the training precision, random data, median); datasheet rate: {sheet / 1e12:.0f} TFLOP/s; "
-                     "MFU (measured peak) uses the rate of the row's own run")
+        lines.append(
+            f"- matmul rate measured in each run ({len(bases)} run(s), each with its own vanilla row): {runs} TFLOP/s "
+            f"(8192^3 in the training precision, random data, median); datasheet rate: {sheet / 1e12:.0f} TFLOP/s; "
+            "MFU (measured peak) uses the rate of the row's own run"
+        )
     lines += [
         "",
         "| arch | params | FLOPs/token | FLOPs vs vanilla | plain tok/s | Lightning tok/s | Lightning / plain "
@@ -234,10 +258,14 @@ def table(rows: list[dict], head: dict) -> str:
         p, li = r["plain"], r["lightning"]
         base = bases.get(r["head"]["run"])
         if base is None:
-            raise SystemExit(f"row {r['arch']} has no vanilla row from its own run ({r['head']['run']}): add vanilla to --archs")
+            raise SystemExit(
+                f"row {r['arch']} has no vanilla row from its own run ({r['head']['run']}): add vanilla to --archs"
+            )
         mfu = lambda peak_: f"{p['flops_tok'] * li['tok_s'] / peak_:.1%}" if peak_ else "n/a"  # noqa: E731
         measured = r["head"].get("matmul_peak")
-        mem_ratio = f"{li['peak'] / base['lightning']['peak']:.2f}" if li["peak"] and base["lightning"]["peak"] else "n/a"
+        mem_ratio = (
+            f"{li['peak'] / base['lightning']['peak']:.2f}" if li["peak"] and base["lightning"]["peak"] else "n/a"
+        )
         lines.append(
             f"| {r['arch']} | {p['params'] / 1e6:.2f} M | {p['flops_tok'] / 1e6:.1f} M | "
             f"{p['flops_tok'] / base['plain']['flops_tok']:.3f} | {p['tok_s']:,.0f} | {li['tok_s']:,.0f} | "
@@ -257,7 +285,9 @@ def write(path: str, text: str) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", default="vanilla", help="comma-separated; arch@backend picks the multi-source attention kernel")
+    p.add_argument(
+        "--archs", default="vanilla", help="comma-separated; arch@backend picks the multi-source attention kernel"
+    )
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=4)
@@ -268,8 +298,12 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--precision", default="32-true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--attn-backend", default="auto", choices=["auto", "sdpa", "flex", "merge"],
-                   help="multi-source attention kernel for archs without @backend; auto = flex on CUDA")
+    p.add_argument(
+        "--attn-backend",
+        default="auto",
+        choices=["auto", "sdpa", "flex", "merge"],
+        help="multi-source attention kernel for archs without @backend; auto = flex on CUDA",
+    )
     p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bpe"])
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--profile", default="", help="comma-separated arch specs to profile (plain loop, 5 steps)")
@@ -283,7 +317,9 @@ def main():
         heads = {json.dumps({k: r["head"][k] for k in ("hardware", "shape", "commit")}) for r in rows}
         head = dict(rows[0]["head"], command="; ".join(dict.fromkeys(r["head"]["command"] for r in rows)))
         if len(heads) > 1:
-            raise SystemExit(f"--from-json: rows from different hardware, shapes or commits cannot share a table: {heads}")
+            raise SystemExit(
+                f"--from-json: rows from different hardware, shapes or commits cannot share a table: {heads}"
+            )
         text = table(rows, head)
         print(text)
         if args.out:
@@ -295,8 +331,9 @@ def main():
         parse_arch(s)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_float32_matmul_precision("high")
-    dm = TextDataModule(tokenizer=args.tokenizer, seq_len=args.seq_len, batch_size=args.batch_size,
-                        num_workers=args.num_workers)
+    dm = TextDataModule(
+        tokenizer=args.tokenizer, seq_len=args.seq_len, batch_size=args.batch_size, num_workers=args.num_workers
+    )
     dm.prepare_data()
     dm.setup("fit")
     dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
@@ -307,9 +344,11 @@ def main():
         "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
         "hardware": hardware(),
-        "shape": (f"d={args.d_model}, L={args.n_layer}, H={args.n_head}, T={args.seq_len}, batch {args.batch_size}, "
-                  f"vocab {dm.vocab_size} ({args.tokenizer}), precision {args.precision}, compile {args.compile}, "
-                  f"AdamW (fused on CUDA), grad clip 1.0; {args.steps} timed steps after {args.warmup} warm-up steps"),
+        "shape": (
+            f"d={args.d_model}, L={args.n_layer}, H={args.n_head}, T={args.seq_len}, batch {args.batch_size}, "
+            f"vocab {dm.vocab_size} ({args.tokenizer}), precision {args.precision}, compile {args.compile}, "
+            f"AdamW (fused on CUDA), grad clip 1.0; {args.steps} timed steps after {args.warmup} warm-up steps"
+        ),
         "matmul_peak": matmul_peak(dtype) if device.type == "cuda" else None,
         "datasheet_peak": get_available_flops(device, dtype) if device.type == "cuda" else None,
     }
@@ -328,8 +367,11 @@ def main():
         rows.append(row)
         if json_dir:
             (json_dir / f"row-{spec.replace('@', '-')}.json").write_text(json.dumps(row, indent=1))
-        print(f"{spec}: plain {plain['tok_s']:,.0f} tok/s, lightning {light['tok_s']:,.0f} tok/s, "
-              f"peak {plain['peak']} / {light['peak']} GiB, {plain['flops_tok'] / 1e6:.1f} MFLOP/token", flush=True)
+        print(
+            f"{spec}: plain {plain['tok_s']:,.0f} tok/s, lightning {light['tok_s']:,.0f} tok/s, "
+            f"peak {plain['peak']} / {light['peak']} GiB, {plain['flops_tok'] / 1e6:.1f} MFLOP/token",
+            flush=True,
+        )
     text = table(rows, head)
     print(text)
     if args.out:

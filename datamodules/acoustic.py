@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from datamodules import codec, shards
-from datamodules.audio_sources import AUDIO_SUFFIXES, file_clips, hf_clips, rendered_music_clips, select_files, speech_clips
+from datamodules.audio_sources import (
+    AUDIO_SUFFIXES,
+    file_clips,
+    hf_clips,
+    rendered_music_clips,
+    select_files,
+    speech_clips,
+)
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
 
 log = logging.getLogger(__name__)
@@ -92,19 +99,28 @@ class AcousticDataModule(TokenDataModule):
             raise ValueError('data.source="files" needs data.files (audio files, directories or globs)')
         self.source, self.files, self.hf_config, self.hf_split = source, files, hf_config, hf_split
         if seconds is None and source in ("speech", "music"):
-            raise ValueError(f"data.seconds must be a number for source={source!r}: it is the amount of audio to synthesise")
+            raise ValueError(
+                f"data.seconds must be a number for source={source!r}: it is the amount of audio to synthesise"
+            )
         # floats as the CLI parses them, so the shard cache key of seconds=150 from Python equals that of
         # --data.init_args.seconds 150 (150.0): the same data is never prepared twice
         seconds = None if seconds is None else float(seconds)
         min_seconds, val_fraction, test_fraction = float(min_seconds), float(val_fraction), float(test_fraction)
         bandwidth, kmeans_seconds = float(bandwidth), float(kmeans_seconds)
-        self.audio_column, self.seconds, self.max_clips, self.min_seconds = audio_column, seconds, max_clips, min_seconds
+        self.audio_column, self.seconds, self.max_clips, self.min_seconds = (
+            audio_column,
+            seconds,
+            max_clips,
+            min_seconds,
+        )
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.bandwidth, self.n_q = bandwidth, codec.N_Q[bandwidth]
         if codec_weights == "auto":
             codec_weights = "pretrained" if codec.pretrained_path() is not None else "random"
             if codec_weights == "random":
-                log.warning("no pretrained EnCodec weights in the torch hub cache: using a random codec with k-means codebooks")
+                log.warning(
+                    "no pretrained EnCodec weights in the torch hub cache: using a random codec with k-means codebooks"
+                )
         self.codec_weights, self.kmeans_seconds, self.codec_seed = codec_weights, kmeans_seconds, codec_seed
         self._codec = None
 
@@ -117,10 +133,20 @@ class AcousticDataModule(TokenDataModule):
         return self.n_q * codec.BINS
 
     def settings(self) -> dict:
-        s = {"source": self.source, "seconds": self.seconds, "max_clips": self.max_clips, "min_seconds": self.min_seconds,
-             "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-             "tokenizer": {"kind": "encodec_24khz", "bandwidth": self.bandwidth, "weights": self.codec_weights,
-                           "vocab_size": self.vocab_size}}
+        s = {
+            "source": self.source,
+            "seconds": self.seconds,
+            "max_clips": self.max_clips,
+            "min_seconds": self.min_seconds,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "tokenizer": {
+                "kind": "encodec_24khz",
+                "bandwidth": self.bandwidth,
+                "weights": self.codec_weights,
+                "vocab_size": self.vocab_size,
+            },
+        }
         if self.codec_weights == "random":
             s["tokenizer"].update(kmeans_seconds=self.kmeans_seconds, seed=self.codec_seed)
         if self.source == "files":  # adding, removing or editing a file under a folder gives new shards
@@ -140,8 +166,10 @@ class AcousticDataModule(TokenDataModule):
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
         skipped = SkippedFiles(self.on_bad_file)
-        fix = ("add audio files, raise data.seconds / data.max_clips (they cap what is read), or raise "
-               "data.val_fraction / data.test_fraction")
+        fix = (
+            "add audio files, raise data.seconds / data.max_clips (they cap what is read), or raise "
+            "data.val_fraction / data.test_fraction"
+        )
         assign = None
         if self.source == "files":  # choose and split the files before decoding any (and before k-means)
             self._selected = select_files(self.files, self.seconds, self.max_clips, self.codec_seed, skipped)
@@ -156,11 +184,15 @@ class AcousticDataModule(TokenDataModule):
                 break  # an HF dataset is streamed: stop once data.seconds are read
             read += len(wav) / codec.SAMPLE_RATE
             if len(wav) < self.min_seconds * codec.SAMPLE_RATE:
-                skipped.append((name, f"too short ({len(wav) / codec.SAMPLE_RATE:.2f} s < min_seconds={self.min_seconds})"))
+                skipped.append(
+                    (name, f"too short ({len(wav) / codec.SAMPLE_RATE:.2f} s < min_seconds={self.min_seconds})")
+                )
             elif not np.isfinite(wav).all() or np.abs(wav).max() < 1e-4:
                 skipped.append((name, "silent"))
             else:
-                split = assign[key] if assign is not None else shards.split_of(key, self.val_fraction, self.test_fraction)
+                split = (
+                    assign[key] if assign is not None else shards.split_of(key, self.val_fraction, self.test_fraction)
+                )
                 clips[split].append(wav)
         report_skipped(skipped, "unusable audio clips")
         if not any(clips.values()):
@@ -177,8 +209,11 @@ class AcousticDataModule(TokenDataModule):
                 "data.test_fraction, or use pretrained codec weights (data.codec_weights)"
             )
         if self.codec_weights == "random":
-            model = codec.random_codec(np.concatenate(clips["train"])[: int(self.kmeans_seconds * codec.SAMPLE_RATE)],
-                                       self.bandwidth, seed=self.codec_seed)
+            model = codec.random_codec(
+                np.concatenate(clips["train"])[: int(self.kmeans_seconds * codec.SAMPLE_RATE)],
+                self.bandwidth,
+                seed=self.codec_seed,
+            )
         else:
             model = codec.build(self.codec_weights, self.bandwidth)
         codec.check_initialised(model, self.bandwidth)
@@ -196,9 +231,15 @@ class AcousticDataModule(TokenDataModule):
         self._codec = model
         units = np.full(self.vocab_size, 1.0 / (codec.FRAME_RATE * self.n_q))
         units[self.eos_id] = 0.0
-        meta = {"tokenizer": self.settings()["tokenizer"], "codec_checksum": codec.checksum(model),
-                "unit_counts": seconds, "skipped": len(skipped), "eos_id": self.eos_id, "n_q": self.n_q,
-                "frame_rate": codec.FRAME_RATE}
+        meta = {
+            "tokenizer": self.settings()["tokenizer"],
+            "codec_checksum": codec.checksum(model),
+            "unit_counts": seconds,
+            "skipped": len(skipped),
+            "eos_id": self.eos_id,
+            "n_q": self.n_q,
+            "frame_rate": codec.FRAME_RATE,
+        }
         return meta, units
 
     @property

@@ -72,8 +72,16 @@ class Espeak:
 
         cls._callback = cb_type(on_audio)  # keep a reference: ctypes must not free it
         lib.espeak_SetSynthCallback(cls._callback)
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         cls._lib, cls._rate = lib, rate
 
     @classmethod
@@ -128,8 +136,9 @@ def read_audio(path_or_bytes) -> np.ndarray:
     return to_24k_mono(x, sr)
 
 
-def select_files(patterns: list[str], seconds: Optional[float], max_clips: Optional[int], seed: int,
-                 skipped: list) -> list[tuple[str, str]]:
+def select_files(
+    patterns: list[str], seconds: Optional[float], max_clips: Optional[int], seed: int, skipped: list
+) -> list[tuple[str, str]]:
     """(path, key) of the audio files to use, chosen before any is decoded: a seeded shuffle of the
     folder (an even selection over it), cut where the files' header durations reach ``seconds``
     or the count reaches ``max_clips`` (None = no limit). Files whose header cannot be read are
@@ -164,13 +173,17 @@ def file_clips(selected: list[tuple[str, str]], skipped: list) -> Iterator[Clip]
         yield key, path, wav
 
 
-def hf_clips(dataset: str, config: Optional[str], split: str, column: str, max_clips: Optional[int], skipped: list) -> Iterator[Clip]:
+def hf_clips(
+    dataset: str, config: Optional[str], split: str, column: str, max_clips: Optional[int], skipped: list
+) -> Iterator[Clip]:
     import datasets
 
     try:
         ds = datasets.load_dataset(dataset, config, split=split, streaming=True)
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as e:
-        raise ValueError(f"could not load the HF audio dataset {dataset!r} (split {split!r}): {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"could not load the HF audio dataset {dataset!r} (split {split!r}): {type(e).__name__}: {e}"
+        ) from e
     ds = ds.cast_column(column, datasets.Audio(decode=False))
     for i, row in enumerate(ds):
         if max_clips is not None and i >= max_clips:
@@ -193,7 +206,9 @@ def soundfont() -> str:
     return str(sf2)
 
 
-def rendered_music_clips(seconds: float, max_clip_seconds: float = 60.0, skipped: Optional[list] = None) -> Iterator[Clip]:
+def rendered_music_clips(
+    seconds: float, max_clip_seconds: float = 60.0, skipped: Optional[list] = None
+) -> Iterator[Clip]:
     """Pieces of the embedded symbolic corpus rendered to audio (tinysoundfont, one loaded font)."""
     import tempfile
 

@@ -38,8 +38,10 @@ class SkippedFiles(list):
     def append(self, item: tuple[str, str]) -> None:
         if self.on_bad_file == "error":
             name, why = item
-            raise ValueError(f"input {name!r} cannot be used: {why}; fix or remove it, or set data.on_bad_file=skip "
-                             "to skip unreadable files and list them")
+            raise ValueError(
+                f"input {name!r} cannot be used: {why}; fix or remove it, or set data.on_bad_file=skip "
+                "to skip unreadable files and list them"
+            )
         super().append(item)
 
 
@@ -242,4 +244,6 @@ def require(modules: list[str], extra: str, who: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(f"{who} needs {', '.join(missing)}: pip install -e \".[{extra}]\" (or pip install -e \".[dev]\" for everything)")
+        raise ImportError(
+            f'{who} needs {", ".join(missing)}: pip install -e ".[{extra}]" (or pip install -e ".[dev]" for everything)'
+        )

@@ -101,7 +101,9 @@ def random_codec(audio: np.ndarray, bandwidth: float, seed: int = 0, iters: int 
     """Seeded random EnCodec whose codebooks are k-means of its encoder's frames on ``audio``
     (1-D float32 at 24 kHz; needs >= 1024 frames, i.e. 13.7 s)."""
     if len(audio) < MIN_KMEANS_SECONDS * SAMPLE_RATE:
-        raise ValueError(f"k-means needs at least {MIN_KMEANS_SECONDS:.1f} s of training audio, got {len(audio) / SAMPLE_RATE:.1f} s")
+        raise ValueError(
+            f"k-means needs at least {MIN_KMEANS_SECONDS:.1f} s of training audio, got {len(audio) / SAMPLE_RATE:.1f} s"
+        )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build("random", bandwidth)

@@ -21,7 +21,10 @@ from datamodules.music_sources import MIDI_SUFFIXES, abc_pieces, file_pieces, sc
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKENIZER_OPTIONS = {
-    "use_programs": True, "use_rests": True, "use_tempos": True, "use_time_signatures": True,
+    "use_programs": True,
+    "use_rests": True,
+    "use_tempos": True,
+    "use_time_signatures": True,
     "special_tokens": ["PAD", "BOS", "EOS"],
 }
 
@@ -95,13 +98,19 @@ class MusicDataModule(TokenDataModule):
 
         cls = getattr(miditok, self.tokenizer_name, None)
         if cls is None or not isinstance(cls, type):
-            raise ValueError(f"data.tokenizer={self.tokenizer_name!r} is not a miditok tokenizer (e.g. REMI, TSD, MIDILike)")
+            raise ValueError(
+                f"data.tokenizer={self.tokenizer_name!r} is not a miditok tokenizer (e.g. REMI, TSD, MIDILike)"
+            )
         tok = cls(miditok.TokenizerConfig(**self.tokenizer_options))
         if isinstance(tok.vocab, list):
-            raise ValueError(f"data.tokenizer={self.tokenizer_name!r} has several vocabularies (compound tokens); use a single-stream tokenizer")
+            raise ValueError(
+                f"data.tokenizer={self.tokenizer_name!r} has several vocabularies (compound tokens); use a single-stream tokenizer"
+            )
         for special in ("BOS_None", "EOS_None"):
             if special not in tok.vocab:
-                raise ValueError(f"data.tokenizer_options.special_tokens must include BOS and EOS (got {self.tokenizer_options.get('special_tokens')})")
+                raise ValueError(
+                    f"data.tokenizer_options.special_tokens must include BOS and EOS (got {self.tokenizer_options.get('special_tokens')})"
+                )
         return tok
 
     @property
@@ -109,10 +118,18 @@ class MusicDataModule(TokenDataModule):
         return self.bpe_vocab_size or self._base_vocab
 
     def settings(self) -> dict:
-        s = {"source": self.source, "max_pieces": self.max_pieces, "val_fraction": self.val_fraction,
-             "test_fraction": self.test_fraction,
-             "tokenizer": {"kind": f"miditok.{self.tokenizer_name}", "options": self.tokenizer_options,
-                           "bpe": self.bpe_vocab_size, "vocab_size": self.vocab_size}}
+        s = {
+            "source": self.source,
+            "max_pieces": self.max_pieces,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "tokenizer": {
+                "kind": f"miditok.{self.tokenizer_name}",
+                "options": self.tokenizer_options,
+                "bpe": self.bpe_vocab_size,
+                "vocab_size": self.vocab_size,
+            },
+        }
         if self.source == "files":  # adding, removing or editing a file under a folder gives new shards
             s["files"] = self.files_fingerprint("MIDI file", MIDI_SUFFIXES)
         return s
@@ -138,7 +155,9 @@ class MusicDataModule(TokenDataModule):
         n_abc = None if self.max_pieces is None else self.max_pieces - (n_scores or 0)
         yield from abc_pieces(n_abc, skipped)
         if self.source == "full":
-            yield from score_pieces(self.cache_dir / "music21-midi", self.kern_timeout, skipped=skipped, max_files=n_scores)
+            yield from score_pieces(
+                self.cache_dir / "music21-midi", self.kern_timeout, skipped=skipped, max_files=n_scores
+            )
 
     @staticmethod
     def _ids(tok, score) -> list[int]:
@@ -165,7 +184,9 @@ class MusicDataModule(TokenDataModule):
         if self.source == "files" and kept:
             shards.check_splits({k: len(v) for k, v in pieces.items()}, "usable MIDI files", self.FIX)
         if not pieces["train"]:
-            raise ValueError(f"no usable music pieces in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})")
+            raise ValueError(
+                f"no usable music pieces in source {self.source!r} ({len(skipped)} skipped, e.g. {skipped[:3]})"
+            )
         tok = self._new_tokenizer()
         if self.bpe_vocab_size:
             with tempfile.TemporaryDirectory() as d:
@@ -190,8 +211,13 @@ class MusicDataModule(TokenDataModule):
                 notes += int(units[np.asarray(ids)].sum())
             counts[split] = notes
         self._tok = tok
-        return {"tokenizer": self.settings()["tokenizer"], "unit_counts": counts, "skipped": len(skipped),
-                "bos_id": bos, "eos_id": eos}, units
+        return {
+            "tokenizer": self.settings()["tokenizer"],
+            "unit_counts": counts,
+            "skipped": len(skipped),
+            "bos_id": bos,
+            "eos_id": eos,
+        }, units
 
     def _notes_per_token(self, tok) -> np.ndarray:
         units = np.zeros(self.vocab_size)

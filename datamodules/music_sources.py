@@ -121,8 +121,9 @@ def score_files(max_files: Optional[int] = None) -> list[str]:
     return files
 
 
-def score_pieces(cache: Path, timeout: int = 120, workers: int = 2, skipped: Optional[list] = None,
-                 max_files: Optional[int] = None) -> Iterator[Piece]:
+def score_pieces(
+    cache: Path, timeout: int = 120, workers: int = 2, skipped: Optional[list] = None, max_files: Optional[int] = None
+) -> Iterator[Piece]:
     """The kern/MusicXML part of music21's corpus, converted once into ``cache`` as MIDI files."""
     import multiprocessing as mp
 
@@ -131,8 +132,12 @@ def score_pieces(cache: Path, timeout: int = 120, workers: int = 2, skipped: Opt
     root = music21_corpus()
     files = score_files(max_files)
     cache.mkdir(parents=True, exist_ok=True)
-    todo = [f for f in files if not (cache / (Path(f).relative_to(root).as_posix().replace("/", "__") + ".mid")).exists()
-            and not (cache / (Path(f).relative_to(root).as_posix().replace("/", "__") + ".failed")).exists()]
+    todo = [
+        f
+        for f in files
+        if not (cache / (Path(f).relative_to(root).as_posix().replace("/", "__") + ".mid")).exists()
+        and not (cache / (Path(f).relative_to(root).as_posix().replace("/", "__") + ".failed")).exists()
+    ]
     if todo:
         log.info("converting %d kern/MusicXML scores with music21 (once; cached in %s)", len(todo), cache)
         os.environ.setdefault("MUSIC21_CACHE", str(cache / "music21-pickles"))

@@ -61,15 +61,16 @@ def gap_probabilities(space: int, power_a: float) -> np.ndarray:
     return p / p.sum()
 
 
-def mqar_example(rng: np.random.Generator, T: int, vocab: int, num_kv_pairs: int, p_gap: np.ndarray,
-                 random_non_queries: bool) -> tuple[np.ndarray, np.ndarray]:
+def mqar_example(
+    rng: np.random.Generator, T: int, vocab: int, num_kv_pairs: int, p_gap: np.ndarray, random_non_queries: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """One MQAR window: input (T,) and target (T,) with -100 except at the n query positions."""
     n, half = num_kv_pairs, vocab // 2
     keys = rng.choice(np.arange(1, half), n, replace=False)
     values = rng.choice(np.arange(half, vocab), n, replace=False)
     gaps = rng.choice(len(p_gap), n, replace=False, p=p_gap)
     seq = np.zeros(T + 1, dtype=np.int64)  # T inputs + the one shifted-out label slot, as in Zoology
-    seq[0:2 * n:2], seq[1:2 * n:2] = keys, values
+    seq[0 : 2 * n : 2], seq[1 : 2 * n : 2] = keys, values
     seq[2 * n + 2 * gaps] = keys  # the queries
     labels = np.full(T + 1, IGNORE, dtype=np.int64)
     labels[2 * n + 2 * gaps + 1] = values
@@ -80,25 +81,34 @@ def mqar_example(rng: np.random.Generator, T: int, vocab: int, num_kv_pairs: int
     return x, y
 
 
-def copy_example(rng: np.random.Generator, T: int, vocab: int, copy_len: int, copy_gap: int) -> tuple[np.ndarray, np.ndarray]:
+def copy_example(
+    rng: np.random.Generator, T: int, vocab: int, copy_len: int, copy_gap: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One induction-copy window: input (T,) and target (T,) with -100 except at the n answers."""
     n = copy_len
     ids = rng.permutation(np.arange(2, vocab))
     seq_tokens, filler_ids = ids[:n], ids[n:]
     seq = filler_ids[rng.integers(0, len(filler_ids), T + 1)]  # (T + 1,) filler everywhere first
     second = n + 1 + int(rng.integers(0, copy_gap + 1))  # position of the second SEP
-    seq[0], seq[1:n + 1] = SEP, seq_tokens
-    seq[second], seq[second + 1:second + 1 + n] = SEP, seq_tokens
+    seq[0], seq[1 : n + 1] = SEP, seq_tokens
+    seq[second], seq[second + 1 : second + 1 + n] = SEP, seq_tokens
     labels = np.full(T + 1, IGNORE, dtype=np.int64)
-    labels[second + 1:second + 1 + n] = seq_tokens  # scored where they are predicted: after SEP and a_1..a_{n-1}
+    labels[second + 1 : second + 1 + n] = seq_tokens  # scored where they are predicted: after SEP and a_1..a_{n-1}
     return seq[:-1], labels[1:]
 
 
 class ProbeExamples(Dataset):
     """Examples ``ids[k]`` of one split; item k of a training split is sample number g."""
 
-    def __init__(self, make, seed_parts: tuple[int, int], ids, train_examples: Optional[int] = None,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        make,
+        seed_parts: tuple[int, int],
+        ids,
+        train_examples: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.make, self.seed_parts, self.ids = make, seed_parts, ids
         self.train_examples, self.rank, self.world = train_examples, rank, world_size
         self._epoch, self._perm = -1, None
@@ -191,30 +201,48 @@ class ProbeDataModule(StreamDataModule):
             raise ValueError(f"data.task={self.task!r}: choose 'mqar' or 'copy'")
         if T < 2 or self.batch_size < 1:
             raise ValueError(f"data.seq_len must be >= 2 and data.batch_size >= 1 (got {T}, {self.batch_size})")
-        if self.val_examples < 1 or self.test_examples < 1 or (self.train_examples is not None and self.train_examples < 1):
-            raise ValueError("data.val_examples, data.test_examples and data.train_examples (or null) must be >= 1 "
-                             f"(got {self.val_examples}, {self.test_examples}, {self.train_examples})")
+        if (
+            self.val_examples < 1
+            or self.test_examples < 1
+            or (self.train_examples is not None and self.train_examples < 1)
+        ):
+            raise ValueError(
+                "data.val_examples, data.test_examples and data.train_examples (or null) must be >= 1 "
+                f"(got {self.val_examples}, {self.test_examples}, {self.train_examples})"
+            )
         if self.task == "mqar":
             if T % 2:
                 raise ValueError(f"data.seq_len={T} must be even for data.task=mqar (queries sit at even offsets)")
             if n < 1 or 4 * n > T:
-                raise ValueError(f"data.num_kv_pairs={n} needs 1 <= 4 * num_kv_pairs <= data.seq_len={T} "
-                                 "(room for the pairs and one query slot per pair); lower num_kv_pairs or raise seq_len")
+                raise ValueError(
+                    f"data.num_kv_pairs={n} needs 1 <= 4 * num_kv_pairs <= data.seq_len={T} "
+                    "(room for the pairs and one query slot per pair); lower num_kv_pairs or raise seq_len"
+                )
             if self.vocab // 2 - 1 < n:
-                raise ValueError(f"data.vocab={self.vocab} has {self.vocab // 2 - 1} distinct keys, fewer than "
-                                 f"data.num_kv_pairs={n}; raise data.vocab")
+                raise ValueError(
+                    f"data.vocab={self.vocab} has {self.vocab // 2 - 1} distinct keys, fewer than "
+                    f"data.num_kv_pairs={n}; raise data.vocab"
+                )
             if not self.power_a > 0:
-                raise ValueError(f"data.power_a={self.power_a} must be > 0 (0.01: Zoology's default, 1.0: uniform gaps)")
+                raise ValueError(
+                    f"data.power_a={self.power_a} must be > 0 (0.01: Zoology's default, 1.0: uniform gaps)"
+                )
         else:
             if self.copy_len < 1 or self.copy_gap < 0:
-                raise ValueError(f"data.copy_len must be >= 1 and data.copy_gap >= 0 (got {self.copy_len}, {self.copy_gap})")
+                raise ValueError(
+                    f"data.copy_len must be >= 1 and data.copy_gap >= 0 (got {self.copy_len}, {self.copy_gap})"
+                )
             need = 2 * self.copy_len + 2 + self.copy_gap
             if need > T + 1:
-                raise ValueError(f"data.task=copy needs 2 * copy_len + 2 + copy_gap = {need} <= data.seq_len + 1 = {T + 1}; "
-                                 "lower data.copy_len or data.copy_gap, or raise data.seq_len")
+                raise ValueError(
+                    f"data.task=copy needs 2 * copy_len + 2 + copy_gap = {need} <= data.seq_len + 1 = {T + 1}; "
+                    "lower data.copy_len or data.copy_gap, or raise data.seq_len"
+                )
             if self.vocab - 2 <= self.copy_len:
-                raise ValueError(f"data.vocab={self.vocab} leaves {self.vocab - 2} ids for a sequence of data.copy_len="
-                                 f"{self.copy_len} and its filler; raise data.vocab")
+                raise ValueError(
+                    f"data.vocab={self.vocab} leaves {self.vocab - 2} ids for a sequence of data.copy_len="
+                    f"{self.copy_len} and its filler; raise data.vocab"
+                )
 
     # --- what the model and the tables read --------------------------------------------------------
     @property
@@ -232,15 +260,23 @@ class ProbeDataModule(StreamDataModule):
 
     def describe(self) -> str:
         """One sentence of what the examples are, for table headers."""
-        task = (f"multi-query associative recall (Zoology): {self.num_kv_pairs} key-value pairs then their "
-                f"{self.num_kv_pairs} queries, gaps p(g) ~ (g + 1)^({self.power_a:g} - 1)" if self.task == "mqar" else
-                f"induction copying: a sequence of {self.copy_len} distinct ids repeated after 0 to {self.copy_gap} "
-                "filler tokens (uniform per example)")
-        fresh = ("a fresh generated example for every training sample" if self.train_examples is None else
-                 f"a fixed set of {self.train_examples} training examples")
-        return (f"{task}; vocabulary {self.vocab}, {self.seq_len} tokens per example, {self.answers_per_example} scored "
-                f"answers per example; {fresh}; {self.val_examples} validation and {self.test_examples} test examples, "
-                "the same for every seed and method")
+        task = (
+            f"multi-query associative recall (Zoology): {self.num_kv_pairs} key-value pairs then their "
+            f"{self.num_kv_pairs} queries, gaps p(g) ~ (g + 1)^({self.power_a:g} - 1)"
+            if self.task == "mqar"
+            else f"induction copying: a sequence of {self.copy_len} distinct ids repeated after 0 to {self.copy_gap} "
+            "filler tokens (uniform per example)"
+        )
+        fresh = (
+            "a fresh generated example for every training sample"
+            if self.train_examples is None
+            else f"a fixed set of {self.train_examples} training examples"
+        )
+        return (
+            f"{task}; vocabulary {self.vocab}, {self.seq_len} tokens per example, {self.answers_per_example} scored "
+            f"answers per example; {fresh}; {self.val_examples} validation and {self.test_examples} test examples, "
+            "the same for every seed and method"
+        )
 
     def settings(self) -> dict:
         """Everything that decides the examples (the training stream also depends on data.seed)."""
@@ -283,8 +319,13 @@ class ProbeDataModule(StreamDataModule):
 
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len, "vocab_size": self.vocab_size,
-                "settings": self.settings()}
+        return {
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "vocab_size": self.vocab_size,
+            "settings": self.settings(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("settings", self.settings()) != self.settings() or state.get("seed", self.seed) != self.seed:

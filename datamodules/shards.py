@@ -49,8 +49,11 @@ class ShardWriter:
         self.final_dir = Path(final_dir)
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(self.final_dir)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}-",
-                                         dir=self.final_dir.parent))
+        self.tmp = Path(
+            tempfile.mkdtemp(
+                prefix=f".{self.final_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=self.final_dir.parent
+            )
+        )
         self.dtype = token_dtype(vocab_size)
         self.vocab_size = vocab_size
         self._files = {s: open(self.tmp / f"{s}.bin", "wb") for s in SPLITS}
@@ -107,7 +110,7 @@ def clean_stale(final_dir: Path) -> None:
     prefix = f".{Path(final_dir).name}.tmp-{socket.gethostname()}-"
     for d in Path(final_dir).parent.glob(prefix + "*"):
         try:
-            pid = int(d.name[len(prefix):].split("-", 1)[0])
+            pid = int(d.name[len(prefix) :].split("-", 1)[0])
             os.kill(pid, 0)  # raises if no such process
         except ProcessLookupError:
             shutil.rmtree(d, ignore_errors=True)
@@ -191,8 +194,7 @@ def check_splits(counts: dict[str, int], what: str, fix: str) -> None:
     empty = [s for s in SPLITS if not counts.get(s)]
     if empty:
         raise ValueError(
-            f"split(s) {', '.join(repr(s) for s in empty)} would be empty: {what} per split {dict(counts)}. "
-            f"Fix: {fix}"
+            f"split(s) {', '.join(repr(s) for s in empty)} would be empty: {what} per split {dict(counts)}. Fix: {fix}"
         )
 
 
@@ -206,19 +208,29 @@ def expand_files(patterns: list[str], what: str, suffixes: Optional[set[str]] = 
     for p in patterns:
         if os.path.isdir(p):
             root = Path(p)
-            out += sorted((str(q), q.relative_to(root).as_posix()) for q in root.rglob("*")
-                          if q.is_file() and not _hidden(q.relative_to(root).as_posix())
-                          and (suffixes is None or q.suffix.lower() in suffixes))
+            out += sorted(
+                (str(q), q.relative_to(root).as_posix())
+                for q in root.rglob("*")
+                if q.is_file()
+                and not _hidden(q.relative_to(root).as_posix())
+                and (suffixes is None or q.suffix.lower() in suffixes)
+            )
         elif any(c in p for c in "*?["):
             fixed = p[: min(p.index(c) for c in "*?[" if c in p)]
             root = Path(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
-            out += sorted((q, os.path.relpath(q, root)) for q in glob.glob(p, recursive=True)
-                          if os.path.isfile(q) and not _hidden(os.path.relpath(q, root))
-                          and (suffixes is None or Path(q).suffix.lower() in suffixes))
+            out += sorted(
+                (q, os.path.relpath(q, root))
+                for q in glob.glob(p, recursive=True)
+                if os.path.isfile(q)
+                and not _hidden(os.path.relpath(q, root))
+                and (suffixes is None or Path(q).suffix.lower() in suffixes)
+            )
         elif os.path.isfile(p):
             out.append((p, os.path.basename(p)))
         else:
-            raise FileNotFoundError(f"{what} {p!r} does not exist (data.files); give existing files, directories or globs")
+            raise FileNotFoundError(
+                f"{what} {p!r} does not exist (data.files); give existing files, directories or globs"
+            )
     if not out:
         raise FileNotFoundError(f"no {what}s found in data.files={patterns}")
     return out

@@ -70,7 +70,9 @@ class TextDataModule(TokenDataModule):
         if source == "files" and not files:
             raise ValueError('data.source="files" needs data.files (paths, directories or globs of text files)')
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in (0, 1) and sum below 1")
+            raise ValueError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in (0, 1) and sum below 1"
+            )
         self.source, self.files, self.hf_config = source, files, hf_config
         self.text_column, self.streaming, self.sample_by = text_column, streaming, sample_by
         self.max_documents = max_documents
@@ -80,8 +82,11 @@ class TextDataModule(TokenDataModule):
         if source == "files" and sample_by == "document":  # too few files for three splits: say so before any step
             keys = [k for _, k in shards.expand_files(files, "text file")][:max_documents]
             assign = shards.split_keys(keys, val_fraction, test_fraction)
-            shards.check_splits({s: list(assign.values()).count(s) for s in shards.SPLITS}, "text files (data.files)",
-                                "add files, raise data.val_fraction / data.test_fraction, or use data.sample_by=paragraph")
+            shards.check_splits(
+                {s: list(assign.values()).count(s) for s in shards.SPLITS},
+                "text files (data.files)",
+                "add files, raise data.val_fraction / data.test_fraction, or use data.sample_by=paragraph",
+            )
         elif source == "files":
             shards.expand_files(files, "text file")  # a missing path or an empty folder: an error now
 
@@ -91,8 +96,10 @@ class TextDataModule(TokenDataModule):
 
     def settings(self) -> dict:
         s = {
-            "source": self.source, "max_documents": self.max_documents,
-            "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+            "source": self.source,
+            "max_documents": self.max_documents,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
             "tokenizer": {"kind": self.tokenizer_kind, "vocab_size": self.vocab_size},
         }
         if self.source == "files":  # adding, removing or editing a file under a folder or glob gives new shards
@@ -138,12 +145,17 @@ class TextDataModule(TokenDataModule):
                 out[assign[key]].append(text)
         report_skipped(skipped, "unreadable or empty text files")
         if not any(out.values()):
-            raise ValueError(f"text source {self.source!r} produced no non-empty documents"
-                             f"{f' ({len(skipped)} files skipped, e.g. {skipped[:3]})' if skipped else ''}")
+            raise ValueError(
+                f"text source {self.source!r} produced no non-empty documents"
+                f"{f' ({len(skipped)} files skipped, e.g. {skipped[:3]})' if skipped else ''}"
+            )
         # before the tokenizer is trained or anything is encoded
-        shards.check_splits({k: len(v) for k, v in out.items()}, "documents",
-                            "add documents, raise data.val_fraction / data.test_fraction, or use "
-                            "data.sample_by=paragraph (one document per paragraph instead of per file)")
+        shards.check_splits(
+            {k: len(v) for k, v in out.items()},
+            "documents",
+            "add documents, raise data.val_fraction / data.test_fraction, or use "
+            "data.sample_by=paragraph (one document per paragraph instead of per file)",
+        )
         return out
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:

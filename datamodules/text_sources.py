@@ -68,7 +68,9 @@ def file_documents(patterns: list[str], sample_by: str = "document", skipped: Op
     not UTF-8, cannot be read or is empty goes to ``skipped`` (name, reason), which decides whether
     that is an error (``datamodules.base.SkippedFiles``)."""
     skipped = [] if skipped is None else skipped
-    for path, key in expand_files(patterns, "text file"):  # key: relative path, so splits follow the file, not its folder
+    for path, key in expand_files(
+        patterns, "text file"
+    ):  # key: relative path, so splits follow the file, not its folder
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -115,7 +117,9 @@ def hf_documents(
             if max_documents is not None and i >= max_documents:
                 return
             if text_column not in row:
-                raise ValueError(f"HF dataset {dataset!r} has no column {text_column!r} (data.text_column); columns: {list(row)}")
+                raise ValueError(
+                    f"HF dataset {dataset!r} has no column {text_column!r} (data.text_column); columns: {list(row)}"
+                )
             t = row[text_column]
             if t and t.strip():
                 yield f"{dataset}/{split}/{i}", t

@@ -56,8 +56,11 @@ class GPT2Tokenizer:
         ranks = {bytes(dec[c] for c in tok): i for tok, i in encoder.items() if tok != EOT}
         self.eot_id = encoder[EOT]
         self.enc = tiktoken.Encoding(
-            name="gpt2-offline", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-            special_tokens={EOT: self.eot_id}, explicit_n_vocab=self.vocab_size,
+            name="gpt2-offline",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens={EOT: self.eot_id},
+            explicit_n_vocab=self.vocab_size,
         )
 
     def spec(self) -> dict:
@@ -97,12 +100,16 @@ class TrainedBPE:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=self.vocab_size, special_tokens=[EOT],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=self.vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
         if tok.get_vocab_size() > self.vocab_size:
-            raise ValueError(f"trained BPE has {tok.get_vocab_size()} ids, more than data.bpe_vocab_size={self.vocab_size}")
+            raise ValueError(
+                f"trained BPE has {tok.get_vocab_size()} ids, more than data.bpe_vocab_size={self.vocab_size}"
+            )
         self.tok = tok
 
     def save(self, path: Path) -> None:

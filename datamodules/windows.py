@@ -77,7 +77,9 @@ class EvalWindows(Dataset):
         self.tokens, self.T = tokens, seq_len
         N = len(tokens)
         if N < seq_len + 1:
-            raise ValueError(f"evaluation split has {N} tokens, fewer than seq_len + 1 = {seq_len + 1}; lower data.seq_len")
+            raise ValueError(
+                f"evaluation split has {N} tokens, fewer than seq_len + 1 = {seq_len + 1}; lower data.seq_len"
+            )
         n_full = (N - 1) // seq_len
         starts = [j * seq_len for j in range(n_full)]
         self.skip = [0] * n_full

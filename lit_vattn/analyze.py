@@ -154,13 +154,18 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
         rows_nll, rows_agree = [], []
         for _, h in states:
             logits = net.head(net.norm(h))[..., :V].float()
-            rows_nll.append(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").item())
+            rows_nll.append(
+                F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").item()
+            )
             rows_agree.append(((logits.argmax(-1) == top_final) & valid).sum().item())
         nll = np.array(rows_nll) if nll is None else nll + rows_nll
         agree = np.array(rows_agree) if agree is None else agree + rows_agree
         n += valid.sum().item()
-    _save_csv(out / "logit_lens.csv", ["state", "nll", "top1_agreement_with_output"],
-              [[s, f"{a / n:.6f}", f"{g / n:.6f}"] for s, a, g in zip(labels, nll, agree)])
+    _save_csv(
+        out / "logit_lens.csv",
+        ["state", "nll", "top1_agreement_with_output"],
+        [[s, f"{a / n:.6f}", f"{g / n:.6f}"] for s, a, g in zip(labels, nll, agree)],
+    )
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(labels, nll / n, "o-", label="next-token NLL (nats)")
@@ -213,7 +218,13 @@ def ablation(model, dm, batches: int, out: Path, title: str) -> list[Path]:
             nll, _ = _val_nll(model, dm, batches)
         finally:
             arch.ablate(frozenset())
-        rows.append(["+".join(sorted(u)) if len(u) < len(units) or len(units) == 1 else "all", f"{nll:.6f}", f"{nll - base:.6f}"])
+        rows.append(
+            [
+                "+".join(sorted(u)) if len(u) < len(units) or len(units) == 1 else "all",
+                f"{nll:.6f}",
+                f"{nll - base:.6f}",
+            ]
+        )
     _save_csv(out / "ablation.csv", ["removed", "nll", "delta_nll"], rows)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -242,7 +253,9 @@ def extend_context(net, T: int) -> None:
 
 
 @torch.no_grad()
-def position_nll(model, dm, seq_len: int, split: str = "test", max_windows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def position_nll(
+    model, dm, seq_len: int, split: str = "test", max_windows: Optional[int] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Summed next-token NLL (nats) and scored-target count at each position 0..T-1 of the windows
     that score every target of ``split`` once (``EvalWindows``, stride T; the first
     ``max_windows`` of them when given, the ones a run with ``limit_test_batches`` scored); position
@@ -270,7 +283,9 @@ def position_nll(model, dm, seq_len: int, split: str = "test", max_windows: Opti
     return nll, count
 
 
-def positions(model, dm, seq_lens: list[int], split: str, out: Path, title: str, max_windows: Optional[int] = None) -> list[Path]:
+def positions(
+    model, dm, seq_lens: list[int], split: str, out: Path, title: str, max_windows: Optional[int] = None
+) -> list[Path]:
     """``position_nll`` at each length in ``seq_lens``: CSV (seq_len, position, nll, tokens) and a
     plot of NLL against position (log x), the trained length marked."""
     trained = dm.seq_len  # the windows the model was trained on
@@ -304,11 +319,18 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     p.add_argument("--batches", type=int, default=20, help="validation batches averaged over")
     p.add_argument("--out", default=None, help="output folder; default <run>/analysis")
     p.add_argument("--title", default=None)
-    p.add_argument("--seq_lens", default=None, help="positions: comma-separated window lengths; default the "
-                   "trained length and twice it")
+    p.add_argument(
+        "--seq_lens",
+        default=None,
+        help="positions: comma-separated window lengths; default the trained length and twice it",
+    )
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="positions: the split scored")
-    p.add_argument("--max_windows", type=int, default=None, help="positions: score only the first N windows of "
-                   "each length (a quick look); default all")
+    p.add_argument(
+        "--max_windows",
+        type=int,
+        default=None,
+        help="positions: score only the first N windows of each length (a quick look); default all",
+    )
     args = p.parse_args(argv)
     if args.max_windows is not None and args.max_windows < 1:
         raise SystemExit(f"--max_windows {args.max_windows}: must be >= 1 (leave it out to score every window)")
@@ -335,7 +357,9 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
             raise SystemExit(f"{type(model.net.arch).__name__} has no separable sources to ablate (LAS and SLA have)")
         written += found
     if args.what == "positions":
-        written += positions(model, dm, seq_lens or [dm.seq_len, 2 * dm.seq_len], args.split, out, title, args.max_windows)
+        written += positions(
+            model, dm, seq_lens or [dm.seq_len, 2 * dm.seq_len], args.split, out, title, args.max_windows
+        )
     for w in written:
         print(w)
     return written

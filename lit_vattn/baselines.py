@@ -90,5 +90,7 @@ def score_ranks(models: list, loaders: list, units_per_token: Optional[torch.Ten
         targets += int(keep.sum())
         if units_per_token is not None:
             units += float(units_per_token[torch.from_numpy(nxt)].double().sum())
-    return {name: {"nll": s / targets, "bits_per_unit": s / LN2 / units if units else float("nan"), "targets": targets}
-            for name, s in sums.items()}
+    return {
+        name: {"nll": s / targets, "bits_per_unit": s / LN2 / units if units else float("nan"), "targets": targets}
+        for name, s in sums.items()
+    }

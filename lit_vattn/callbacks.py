@@ -10,7 +10,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 
 
@@ -159,7 +158,7 @@ class RunSummary(Callback):
             self.train.append([trainer.global_step, self.tokens, float(loss)])  # one sync per logging step
 
     def _metrics(self, trainer, prefix: str) -> dict:
-        return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -188,12 +187,16 @@ class RunSummary(Callback):
             "global_step": trainer.global_step,
             "tokens_seen": int(dm.consumed * dm.seq_len * trainer.world_size) if dm is not None else self.tokens,
             "train_seconds": now - self.t0,  # of this process (a resumed run: since the resume)
-            "tokens_per_sec": self.tokens_after_skip / (now - self.t_skip) if self.t_skip and self.tokens_after_skip else None,
+            "tokens_per_sec": self.tokens_after_skip / (now - self.t_skip)
+            if self.t_skip and self.tokens_after_skip
+            else None,
             "peak_memory_gib": peak_memory_gib(pl_module.device),
             "device": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
             "world_size": trainer.world_size,
             # the training split's size, so tables can say how many epochs a run saw
-            "train_tokens": int(dm.meta["splits"]["train"]["tokens"]) if dm is not None and getattr(dm, "meta", None) else None,
+            "train_tokens": int(dm.meta["splits"]["train"]["tokens"])
+            if dm is not None and getattr(dm, "meta", None)
+            else None,
         }
         self._write(trainer, {"train": self.train, "val": self.val, "stats": stats})
 
@@ -237,8 +240,10 @@ class BudgetCurve(Callback):
                 ``None`` scores the whole split.
         """
         if points < 0 or first_step < 1 or (max_batches is not None and max_batches < 1):
-            raise ValueError(f"--curve.points must be >= 0, --curve.first_step >= 1 and --curve.max_batches >= 1 or null "
-                             f"(got {points}, {first_step}, {max_batches})")
+            raise ValueError(
+                f"--curve.points must be >= 0, --curve.first_step >= 1 and --curve.max_batches >= 1 or null "
+                f"(got {points}, {first_step}, {max_batches})"
+            )
         self.points, self.first_step, self.max_batches = points, first_step, max_batches
         self.curve: list[dict] = []
         self.filename = "summary.json"
@@ -271,8 +276,11 @@ class BudgetCurve(Callback):
         if step not in self._todo:
             return
         self._todo.discard(step)
-        point = {"step": step, "tokens": int(trainer.datamodule.consumed * trainer.datamodule.seq_len * trainer.world_size),
-                 **self.evaluate(trainer, pl_module)}
+        point = {
+            "step": step,
+            "tokens": int(trainer.datamodule.consumed * trainer.datamodule.seq_len * trainer.world_size),
+            **self.evaluate(trainer, pl_module),
+        }
         self.curve.append(point)
         if trainer.global_rank == 0 and self._dir:
             merge_summary(Path(self._dir) / self.filename, {"curve": self.curve})
@@ -302,6 +310,8 @@ def read_summary(run_dir) -> dict:
     """A run's ``summary.json`` (written by ``RunSummary``), or an error naming what is missing."""
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run has not finished a validation, test or training "
-                                "(RunSummary writes it; it is on unless --summary is disabled)")
+        raise FileNotFoundError(
+            f"{path} does not exist: the run has not finished a validation, test or training "
+            "(RunSummary writes it; it is on unless --summary is disabled)"
+        )
     return json.loads(path.read_text())

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Optional
 
 from jsonargparse import set_parsing_settings
-
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
@@ -41,7 +40,16 @@ from lit_vattn.runs import RunBusyError, RunCheckpoint, RunLock
 # model hyperparameters that a checkpoint's run may differ in: how it is computed, not what it is
 RUNTIME_KEYS = {"compile", "config.attn_backend"}
 # what the optimiser does: part of a resumed run's identity, not of the model a score is for
-TRAINING_KEYS = {"lr", "min_lr_ratio", "warmup_steps", "schedule", "decay_fraction", "weight_decay", "betas", "mix_lr_mult"}
+TRAINING_KEYS = {
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "schedule",
+    "decay_fraction",
+    "weight_decay",
+    "betas",
+    "mix_lr_mult",
+}
 
 
 class CheckpointMismatchError(ValueError):
@@ -52,13 +60,15 @@ class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.save_last": True,
-            "checkpoint.every_n_train_steps": 100,
-            "checkpoint.save_top_k": 0,
-            # one directory per run: a resumed run overwrites its own last.ckpt (never last-v1.ckpt)
-            "checkpoint.enable_version_counter": False,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.every_n_train_steps": 100,
+                "checkpoint.save_top_k": 0,
+                # one directory per run: a resumed run overwrites its own last.ckpt (never last-v1.ckpt)
+                "checkpoint.enable_version_counter": False,
+            }
+        )
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
         parser.add_lightning_class_args(RunSummary, "summary")  # what tables read, whatever the logger
         parser.add_lightning_class_args(BudgetCurve, "curve")  # validation at log-spaced steps (off by default)
@@ -67,12 +77,14 @@ class CLI(LightningCLI):
         """A run without a name is the run of its checkpoint, when ``--ckpt_path`` is a file of a
         run directory (``<run>/checkpoints/*.ckpt`` beside ``<run>/config.yaml``); otherwise it is
         named after its data and method, ``<modality>-<arch>`` (e.g. ``text-va``, ``text-va-frozen``
-        from configs/arch/va-frozen.yaml; combined readers of one YAML ``text-va+las``), so composing
+        from configs/arch/controls/va-frozen.yaml; combined readers of one YAML ``text-va+las``), so composing
         a data config with a method config gives each method its own run directory. Only ``fit``
         writes the run's ``config.yaml``."""
         sub = self.subcommand
-        self.save_config_kwargs = {**self.save_config_kwargs,
-                                   "config_filename": "config.yaml" if sub in (None, "fit") else f"{sub}-config.yaml"}
+        self.save_config_kwargs = {
+            **self.save_config_kwargs,
+            "config_filename": "config.yaml" if sub in (None, "fit") else f"{sub}-config.yaml",
+        }
         cfg = self.config[sub] if sub else self.config
         logger = cfg.get("trainer", {}).get("logger")
         init = getattr(logger, "init_args", None)
@@ -80,8 +92,12 @@ class CLI(LightningCLI):
             return
         ckpt = cfg.get("ckpt_path")
         own = Path(ckpt).resolve().parent.parent if ckpt not in (None, "last") and Path(ckpt).is_file() else None
-        if own is not None and Path(ckpt).resolve().parent.name == "checkpoints" and (own / "config.yaml").is_file() \
-                and "save_dir" in init:
+        if (
+            own is not None
+            and Path(ckpt).resolve().parent.name == "checkpoints"
+            and (own / "config.yaml").is_file()
+            and "save_dir" in init
+        ):
             # a version (reproduce's fit/ and test/) is a folder of the run: <save_dir>/<name>/<version>/
             run = own.parent if init.get("version") not in (None, "") else own
             init["save_dir"], init["name"] = str(run.parent), run.name
@@ -132,8 +148,13 @@ class CLI(LightningCLI):
                 f"`lit-vattn {self.subcommand}` needs --ckpt_path (a checkpoint file, or 'last' for "
                 f"{last if last is not None else 'this run'}): without it the model's random initial weights would be scored"
             )
-        elif (ckpt is None and self.subcommand == "fit" and last is not None and last.is_file()
-              and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")):  # a requeued job resumes by itself
+        elif (
+            ckpt is None
+            and self.subcommand == "fit"
+            and last is not None
+            and last.is_file()
+            and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")
+        ):  # a requeued job resumes by itself
             raise FileExistsError(
                 f"run directory {run_dir} already holds a trained run ({last}): continue it with --ckpt_path last, "
                 "or start a new run under another --trainer.logger.init_args.name (or delete that directory)"
@@ -158,8 +179,11 @@ class CLI(LightningCLI):
             hint = f"--config {config}" if config.is_file() else "the options it was trained with"
             raise CheckpointMismatchError(
                 f"--ckpt_path {ckpt} holds another model than the options of this `lit-vattn {self.subcommand}` describe:\n"
-                + "\n".join(f"  model.init_args.{k}{' (linked from the data tokenizer)' if k == 'vocab_size' else ''}: "
-                            f"checkpoint {a!r}, options {b!r}" for k, a, b in diffs)
+                + "\n".join(
+                    f"  model.init_args.{k}{' (linked from the data tokenizer)' if k == 'vocab_size' else ''}: "
+                    f"checkpoint {a!r}, options {b!r}"
+                    for k, a, b in diffs
+                )
                 + f"\nGive the model options the checkpoint was trained with ({hint}), or the checkpoint of the model you mean."
             )
 
@@ -208,8 +232,11 @@ def model_differences(options: dict, saved: dict, ignore: set) -> list[tuple[str
     options, saved = _plain(options), _plain(saved)
     a, b = _flatten(saved), _flatten(options)
     diffs = [("arch", _readers(saved.get("arch")), _readers(options.get("arch")))]
-    diffs += [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())
-              if not k.startswith("_") and k not in ignore and k != "arch" and not k.endswith("class_path")]
+    diffs += [
+        (k, a[k], b[k])
+        for k in sorted(a.keys() & b.keys())
+        if not k.startswith("_") and k not in ignore and k != "arch" and not k.endswith("class_path")
+    ]
     return [(k, x, y) for k, x, y in diffs if x != y]
 
 
@@ -229,7 +256,11 @@ def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
     modality = task if isinstance(task, str) else modality
     arch = getattr(getattr(model, "init_args", None), "arch", None) if model is not None else None
     readers = arch if isinstance(arch, list) else [arch] if arch is not None else []
-    names = [Path(c).stem for c in configs or [] if Path(c).parent.name == "arch"]
+    names = [
+        Path(c).stem
+        for c in configs or []
+        if Path(c).parent.name == "arch" or Path(c).parent.name == "controls" and Path(c).parent.parent.name == "arch"
+    ]
     names = names or [getattr(cls(r.class_path), "name", r.class_path.rpartition(".")[2].lower()) for r in readers]
     return f"{modality}-{'+'.join(names) or 'vanilla'}"
 
@@ -294,15 +325,29 @@ def from_run_config(path, *extra: str) -> CLI:
         if saved.get(key) is None:
             saved.pop(key, None)
         else:
-            raise ValueError(f"{path} sets {key}={saved[key]!r}, which this version no longer honours: the module "
-                             "configures its own optimizer and schedule (model.init_args.lr, schedule, warmup_steps, ...)")
+            raise ValueError(
+                f"{path} sets {key}={saved[key]!r}, which this version no longer honours: the module "
+                "configures its own optimizer and schedule (model.init_args.lr, schedule, warmup_steps, ...)"
+            )
     # the rebuilt trainer never trains: a run's callbacks (possibly of an older version) are not needed
     (saved.get("trainer") or {}).pop("callbacks", None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(saved, f)
     try:
-        single = ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-                  "--trainer.num_nodes", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]
+        single = [
+            "--trainer.logger",
+            "false",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.num_nodes",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            "32-true",
+        ]
         with warnings.catch_warnings():  # the calling tool's own sys.argv is not meant for this parser
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
             return cli_main(["--config", f.name, *single, *extra], run=False)

@@ -15,7 +15,6 @@ import numpy as np
 
 from lit_vattn.callbacks import read_summary
 
-
 MARKERS = "os^vD<>ph*"
 
 
@@ -41,17 +40,31 @@ def budget_rows(results: list[dict], metric: str = "nll") -> list[dict]:
         steps = sorted(set.intersection(*(set(curves[(arch, s)]) for s in seeds)))
         for step in steps:
             nll = [curves[(arch, s)][step][metric] for s in seeds]
-            d = [curves[(arch, s)][step][metric] - curves[("vanilla", s)][step][metric] for s in seeds
-                 if arch != "vanilla" and step in curves.get(("vanilla", s), {})]
+            d = [
+                curves[(arch, s)][step][metric] - curves[("vanilla", s)][step][metric]
+                for s in seeds
+                if arch != "vanilla" and step in curves.get(("vanilla", s), {})
+            ]
             sd = lambda xs: stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
-            rows.append({"arch": arch, "step": step, "tokens": curves[(arch, seeds[0])][step]["tokens"], "seeds": len(seeds),
-                         f"val_{metric}_mean": mean(nll), f"val_{metric}_std": sd(nll), "paired_seeds": len(d),
-                         "delta_mean": mean(d) if d else float("nan"), "delta_std": sd(d) if d else float("nan")})
+            rows.append(
+                {
+                    "arch": arch,
+                    "step": step,
+                    "tokens": curves[(arch, seeds[0])][step]["tokens"],
+                    "seeds": len(seeds),
+                    f"val_{metric}_mean": mean(nll),
+                    f"val_{metric}_std": sd(nll),
+                    "paired_seeds": len(d),
+                    "delta_mean": mean(d) if d else float("nan"),
+                    "delta_std": sd(d) if d else float("nan"),
+                }
+            )
     return rows
 
 
-def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None,
-                metric: str = "nll") -> Optional[Path]:
+def plot_budget(
+    results: list[dict], stem: Path, title: str, counts: Optional[list[dict]] = None, metric: str = "nll"
+) -> Optional[Path]:
     """``<stem>.csv`` and ``<stem>.png`` from the runs' budget curves (``BudgetCurve``): validation
     NLL against tokens seen with the count-model floors, and each method's paired difference to
     vanilla with its seed spread. None (nothing written) when the runs recorded no curve."""
@@ -84,7 +97,9 @@ def plot_budget(results: list[dict], stem: Path, title: str, counts: Optional[li
             bx.fill_between(x, m - sd, m + sd, color=style["color"], alpha=0.15)
     for c in counts or []:
         ax.axhline(c["val_nll"], ls="--", lw=1, color="gray")
-        ax.annotate(f"{c['arch']} (whole val split)", (ax.get_xlim()[0], c["val_nll"]), fontsize=7, color="gray", va="bottom")
+        ax.annotate(
+            f"{c['arch']} (whole val split)", (ax.get_xlim()[0], c["val_nll"]), fontsize=7, color="gray", va="bottom"
+        )
     bx.axhline(0, color="black", lw=0.8)
     for a in (ax, bx):
         a.set_xscale("log")

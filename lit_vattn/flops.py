@@ -22,8 +22,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 def _key(net, T: int) -> str:
     arch = net.arch
-    return json.dumps({"cfg": vars(net.cfg), "vocab": net.vocab_size, "arch": type(arch).__module__ + "." + type(arch).__qualname__,
-                       "switches": arch.switches(), "T": T}, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "cfg": vars(net.cfg),
+            "vocab": net.vocab_size,
+            "arch": type(arch).__module__ + "." + type(arch).__qualname__,
+            "switches": arch.switches(),
+            "T": T,
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 _CACHE: dict[str, float] = {}

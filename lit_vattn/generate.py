@@ -41,8 +41,8 @@ import torch
 
 from lit_vattn.arch.base import KVCache
 
-
 # --- sampling ---------------------------------------------------------------------------------------
+
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """(n, V) logits -> (n, V) float32 logits with -inf outside the kept set: temperature, then the
@@ -74,19 +74,29 @@ class Context:
         if S - self.start > self.T:  # the context is full: keep its last half
             self.start, self.cache = S - self.T // 2, None
         if not self.use_cache:
-            return self.net(seq[:, self.start:])[:, -1]
+            return self.net(seq[:, self.start :])[:, -1]
         if self.cache is None:  # prefill
             self.cache = KVCache()
-            return self.net.decode(seq[:, self.start:], self.cache)[:, -1]
-        new = seq[:, self.start + self.cache.pos:]  # (n, t): the positions the cache has not seen
+            return self.net.decode(seq[:, self.start :], self.cache)[:, -1]
+        new = seq[:, self.start + self.cache.pos :]  # (n, t): the positions the cache has not seen
         return self.net.decode(new, self.cache)[:, -1]
 
 
 @torch.no_grad()
-def sample(net, prompt, n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, seed: int = 0, stop_id: Optional[int] = None,
-           allowed: Optional[Callable[[int], Optional[torch.Tensor]]] = None, use_cache: bool = True,
-           greedy: bool = False) -> list[list[int]]:
+def sample(
+    net,
+    prompt,
+    n: int = 1,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_id: Optional[int] = None,
+    allowed: Optional[Callable[[int], Optional[torch.Tensor]]] = None,
+    use_cache: bool = True,
+    greedy: bool = False,
+) -> list[list[int]]:
     """``n`` continuations of ``prompt`` (token ids, at least one) from ``net`` (a ``GPT`` in eval
     mode), each a list of new ids ending with ``stop_id`` when it was drawn. ``prompt`` may also be
     a list of prompts of one length (one continuation each, one batch; ``n`` is then ignored).
@@ -126,10 +136,11 @@ def sample(net, prompt, n: int = 1, max_new_tokens: int = 256, temperature: floa
             if bool(done.all()):
                 break
     P = len(prompt)
-    return [seq[i, P: P + (ends[i] or seq.shape[1] - P)].tolist() for i in range(n)]
+    return [seq[i, P : P + (ends[i] or seq.shape[1] - P)].tolist() for i in range(n)]
 
 
 # --- modalities -------------------------------------------------------------------------------------
+
 
 def _finish_plot(fig, ax, stem: Path, xlabel: str, ylabel: str, title: str) -> Path:
     """Label, lay out and write ``<stem>.png`` atomically (``analyze._savefig``); close the figure."""
@@ -185,9 +196,11 @@ class Text(Modality):
         back = self.dm.tokenizer.decode(ids)
         if back != text:  # e.g. characters outside a trained vocabulary, or the separator's own spelling
             i = next((j for j, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
-            raise SystemExit(f"--prompt: the run's tokenizer ({self.dm.tokenizer.spec()}) cannot encode the prompt "
-                             f"from {text[i: i + 24]!r} on (it decodes back as {back[i: i + 24]!r}); remove or "
-                             "replace those characters")
+            raise SystemExit(
+                f"--prompt: the run's tokenizer ({self.dm.tokenizer.spec()}) cannot encode the prompt "
+                f"from {text[i : i + 24]!r} on (it decodes back as {back[i : i + 24]!r}); remove or "
+                "replace those characters"
+            )
         return [self.separator, *ids]  # a document starts after the separator, as in training
 
     def write(self, ids: list[int], stem: Path) -> list[Path]:
@@ -244,8 +257,14 @@ class Music(Modality):
         if self.boundary is not None:
             ax.axvline(self.boundary, color="grey", ls="--", lw=0.8, label="end of prompt")
             ax.legend(fontsize=7, loc="upper right")
-        png = _finish_plot(fig, ax, stem, "time (quarter notes)", "MIDI pitch",
-                           f"{stem.name}: {sum(len(t.notes) for t in score.tracks)} notes")
+        png = _finish_plot(
+            fig,
+            ax,
+            stem,
+            "time (quarter notes)",
+            "MIDI pitch",
+            f"{stem.name}: {sum(len(t.notes) for t in score.tracks)} notes",
+        )
         return [mid, png]
 
 
@@ -272,8 +291,10 @@ class Acoustic(Modality):
             seconds = (self.context // 2 // self.dm.n_q) / codec.FRAME_RATE
         wav = to_24k_mono(wav.mean(1), sr)[: int(seconds * codec.SAMPLE_RATE)]
         if len(wav) < codec.SAMPLE_RATE // codec.FRAME_RATE:
-            raise SystemExit(f"--prompt {path}: shorter than one codec frame ({1000 / codec.FRAME_RATE:.1f} ms); "
-                             "raise --prompt_seconds or use a longer file")
+            raise SystemExit(
+                f"--prompt {path}: shorter than one codec frame ({1000 / codec.FRAME_RATE:.1f} ms); "
+                "raise --prompt_seconds or use a longer file"
+            )
         codes = codec.encode(self.dm.codec, [wav], torch.device("cpu"))[0]  # (n_q, frames)
         self.boundary = codes.shape[1] / codec.FRAME_RATE  # seconds, for the spectrogram
         return [self.separator, *codec.flatten(codes).tolist()]
@@ -287,7 +308,7 @@ class Acoustic(Modality):
         masks = []
         for k in range(n_q):
             m = torch.zeros(V, dtype=torch.bool)
-            m[k * codec.BINS: (k + 1) * codec.BINS] = True
+            m[k * codec.BINS : (k + 1) * codec.BINS] = True
             m[self.dm.eos_id] = k == 0
             masks.append(m)
         return lambda i: masks[(i - 1) % n_q]
@@ -305,7 +326,9 @@ class Acoustic(Modality):
             ax.specgram(wav, NFFT=512, Fs=codec.SAMPLE_RATE, noverlap=384, cmap="magma")
         if self.boundary is not None:
             ax.axvline(self.boundary, color="white", ls="--", lw=0.8)
-        png = _finish_plot(fig, ax, stem, "time (s)", "frequency (Hz)", f"{stem.name}: {len(wav) / codec.SAMPLE_RATE:.2f} s")
+        png = _finish_plot(
+            fig, ax, stem, "time (s)", "frequency (Hz)", f"{stem.name}: {len(wav) / codec.SAMPLE_RATE:.2f} s"
+        )
         return [wav_path, png]
 
 
@@ -324,8 +347,10 @@ def check_prompt_file(kind: str, args) -> None:
     """A run this command cannot sample, or a prompt file that cannot work, refused before the
     checkpoint and data are loaded."""
     if kind not in ("text", "music", "acoustic"):
-        raise SystemExit(f"lit-vattn-generate samples text, music and acoustic runs; this run's data is {kind} "
-                         "(an in-context probe is scored on its answers with `lit-vattn test`)")
+        raise SystemExit(
+            f"lit-vattn-generate samples text, music and acoustic runs; this run's data is {kind} "
+            "(an in-context probe is scored on its answers with `lit-vattn test`)"
+        )
     if args.prompt is None or kind == "text":
         return
     path = Path(args.prompt)
@@ -349,8 +374,10 @@ def check_prompt_file(kind: str, args) -> None:
         except Exception as e:  # soundfile.LibsndfileError: unknown format, truncated file
             raise SystemExit(f"--prompt {path}: not a readable audio file ({e})") from None
         if sr != codec.SAMPLE_RATE and not args.resample:
-            raise SystemExit(f"--prompt {path} is sampled at {sr} Hz but the run's codec takes {codec.SAMPLE_RATE} Hz: "
-                             f"pass --resample to convert it (soxr), or resample the file yourself")
+            raise SystemExit(
+                f"--prompt {path} is sampled at {sr} Hz but the run's codec takes {codec.SAMPLE_RATE} Hz: "
+                f"pass --resample to convert it (soxr), or resample the file yourself"
+            )
 
 
 def modality_of(dm, context: int) -> Modality:
@@ -366,21 +393,35 @@ def modality_of(dm, context: int) -> Modality:
 
 # --- command ----------------------------------------------------------------------------------------
 
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="a checkpoint of a lit-vattn run")
     p.add_argument("--config", default=None, help="the run's YAML; default <run>/config.yaml")
-    p.add_argument("--prompt", default=None, help="text (or a .txt file), a MIDI file, or an audio file, by the run's "
-                   "modality; default none: unconditional samples")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="text (or a .txt file), a MIDI file, or an audio file, by the run's "
+        "modality; default none: unconditional samples",
+    )
     p.add_argument("--prompt_bars", type=int, default=2, help="music: the prompt is the MIDI file's first N bars")
-    p.add_argument("--prompt_seconds", type=float, default=None, help="audio: the prompt is the file's first N seconds; "
-                   "default the whole frames that fill half the model's context")
-    p.add_argument("--resample", action="store_true", help="audio: resample a prompt at another rate to the codec's 24 kHz")
+    p.add_argument(
+        "--prompt_seconds",
+        type=float,
+        default=None,
+        help="audio: the prompt is the file's first N seconds; "
+        "default the whole frames that fill half the model's context",
+    )
+    p.add_argument(
+        "--resample", action="store_true", help="audio: resample a prompt at another rate to the codec's 24 kHz"
+    )
     p.add_argument("--n", type=int, default=4, help="samples drawn (one batch)")
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens; 0 = all")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus: the smallest set reaching this probability; 1 = all")
+    p.add_argument(
+        "--top_p", type=float, default=1.0, help="nucleus: the smallest set reaching this probability; 1 = all"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context at every step (no KV cache)")
     p.add_argument("--out", default=None, help="output folder; default <run>/samples")
@@ -389,10 +430,15 @@ def parser() -> argparse.ArgumentParser:
 
 def check(args) -> None:
     """Bad settings, refused before the checkpoint is loaded."""
-    for name, ok, rule in (("n", args.n >= 1, ">= 1"), ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
-                           ("temperature", args.temperature > 0, "> 0"), ("top_k", args.top_k >= 0, ">= 0 (0 = off)"),
-                           ("top_p", 0 < args.top_p <= 1, "in (0, 1]"), ("prompt_bars", args.prompt_bars >= 1, ">= 1"),
-                           ("prompt_seconds", args.prompt_seconds is None or args.prompt_seconds > 0, "> 0")):
+    for name, ok, rule in (
+        ("n", args.n >= 1, ">= 1"),
+        ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
+        ("temperature", args.temperature > 0, "> 0"),
+        ("top_k", args.top_k >= 0, ">= 0 (0 = off)"),
+        ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+        ("prompt_bars", args.prompt_bars >= 1, ">= 1"),
+        ("prompt_seconds", args.prompt_seconds is None or args.prompt_seconds > 0, "> 0"),
+    ):
         if not ok:
             raise SystemExit(f"--{name} {getattr(args, name)}: must be {rule}")
 
@@ -408,20 +454,40 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     mod = modality_of(dm, net.cfg.max_seq_len)
     prompt = mod.prompt(args)
     if len(prompt) > net.cfg.max_seq_len:
-        raise SystemExit(f"--prompt: {len(prompt)} tokens, longer than the model's context of {net.cfg.max_seq_len} "
-                         "(config.max_seq_len); shorten it (fewer characters, --prompt_bars or --prompt_seconds)")
+        raise SystemExit(
+            f"--prompt: {len(prompt)} tokens, longer than the model's context of {net.cfg.max_seq_len} "
+            "(config.max_seq_len); shorten it (fewer characters, --prompt_bars or --prompt_seconds)"
+        )
     out = Path(args.out) if args.out else Path(args.ckpt_path).parent.parent / "samples"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    samples = sample(net, prompt, args.n, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                     stop_id=mod.separator, allowed=mod.allowed(), use_cache=not args.no_cache)
+    samples = sample(
+        net,
+        prompt,
+        args.n,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        stop_id=mod.separator,
+        allowed=mod.allowed(),
+        use_cache=not args.no_cache,
+    )
     seconds = time.perf_counter() - t0
     written = []
     for i, s in enumerate(samples):
         written += mod.write(prompt + s, out / f"sample{i}")
-    record = {"ckpt_path": str(args.ckpt_path), "modality": mod.kind, "settings": vars(args), "prompt_tokens": len(prompt),
-              "new_tokens": [len(s) for s in samples], "tokens_per_sec": sum(map(len, samples)) / seconds,
-              "kv_cache": not args.no_cache, "samples": samples}
+    record = {
+        "ckpt_path": str(args.ckpt_path),
+        "modality": mod.kind,
+        "settings": vars(args),
+        "prompt_tokens": len(prompt),
+        "new_tokens": [len(s) for s in samples],
+        "tokens_per_sec": sum(map(len, samples)) / seconds,
+        "kv_cache": not args.no_cache,
+        "samples": samples,
+    }
     tmp = out / "samples.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, out / "samples.json")

@@ -44,21 +44,32 @@ except ImportError as e:  # the harness is an optional extra
 
 @register_model("lit-vattn")
 class LitVattnLM(LM):
-    def __init__(self, ckpt_path: str, config: Optional[str] = None, batch_size=8, device: Optional[str] = None,
-                 max_length: Optional[int] = None, **_ignored):
+    def __init__(
+        self,
+        ckpt_path: str,
+        config: Optional[str] = None,
+        batch_size=8,
+        device: Optional[str] = None,
+        max_length: Optional[int] = None,
+        **_ignored,
+    ):
         super().__init__()
         from lit_vattn.analyze import load
 
         model, dm = load(ckpt_path, config)
         if not hasattr(dm, "tokenizer") or not hasattr(dm.tokenizer, "encode_batch"):
-            raise ValueError(f"--model_args ckpt_path={ckpt_path}: lm-eval scores text; this run's data is {type(dm).__name__}")
+            raise ValueError(
+                f"--model_args ckpt_path={ckpt_path}: lm-eval scores text; this run's data is {type(dm).__name__}"
+            )
         self.device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = model.net.to(self.device_).eval()
         self.tok = dm.tokenizer
         self.eot = self.tok.eot_id
         self.max_length = int(max_length or self.net.cfg.max_seq_len)
         if self.max_length > self.net.cfg.max_seq_len:
-            raise ValueError(f"--model_args max_length={self.max_length} exceeds the model's context {self.net.cfg.max_seq_len}")
+            raise ValueError(
+                f"--model_args max_length={self.max_length} exceeds the model's context {self.net.cfg.max_seq_len}"
+            )
         self.batch_size = 8 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
 
     # --- helpers ------------------------------------------------------------------------------------
@@ -70,7 +81,7 @@ class LitVattnLM(LM):
         if spaces:  # the harness's convention: trailing context spaces belong to the continuation
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         ctx = self.encode(context)
-        return ctx or [self.eot], self.encode(context + continuation)[len(ctx):]
+        return ctx or [self.eot], self.encode(context + continuation)[len(ctx) :]
 
     @torch.no_grad()
     def _score(self, items: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -78,7 +89,7 @@ class LitVattnLM(LM):
         out: list[Optional[tuple[float, bool]]] = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: -len(items[i][0]) - len(items[i][1]))
         for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             rows, spans = [], []
             for i in idx:
                 ctx, cont = items[i]
@@ -86,19 +97,23 @@ class LitVattnLM(LM):
                     out[i] = (0.0, True)
                     continue
                 if len(cont) > self.max_length:
-                    raise ValueError(f"a continuation of {len(cont)} tokens is longer than the model's context of "
-                                     f"{self.max_length} (--model_args max_length); it cannot be scored in one window")
-                seq = (ctx + cont)[-(self.max_length + 1):]
+                    raise ValueError(
+                        f"a continuation of {len(cont)} tokens is longer than the model's context of "
+                        f"{self.max_length} (--model_args max_length); it cannot be scored in one window"
+                    )
+                seq = (ctx + cont)[-(self.max_length + 1) :]
                 inp = seq[:-1]
                 rows.append(inp)
                 spans.append((i, len(inp) - len(cont), torch.tensor(cont)))
             if not rows:
                 continue
             L = max(map(len, rows))
-            x = torch.tensor([r + [self.eot] * (L - len(r)) for r in rows], device=self.device_)  # (B, L), right padding
+            x = torch.tensor(
+                [r + [self.eot] * (L - len(r)) for r in rows], device=self.device_
+            )  # (B, L), right padding
             logp = F.log_softmax(self.net(x).float(), dim=-1).cpu()  # (B, L, V)
             for b, (i, at, cont) in enumerate(spans):
-                lp = logp[b, at: at + len(cont)]  # (n_cont, V)
+                lp = logp[b, at : at + len(cont)]  # (n_cont, V)
                 out[i] = (float(lp.gather(1, cont[:, None]).sum()), bool((lp.argmax(-1) == cont).all()))
         return out  # type: ignore[return-value]
 
@@ -111,8 +126,12 @@ class LitVattnLM(LM):
 
         results = []
         for r in requests:
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.encode(r.args[0]), prefix_token=self.eot, max_seq_len=self.max_length, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.encode(r.args[0]), prefix_token=self.eot, max_seq_len=self.max_length, context_len=1
+                )
+            ]
             results.append(sum(lp for lp, _ in self._score(windows)))
         return results
 
@@ -126,16 +145,27 @@ class LitVattnLM(LM):
             kw = dict(kw or {})
             until = kw.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            ids = (self.encode(context) or [self.eot])[-(self.max_length - 1):]
-            key = (len(ids), tuple(until), int(kw.get("max_gen_toks", 256)), bool(kw.get("do_sample", False)),
-                   float(kw.get("temperature", 0.0) or 0.0))
+            ids = (self.encode(context) or [self.eot])[-(self.max_length - 1) :]
+            key = (
+                len(ids),
+                tuple(until),
+                int(kw.get("max_gen_toks", 256)),
+                bool(kw.get("do_sample", False)),
+                float(kw.get("temperature", 0.0) or 0.0),
+            )
             groups.setdefault(key, []).append((i, ids))
         for (_, until, max_new, do_sample, temperature), items in groups.items():
             greedy = not do_sample or temperature == 0.0
             for start in range(0, len(items), self.batch_size):
-                chunk = items[start: start + self.batch_size]
-                new = sample(self.net, [ids for _, ids in chunk], max_new_tokens=max_new, temperature=temperature or 1.0,
-                             stop_id=self.eot, greedy=greedy)  # one batch: the prompts have one length
+                chunk = items[start : start + self.batch_size]
+                new = sample(
+                    self.net,
+                    [ids for _, ids in chunk],
+                    max_new_tokens=max_new,
+                    temperature=temperature or 1.0,
+                    stop_id=self.eot,
+                    greedy=greedy,
+                )  # one batch: the prompts have one length
                 for (i, _), toks in zip(chunk, new):
                     text = self.tok.decode([t for t in toks if t != self.eot])
                     for stop in until:

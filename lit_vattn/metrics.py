@@ -34,7 +34,9 @@ class NLLMetrics(nn.Module):
         self.judged = SumMetric(nan_strategy="error")  # the targets those hits are out of
 
     @torch.no_grad()
-    def update(self, nll_sum: Tensor, targets: Tensor, units_per_token: Tensor | None, correct: Tensor | None = None) -> None:
+    def update(
+        self, nll_sum: Tensor, targets: Tensor, units_per_token: Tensor | None, correct: Tensor | None = None
+    ) -> None:
         """nll_sum: summed nats over the valid targets; targets: (B, T) with -100 = not scored;
         correct: how many of those targets the model ranks first (None: accuracy not reported)."""
         if not torch.isfinite(nll_sum):

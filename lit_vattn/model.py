@@ -152,7 +152,7 @@ class GPT(nn.Module):
         P = cache.pos if cache is not None else 0
         if P + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {P + T} exceeds GPTConfig.max_seq_len={self.cfg.max_seq_len}")
-        rope = (self.rope_cos[P: P + T], self.rope_sin[P: P + T])  # the positions of idx
+        rope = (self.rope_cos[P : P + T], self.rope_sin[P : P + T])  # the positions of idx
         x0 = self.embed(idx)  # (B, T, D)
         mem = DepthMemory(x0=x0, keep_kv=self.arch.kv_layers(), rope=rope, cache=cache)
         stream = self.arch.init_stream(x0, mem)  # (B, T, D), or (B, T, n, D) for several streams

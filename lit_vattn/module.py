@@ -74,7 +74,9 @@ class LanguageModel(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:
             if dm.seq_len > self.config.max_seq_len:
-                raise ValueError(f"data.seq_len={dm.seq_len} exceeds model config.max_seq_len={self.config.max_seq_len}")
+                raise ValueError(
+                    f"data.seq_len={dm.seq_len} exceeds model config.max_seq_len={self.config.max_seq_len}"
+                )
             if getattr(dm, "units_per_token", None) is not None:
                 self.units_per_token = dm.units_per_token.float()
                 self.unit = dm.unit
@@ -106,7 +108,9 @@ class LanguageModel(pl.LightningModule):
             nll, rows = self.net(batch["input"], targets=tgt, per_sequence=True)
             return {"nll": nll, "rows": rows}
         logits = self.net(batch["input"]).float()  # (B, T, V)
-        per_token = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none").view(tgt.shape)
+        per_token = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none").view(
+            tgt.shape
+        )
         hit = (logits.argmax(-1) == tgt) & (tgt >= 0)  # (B, T); ties go to the lowest id, as argmax does
         return {"nll": per_token.sum(), "rows": per_token.sum(1), "correct": hit.sum(), "correct_rows": hit.sum(1)}
 
@@ -206,7 +210,7 @@ class LanguageModel(pl.LightningModule):
     def param_groups(self) -> list[dict]:
         decay, no_decay, mix, seen = [], [], {}, set()
         embed_ids = {id(self.net.embed.weight)}
-        for name, p in self.net.named_parameters():
+        for _name, p in self.net.named_parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
@@ -281,7 +285,9 @@ class LanguageModel(pl.LightningModule):
             "vocab_size": self.hparams.vocab_size,
             "arch": {"class": type(self.net.arch).__name__, **self.net.arch.switches()},  # constructor arguments
             "tokenizer": dm.settings().get("tokenizer") if dm is not None else None,
-            "tokenizer_identity": dm.tokenizer_identity() if dm is not None and hasattr(dm, "tokenizer_identity") else None,
+            "tokenizer_identity": dm.tokenizer_identity()
+            if dm is not None and hasattr(dm, "tokenizer_identity")
+            else None,
             "data": type(dm).__name__ if dm is not None else None,
         }
 
@@ -290,8 +296,10 @@ class LanguageModel(pl.LightningModule):
         ck_vocab = info.get("vocab_size", checkpoint.get("hyper_parameters", {}).get("vocab_size"))
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_tok = dm.settings().get("tokenizer") if dm is not None else None
-        if ck_vocab is not None and ck_vocab != self.hparams.vocab_size or (
-            data_tok is not None and info.get("tokenizer") not in (None, data_tok)
+        if (
+            ck_vocab is not None
+            and ck_vocab != self.hparams.vocab_size
+            or (data_tok is not None and info.get("tokenizer") not in (None, data_tok))
         ):
             raise ValueError(
                 f"vocabulary mismatch: the checkpoint was trained on vocabulary {ck_vocab} "

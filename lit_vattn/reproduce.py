@@ -29,18 +29,24 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from lit_vattn.arch.registry import arch_configs, config_path, default_request
 from lit_vattn.callbacks import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-UNIT = {"text": ("bits_per_byte", "bits/byte"), "music": ("bits_per_note", "bits/note"),
-        "acoustic": ("bits_per_second", "bits/s"), "mqar": ("acc", "accuracy"), "copy": ("acc", "accuracy")}
+UNIT = {
+    "text": ("bits_per_byte", "bits/byte"),
+    "music": ("bits_per_note", "bits/note"),
+    "acoustic": ("bits_per_second", "bits/s"),
+    "mqar": ("acc", "accuracy"),
+    "copy": ("acc", "accuracy"),
+}
 # the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
 # (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
 PROBES = ("mqar", "copy")
@@ -58,7 +64,9 @@ def git_commit() -> str:
         return os.environ["LIT_VATTN_COMMIT"] + " (LIT_VATTN_COMMIT)"
     try:
         sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)results"], cwd=ROOT).returncode != 0
+        dirty = (
+            subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)results"], cwd=ROOT).returncode != 0
+        )
         return sha + ("+dirty" if dirty else "")
     except Exception:
         return "unknown"
@@ -67,7 +75,7 @@ def git_commit() -> str:
 def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str]:
     """``--config`` flags: the modality's data config, the method's, the preset, then the preset's
     overlay for the modality if there is one."""
-    data, method = config_dir / "data" / f"{modality}.yaml", config_dir / "arch" / f"{arch}.yaml"
+    data, method = config_dir / "data" / f"{modality}.yaml", config_path(arch, config_dir)
     for path, flag in ((data, f"--modality {modality}"), (method, f"--archs {arch}")):
         if not path.exists():
             raise FileNotFoundError(f"no config {path} for {flag}")
@@ -96,6 +104,7 @@ class Runner:
         signal is passed on to the running ``lit-vattn`` processes (a Ctrl-C reaches them through
         the terminal's process group too; Lightning ignores a second one), and no further run is
         started. The handlers are the process's own again afterwards."""
+
         def stop(signum, frame):
             self.stop_signal = signum
             with self._procs_lock:
@@ -150,12 +159,25 @@ class Runner:
 
     def _cmd(self, sub: str, arch: str, seed: int, version: str, lr: Optional[float] = None) -> list[str]:
         a = self.args
-        return [sys.executable, "-m", "lit_vattn", sub, *configs(a.modality, arch, a.preset, self.config_dir),
-                "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                *(["--model.init_args.lr", repr(lr)] if lr is not None else []),  # exact: the saved config gives it back
-                "--trainer.logger.init_args.save_dir", str(self.root),
-                "--trainer.logger.init_args.name", self.run_name(arch, seed, lr),
-                "--trainer.logger.init_args.version", version, *a.override]
+        return [
+            sys.executable,
+            "-m",
+            "lit_vattn",
+            sub,
+            *configs(a.modality, arch, a.preset, self.config_dir),
+            "--seed_everything",
+            str(seed),
+            "--data.init_args.seed",
+            str(seed),
+            *(["--model.init_args.lr", repr(lr)] if lr is not None else []),  # exact: the saved config gives it back
+            "--trainer.logger.init_args.save_dir",
+            str(self.root),
+            "--trainer.logger.init_args.name",
+            self.run_name(arch, seed, lr),
+            "--trainer.logger.init_args.version",
+            version,
+            *a.override,
+        ]
 
     @property
     def env(self) -> dict:
@@ -203,8 +225,10 @@ class Runner:
             self.keep(arch, seed, lr)
             return {**json.loads(failed.read_text()), "run_dir": str(d)}
         if not done.exists():
-            raise SystemExit(f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
-                             f"summary {done}; run it first (without --table-only) or copy its run directory under --runs")
+            raise SystemExit(
+                f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
+                f"summary {done}; run it first (without --table-only) or copy its run directory under --runs"
+            )
         self.keep(arch, seed, lr)
         return {**read_done(d), "run_dir": str(d)}
 
@@ -216,12 +240,25 @@ class Runner:
         except RunInterrupted as e:
             ckpt = self.run_dir(arch, seed, lr) / "fit" / "checkpoints" / "last.ckpt"
             resume = f"resumes from {ckpt}" if ckpt.exists() else "starts afresh (no checkpoint yet)"
-            print(f"[interrupted] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} ({e}): the same command "
-                  f"{resume}", file=sys.stderr, flush=True)
-            return {"arch": arch, "seed": seed, "lr": lr, "interrupted": str(e), "run_dir": str(self.run_dir(arch, seed, lr))}
+            print(
+                f"[interrupted] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} ({e}): the same command "
+                f"{resume}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return {
+                "arch": arch,
+                "seed": seed,
+                "lr": lr,
+                "interrupted": str(e),
+                "run_dir": str(self.run_dir(arch, seed, lr)),
+            }
         except RunFailed as e:
-            print(f"[failed] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'}: {e.reason}\n{e.detail}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[failed] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'}: {e.reason}\n{e.detail}",
+                file=sys.stderr,
+                flush=True,
+            )
             d = self.run_dir(arch, seed, lr)
             r = {"arch": arch, "seed": seed, "lr": lr, "failed": e.reason, "run_dir": str(d)}
             d.mkdir(parents=True, exist_ok=True)
@@ -258,13 +295,25 @@ class Runner:
         fs, ts = read_summary(fit_dir), read_summary(test_dir)  # written by the runs themselves (RunSummary)
         stats, val, test = fs["stats"], fs["val"][-1] if fs.get("val") else {}, ts.get("test", {})
         result = {
-            "arch": arch, "seed": seed, "lr": run_lr(fit_dir), "params": stats["params"], "tokens_seen": stats["tokens_seen"],
-            "steps": stats["global_step"], "val_nll": val.get("nll"), "test_nll": test.get("nll"),
-            f"val_{unit}": val.get(unit), f"test_{unit}": test.get(unit),
-            "tokens_per_sec": stats["tokens_per_sec"], "peak_memory_gib": stats["peak_memory_gib"],
-            "flops_per_token": stats["flops_per_token"], "device": stats["device"],
-            "train_tokens": stats.get("train_tokens"), "commit": git_commit(),
-            "wall_seconds": time.time() - t0, "resumed": resumed, "run_dir": str(d),
+            "arch": arch,
+            "seed": seed,
+            "lr": run_lr(fit_dir),
+            "params": stats["params"],
+            "tokens_seen": stats["tokens_seen"],
+            "steps": stats["global_step"],
+            "val_nll": val.get("nll"),
+            "test_nll": test.get("nll"),
+            f"val_{unit}": val.get(unit),
+            f"test_{unit}": test.get(unit),
+            "tokens_per_sec": stats["tokens_per_sec"],
+            "peak_memory_gib": stats["peak_memory_gib"],
+            "flops_per_token": stats["flops_per_token"],
+            "device": stats["device"],
+            "train_tokens": stats.get("train_tokens"),
+            "commit": git_commit(),
+            "wall_seconds": time.time() - t0,
+            "resumed": resumed,
+            "run_dir": str(d),
         }
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2))
@@ -355,27 +404,35 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     world = int(read_summary(Path(results[0]["run_dir"]) / "fit")["stats"].get("world_size", 1))
     scored = {}
     for split, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
-        loaders = [DataLoader(EvalWindows(dm._data[split], dm.seq_len, r, world), batch_size=dm.batch_size)
-                   for r in range(world)]
-        scored[split] = baselines.score_ranks(models, [(ld, baselines.n_batches(limit, len(ld))) for ld in loaders], units)
-    return [{"arch": m.name, "train_tokens": len(train), "split_tokens": len(dm._data["train"]), **{f"{split}_{k}": v for split in scored
-             for k, v in scored[split][m.name].items()}} for m in models]
-
-
-DEFAULT_ARCHS = "vanilla,va,las,sla"  # the least a table must hold to take the canonical name
-# the default request: the seed methods and every method the field compares them with
-ALL_ARCHS = DEFAULT_ARCHS + ",denseformer,hc,mudd,attnres,dca,value-residual,lime,laurel,elc-bert"
+        loaders = [
+            DataLoader(EvalWindows(dm._data[split], dm.seq_len, r, world), batch_size=dm.batch_size)
+            for r in range(world)
+        ]
+        scored[split] = baselines.score_ranks(
+            models, [(ld, baselines.n_batches(limit, len(ld))) for ld in loaders], units
+        )
+    return [
+        {
+            "arch": m.name,
+            "train_tokens": len(train),
+            "split_tokens": len(dm._data["train"]),
+            **{f"{split}_{k}": v for split in scored for k, v in scored[split][m.name].items()},
+        }
+        for m in models
+    ]
 
 
 def parse_request(args, config_dir: Path) -> tuple[list[str], list[int]]:
     """--archs and --seeds, checked before anything runs; each bad value is a one-line error."""
-    valid = sorted(q.stem for q in (config_dir / "arch").glob("*.yaml"))
+    valid = arch_configs(config_dir)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     if not archs:
         raise SystemExit(f"--archs {args.archs!r} names no architecture; choose from: {', '.join(valid)}")
     unknown = [a for a in archs if a not in valid]
     if unknown:
-        raise SystemExit(f"--archs: unknown {', '.join(unknown)} for --modality {args.modality}; choose from: {', '.join(valid)}")
+        raise SystemExit(
+            f"--archs: unknown {', '.join(unknown)} for --modality {args.modality}; choose from: {', '.join(valid)}"
+        )
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
@@ -389,30 +446,53 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", required=True, choices=sorted(UNIT))
     p.add_argument("--preset", default="tiny", help="tiny (CPU), small (~20 M, GPU), base (GPT-2 small shape, GPU)")
-    p.add_argument("--archs", default=ALL_ARCHS, help="comma-separated method configs in configs/arch/ (methods, controls such as va-frozen, and readings such as sla-far, las-all)")
+    p.add_argument(
+        "--archs",
+        default=",".join(default_request()),
+        help="comma-separated methods (configs/arch/<name>.yaml) and controls or readings "
+        "(configs/arch/controls/<name>.yaml, e.g. va-frozen, sla-far); default: every registered "
+        "method and the default controls",
+    )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--runs", default="runs/reproduce", help="where run directories go")
-    p.add_argument("--out", default="results", help="where the tables go; a table of fewer than the default "
-                   "architectures, fewer than 3 seeds or with a failed run gets its own file name, never <modality>-<preset>.md")
-    p.add_argument("--lrs", default=None,
-                   help="tune each method's learning rate: every value on the first seed, the one with the lowest final "
-                   "validation NLL chosen (test never consulted), the other seeds trained at it; runs go to "
-                   "<arch>/lr<lr>/seed<s>; the table lists the choice and every value's validation NLL. Without it "
-                   "every method trains at the preset's lr")
+    p.add_argument(
+        "--out",
+        default="results",
+        help="where the tables go; a table of fewer than the default "
+        "architectures, fewer than 3 seeds or with a failed run gets its own file name, never <modality>-<preset>.md",
+    )
+    p.add_argument(
+        "--lrs",
+        default=None,
+        help="tune each method's learning rate: every value on the first seed, the one with the lowest final "
+        "validation NLL chosen (test never consulted), the other seeds trained at it; runs go to "
+        "<arch>/lr<lr>/seed<s>; the table lists the choice and every value's validation NLL. Without it "
+        "every method trains at the preset's lr",
+    )
     p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
-    p.add_argument("--records", default=None,
-                   help="also keep each run's record (done.json, the fit/test summaries, the config; no "
-                   "checkpoint, no log: ~20 kB) under this directory, laid out like --runs, e.g. results/records: "
-                   "commit it beside the table, and `--table-only --runs <it>` rebuilds the table anywhere. A run "
-                   "recorded there and absent under --runs counts as finished, so a sweep longer than one machine's "
-                   "session continues from the committed records on a fresh machine")
+    p.add_argument(
+        "--records",
+        default=None,
+        help="also keep each run's record (done.json, the fit/test summaries, the config; no "
+        "checkpoint, no log: ~20 kB) under this directory, laid out like --runs, e.g. results/records: "
+        "commit it beside the table, and `--table-only --runs <it>` rebuilds the table anywhere. A run "
+        "recorded there and absent under --runs counts as finished, so a sweep longer than one machine's "
+        "session continues from the committed records on a fresh machine",
+    )
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
-    p.add_argument("--table-only", action="store_true",
-                   help="train nothing: build the table from the finished runs' summaries (done.json) under --runs, "
-                   "e.g. run directories copied back from a GPU machine (checkpoints not needed); a missing run is an error")
-    p.add_argument("--override", nargs=argparse.REMAINDER, default=[],
-                   help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: build the table from the finished runs' summaries (done.json) under --runs, "
+        "e.g. run directories copied back from a GPU machine (checkpoints not needed); a missing run is an error",
+    )
+    p.add_argument(
+        "--override",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50",
+    )
     args = p.parse_args(argv)
     archs, seeds = parse_request(args, Path(args.config_dir))
     lrs = parse_lrs(args.lrs)
@@ -432,8 +512,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         stopped = [r for r in results if r.get("interrupted")]
         if stopped or runner.stop_signal is not None:
             sig = runner.stop_signal or signal.SIGINT
-            print(f"interrupted ({signal.Signals(sig).name}): {len(stopped)} run(s) stopped or not started, no table "
-                  "written; run the same command again to resume them", file=sys.stderr, flush=True)
+            print(
+                f"interrupted ({signal.Signals(sig).name}): {len(stopped)} run(s) stopped or not started, no table "
+                "written; run the same command again to resume them",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(128 + sig)
         return results
 
@@ -449,8 +533,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     counts = None
     finished = [r for r in results if not r.get("failed")]
     if not finished:
-        raise SystemExit("every run failed; no table is written: " + "; ".join(
-            f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results))
+        raise SystemExit(
+            "every run failed; no table is written: "
+            + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results)
+        )
     if not args.no_baselines and args.modality not in PROBES:  # a probe's floor is its chance line
         saved = runner.root / f"{args.modality}-{args.preset}" / "counts.json"
         try:

@@ -45,8 +45,14 @@ class _AppendingWriter(ExperimentWriter):
 class RunCSVLogger(CSVLogger):
     """CSV metrics in one directory per run name, shared by fit, resumed fit, validate and test."""
 
-    def __init__(self, save_dir: str = "runs", name: Optional[str] = None, version: Optional[Union[int, str]] = "",
-                 prefix: str = "", flush_logs_every_n_steps: int = 100):
+    def __init__(
+        self,
+        save_dir: str = "runs",
+        name: Optional[str] = None,
+        version: Optional[Union[int, str]] = "",
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ):
         """
         Args:
             save_dir: Root of the run directories.
@@ -108,8 +114,12 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         """Lightning saves ``last.ckpt`` here only if nothing was saved before; save it whenever the
         last completed step is not the one already on disk."""
-        if (self.save_last and not trainer.fast_dev_run and trainer.global_step > 0
-                and self._last_global_step_saved != trainer.global_step):
+        if (
+            self.save_last
+            and not trainer.fast_dev_run
+            and trainer.global_step > 0
+            and self._last_global_step_saved != trainer.global_step
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         else:
             super().on_train_end(trainer, pl_module)
@@ -152,8 +162,12 @@ class RunLock:
                 f"run directory {self.run_dir} is in use by {who}: wait for it to finish, or give this command "
                 "another run name (--trainer.logger.init_args.name)"
             ) from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         tmp = self._holder.with_name(f".lock.holder.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(holder))
         os.replace(tmp, self._holder)

@@ -122,7 +122,9 @@ def paired_bootstrap(diff_sums: list[float], tokens: list[int], n_boot: int = 10
     return float(min(1.0, 2.0 * max(tail, 1.0 / n_boot)))
 
 
-def verdict2(mean_diff: Optional[float], p_seeds: Optional[float], p_windows: Optional[float], alpha: float = 0.05) -> str:
+def verdict2(
+    mean_diff: Optional[float], p_seeds: Optional[float], p_windows: Optional[float], alpha: float = 0.05
+) -> str:
     """The table's verdict: "better"/"worse" only when the Holm-adjusted seed test and, where
     per-window NLLs exist, the Holm-adjusted window bootstrap are both below alpha."""
     word = verdict(mean_diff, p_seeds, alpha)

@@ -23,8 +23,9 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional
 
+from lit_vattn.arch.registry import control_of, seed_methods
 from lit_vattn.curves import plot_budget, plot_curves
-from lit_vattn.reproduce import DEFAULT_ARCHS, PROBES, UNIT, choose_lr, git_commit
+from lit_vattn.reproduce import PROBES, UNIT, choose_lr, git_commit
 
 
 def table_stem(args, results: list[dict]) -> str:
@@ -32,8 +33,7 @@ def table_stem(args, results: list[dict]) -> str:
     every run finished. Anything less gets a name of its own, so it never replaces a committed table."""
     archs = list(dict.fromkeys(r["arch"] for r in results))
     seeds = sorted({r["seed"] for r in results})
-    complete = (set(DEFAULT_ARCHS.split(",")) <= set(archs) and len(seeds) >= 3
-                and not any(r.get("failed") for r in results))
+    complete = set(seed_methods()) <= set(archs) and len(seeds) >= 3 and not any(r.get("failed") for r in results)
     stem = f"{args.modality}-{args.preset}"
     if complete:
         return stem
@@ -45,8 +45,13 @@ def epochs(results: list[dict], counts: Optional[list[dict]] = None) -> str:
     """Tokens seen over the training split's size (the runs' own stats; else the count models',
     which read the whole training split of the same data)."""
     fallback = counts[0].get("split_tokens", counts[0]["train_tokens"]) if counts else None
-    e = sorted({round(r["tokens_seen"] / (r.get("train_tokens") or fallback), 2) for r in results
-                if r.get("train_tokens") or fallback})
+    e = sorted(
+        {
+            round(r["tokens_seen"] / (r.get("train_tokens") or fallback), 2)
+            for r in results
+            if r.get("train_tokens") or fallback
+        }
+    )
     return ", ".join(f"{x:g}" for x in e) if e else "n/a"
 
 
@@ -59,7 +64,14 @@ def scored_fraction(results: list[dict]) -> str:
         if cfg_path.exists():
             t = yaml.safe_load(cfg_path.read_text()).get("trainer", {})
             lv, lt = t.get("limit_val_batches"), t.get("limit_test_batches")
-            part = lambda v: "the whole split" if v in (None, 1.0) else (f"the first {v} batches" if isinstance(v, int) else f"{v:.0%} of the batches")  # noqa: E731
+
+            def part(v):
+                return (
+                    "the whole split"
+                    if v in (None, 1.0)
+                    else (f"the first {v} batches" if isinstance(v, int) else f"{v:.0%} of the batches")
+                )
+
             return f"val: {part(lv)}; test: {part(lt)} (data.batch_size windows of data.seq_len tokens)"
     return "n/a"
 
@@ -99,15 +111,6 @@ def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tup
     return [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
 
 
-# A control or a second reading of a method -> the method it is read against (besides vanilla): the
-# table's "controls" section tests each against its method, so "caused by X" claims have a test.
-# ELC-BERT-style weighting (normalised learned layer weights, no attention) is there as VA's
-# simplest explanation: is VA more than that?
-CONTROLS = {"va-frozen": "va", "va-nonorm": "va", "va-previous": "va", "elc-bert": "va", "sla-far": "sla",
-            "las-all": "las", "las-norm": "las", "vanilla-flops-las": "las", "attnres-block": "attnres",
-            "value-residual-learned": "value-residual"}
-
-
 def significance(archs: list[str], by: dict, base: dict, probe: bool = False) -> dict[str, tuple]:
     """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
     seeds both finished (``lit_vattn.stats``): on test NLL (lower is better), or for a probe on
@@ -127,25 +130,33 @@ def paired_tests(items: list[tuple[str, list[dict], dict]], probe: bool = False)
     adj = holm(raw)
     boot = holm([paired_bootstrap(*w) if w else None for w in (window_diffs(rs, ref, field) for _, rs, ref in items)])
     # verdict2 reads a negative difference as "better": an accuracy gain is negated
-    return {name: (p, q, b, verdict2(sign * mean(d) if d else None, q, b))
-            for (name, _, _), d, p, q, b in zip(items, diffs, raw, adj, boot)}
+    return {
+        name: (p, q, b, verdict2(sign * mean(d) if d else None, q, b))
+        for (name, _, _), d, p, q, b in zip(items, diffs, raw, adj, boot)
+    }
 
 
 def control_lines(by: dict, probe: bool = False) -> list[str]:
-    """The "controls" section: each control or reading (``CONTROLS``) in the table against its own
+    """The "controls" section: each control or reading (``registry.control_of``: a method's
+    registered controls; ELC-BERT-style weighting is VA's simplest explanation) in the table against its own
     method on the same seeds, with the table's two tests, Holm over these comparisons."""
-    pairs = [(c, m) for c, m in CONTROLS.items() if by.get(c) and by.get(m)]
+    pairs = [(c, m) for c, m in control_of().items() if by.get(c) and by.get(m)]
     if not pairs:
         return []
     key = "test_acc" if probe else "test_nll"
     refs = {m: {r["seed"]: r for r in by[m]} for _, m in pairs}  # each method's runs by seed
     tests = paired_tests([(c, by[c], refs[m]) for c, m in pairs], probe)
     what = "accuracy" if probe else "NLL"
-    lines = ["", f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
-             "mean ± std; the same two tests, Holm-corrected across these rows; \"better\" = "
-             + ("higher accuracy" if probe else "lower NLL") + " than the method):", "",
-             f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
+        'mean ± std; the same two tests, Holm-corrected across these rows; "better" = '
+        + ("higher accuracy" if probe else "lower NLL")
+        + " than the method):",
+        "",
+        f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c, m in pairs:
         delta = [r[key] - refs[m][r["seed"]][key] for r in by[c] if r["seed"] in refs[m]]
         p, q, b, word = tests[c]
@@ -162,45 +173,89 @@ def probe_lines(results: list[dict]) -> list[str]:
 
     cfg = yaml.safe_load((Path(results[0]["run_dir"]) / "fit" / "config.yaml").read_text())
     dm = ProbeDataModule(**cfg["data"]["init_args"])
-    return [f"- task: {dm.describe()} (`datamodules/probes.py`)",
-            f"- chance accuracy (a uniform guess among the ids an answer can be): {dm.chance_accuracy:.4f}; "
-            "NLL columns are over the answers only"]
+    return [
+        f"- task: {dm.describe()} (`datamodules/probes.py`)",
+        f"- chance accuracy (a uniform guess among the ids an answer can be): {dm.chance_accuracy:.4f}; "
+        "NLL columns are over the answers only",
+    ]
 
 
-TUNED_LR = "learning rate: each method's own"  # how a tuned table's header bullet starts (scripts/methods_table.py reads it)
+TUNED_LR = (
+    "learning rate: each method's own"  # how a tuned table's header bullet starts (scripts/methods_table.py reads it)
+)
 
 
 def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
     """The header bullet on learning rates and, after an --lrs sweep, its table."""
     if not sweep:
         lrs = sorted({r["lr"] for r in results if r.get("lr") is not None})
-        shared = f"{lrs[0]:g} for every method" if len(lrs) == 1 else ", ".join(f"{x:g}" for x in lrs) if lrs else "not recorded"
-        return [f"- learning rate: {shared} (the preset's; not tuned per method, so methods with other optima are at a disadvantage)"], []
+        shared = (
+            f"{lrs[0]:g} for every method"
+            if len(lrs) == 1
+            else ", ".join(f"{x:g}" for x in lrs)
+            if lrs
+            else "not recorded"
+        )
+        return [
+            f"- learning rate: {shared} (the preset's; not tuned per method, so methods with other optima are at a disadvantage)"
+        ], []
     grid = sorted({r["lr"] for r in sweep})
     seed = sweep[0]["seed"]
-    head = [f"- {TUNED_LR}, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
-            f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"]
-    rows = ["", f"Learning-rate sweep (seed {seed}, final validation NLL in nats/token; * = chosen; a choice at the grid's edge "
-            "means the optimum may lie outside it):", "", "| arch | " + " | ".join(f"lr {x:g}" for x in grid) + " | chosen |",
-            "|---|" + "---|" * (len(grid) + 1)]
+    head = [
+        f"- {TUNED_LR}, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
+        f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"
+    ]
+    rows = [
+        "",
+        f"Learning-rate sweep (seed {seed}, final validation NLL in nats/token; * = chosen; a choice at the grid's edge "
+        "means the optimum may lie outside it):",
+        "",
+        "| arch | " + " | ".join(f"lr {x:g}" for x in grid) + " | chosen |",
+        "|---|" + "---|" * (len(grid) + 1),
+    ]
     for a in dict.fromkeys(r["arch"] for r in sweep):
         by_lr = {r["lr"]: r for r in sweep if r["arch"] == a}
         best = choose_lr(list(by_lr.values()))
-        cells = ["—" if x not in by_lr else "failed" if by_lr[x].get("failed") else
-                 f"{by_lr[x]['val_nll']:.4f}" + ("*" if x == best else "") for x in grid]
+        cells = [
+            "—"
+            if x not in by_lr
+            else "failed"
+            if by_lr[x].get("failed")
+            else f"{by_lr[x]['val_nll']:.4f}" + ("*" if x == best else "")
+            for x in grid
+        ]
         edge = " (edge)" if best is not None and best in (grid[0], grid[-1]) else ""
-        rows.append(f"| {a} | " + " | ".join(cells) + f" | {'none (every lr failed)' if best is None else f'{best:g}{edge}'} |")
+        rows.append(
+            f"| {a} | " + " | ".join(cells) + f" | {'none (every lr failed)' if best is None else f'{best:g}{edge}'} |"
+        )
     return head, rows
 
 
-def write_tables(args, results: list[dict], wall: float, counts: Optional[list[dict]] = None,
-                 sweep: Optional[list[dict]] = None) -> tuple[Path, Path]:
+def write_tables(
+    args, results: list[dict], wall: float, counts: Optional[list[dict]] = None, sweep: Optional[list[dict]] = None
+) -> tuple[Path, Path]:
     unit, unit_label = UNIT[args.modality]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / table_stem(args, results)
-    fields = ["arch", "seed", "lr", "failed", "params", "tokens_seen", "steps", "val_nll", "test_nll", f"val_{unit}", f"test_{unit}",
-              "tokens_per_sec", "peak_memory_gib", "flops_per_token", "device", "wall_seconds"]
+    fields = [
+        "arch",
+        "seed",
+        "lr",
+        "failed",
+        "params",
+        "tokens_seen",
+        "steps",
+        "val_nll",
+        "test_nll",
+        f"val_{unit}",
+        f"test_{unit}",
+        "tokens_per_sec",
+        "peak_memory_gib",
+        "flops_per_token",
+        "device",
+        "wall_seconds",
+    ]
     tmp = stem.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -219,7 +274,11 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
     by = {a: sorted((r for r in results if r["arch"] == a), key=lambda r: r["seed"]) for a in archs}
     base = {r["seed"]: r for r in by.get("vanilla", [])}
     devices = sorted({r["device"] for r in results})
-    hw = ", ".join(devices) if devices != ["cpu"] else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    hw = (
+        ", ".join(devices)
+        if devices != ["cpu"]
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
     probe = args.modality in PROBES
     lines = [
         f"# {args.modality} {'in-context probe table (accuracy on the answers)' if probe else 'NLL table'}, preset `{args.preset}`",
@@ -228,9 +287,17 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', 'not recorded (see results/README.md)') for r in results}))}; "
         f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
         *(probe_lines(results) if probe else [f"- epochs over the training split: {epochs(results, counts)}"]),
-        ("- wall time: " if getattr(args, "table_only", False) else f"- wall time: {wall / 60:.1f} min for this invocation; ")
+        (
+            "- wall time: "
+            if getattr(args, "table_only", False)
+            else f"- wall time: {wall / 60:.1f} min for this invocation; "
+        )
         + f"{sum(r['wall_seconds'] for r in results) / 60:.1f} min summed over the {len(results)} runs"
-        + (" (this table was built from their summaries with --table-only)" if getattr(args, "table_only", False) else "")
+        + (
+            " (this table was built from their summaries with --table-only)"
+            if getattr(args, "table_only", False)
+            else ""
+        )
         + (f"; plus {sweep_minutes:.1f} min for the lr sweep's runs not in the table" if sweep else "")
         + (f"; {n_resumed} run(s) resumed after an interruption count their last attempt only" if n_resumed else ""),
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
@@ -238,19 +305,26 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
         + (" (of test accuracy)" if probe else ""),
         f"- scored: {scored_fraction(results)}",
         *lr_head,
-        ("- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test accuracy minus vanilla's on the same "
-         "seed: training noise) and (2) a paired bootstrap over the test examples of the seed-mean Δ of their hits (10,000 "
-         "resamples: test-set noise), each Holm-corrected across the architectures of this table; verdict \"better\" "
-         "(higher accuracy)/\"worse\" when both Holm p < 0.05, otherwise \"no detectable difference\" at this scale "
-         "(`lit_vattn/stats.py`)" if probe else
-         "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
-         "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
-         "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
-         "architectures of this table; verdict \"better\"/\"worse\" when both Holm p < 0.05 (the seed test alone for runs "
-         "without per-window NLLs), otherwise \"no detectable difference\" at this scale (`lit_vattn/stats.py`)"),
+        (
+            "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test accuracy minus vanilla's on the same "
+            "seed: training noise) and (2) a paired bootstrap over the test examples of the seed-mean Δ of their hits (10,000 "
+            'resamples: test-set noise), each Holm-corrected across the architectures of this table; verdict "better" '
+            '(higher accuracy)/"worse" when both Holm p < 0.05, otherwise "no detectable difference" at this scale '
+            "(`lit_vattn/stats.py`)"
+            if probe
+            else "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
+            "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
+            "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
+            'architectures of this table; verdict "better"/"worse" when both Holm p < 0.05 (the seed test alone for runs '
+            'without per-window NLLs), otherwise "no detectable difference" at this scale (`lit_vattn/stats.py`)'
+        ),
     ]
     if failed:
-        lines.append("- **failed runs (never scored): " + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed) + "**")
+        lines.append(
+            "- **failed runs (never scored): "
+            + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed)
+            + "**"
+        )
     lines += [
         "",
         f"| arch | runs | lr | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} "
@@ -281,19 +355,37 @@ def write_tables(args, results: list[dict], wall: float, counts: Optional[list[d
             f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — | — |"
         )
     if counts:
-        lines += ["", "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
-                  "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`)."]
+        lines += [
+            "",
+            "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
+            "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`).",
+        ]
     lines += control_lines(by, probe)
     lines += lr_rows
-    budget = plot_budget(results, stem.with_name(stem.name + "-budget"), f"{args.modality}, preset {args.preset}", counts,
-                         "acc" if probe else "nll")
+    budget = plot_budget(
+        results,
+        stem.with_name(stem.name + "-budget"),
+        f"{args.modality}, preset {args.preset}",
+        counts,
+        "acc" if probe else "nll",
+    )
     if budget:
-        lines += ["", f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
-                  f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`."]
-    lines += ["", f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
-              + (f"; each run's record (summaries and config: what this table reads) under `{args.records}`: "
-                 f"`lit-vattn-reproduce <the command's options> --runs {args.records} --table-only` rebuilds it"
-                 if getattr(args, "records", None) else "") + "."]
+        lines += [
+            "",
+            f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
+            f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`.",
+        ]
+    lines += [
+        "",
+        f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
+        + (
+            f"; each run's record (summaries and config: what this table reads) under `{args.records}`: "
+            f"`lit-vattn-reproduce <the command's options> --runs {args.records} --table-only` rebuilds it"
+            if getattr(args, "records", None)
+            else ""
+        )
+        + ".",
+    ]
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, stem.with_suffix(".md"))

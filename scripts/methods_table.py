@@ -16,11 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_vattn.reproduce import ALL_ARCHS
+from lit_vattn.arch.registry import default_request
 from lit_vattn.tables import TUNED_LR
 
 MODALITIES = ("text", "music", "acoustic")
-METHODS = ALL_ARCHS.split(",")  # the compared methods; anything else in a table is a control or a reading
+METHODS = default_request()  # the compared methods and the default controls; any other row is a control or a reading
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,18 +57,23 @@ def main(argv=None) -> str:
     archs = list(dict.fromkeys(a for rows, _ in parsed.values() for a in rows if "counts" not in a))
     archs = [a for a in archs if a in METHODS] + [a for a in archs if a not in METHODS]
     tuned = {m: any(b.startswith(TUNED_LR) for b in bl) for m, (_, bl) in parsed.items()}
-    lines = [f"# Every method against vanilla, preset `{args.preset}`", "",
-             f"- command: `python scripts/methods_table.py --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
-             "- cell: paired difference in test NLL to vanilla on the same seeds (nats per token; negative = lower "
-             "NLL than vanilla), mean ± std over seeds, [finished seeds], and the verdict of the test stated in "
-             "that table's header (n.d. = no detectable difference at this scale); tables made since the "
-             "bootstrap landed require both the Holm-corrected paired t over seeds and the Holm-corrected "
-             "paired bootstrap over test windows to pass at 0.05, older ones the t-test only; (lr x) = the "
-             "learning rate chosen for that method on validation, where its table tuned one per method",
-             "- sources (each with its own command, commit, date and hardware):"]
-    lines += [f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')}; "
-              + (f"{TUNED_LR}, chosen on validation)" if tuned[m] else "one learning rate for every method)")
-              for m, (_, bl) in parsed.items()]
+    lines = [
+        f"# Every method against vanilla, preset `{args.preset}`",
+        "",
+        f"- command: `python scripts/methods_table.py --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
+        "- cell: paired difference in test NLL to vanilla on the same seeds (nats per token; negative = lower "
+        "NLL than vanilla), mean ± std over seeds, [finished seeds], and the verdict of the test stated in "
+        "that table's header (n.d. = no detectable difference at this scale); tables made since the "
+        "bootstrap landed require both the Holm-corrected paired t over seeds and the Holm-corrected "
+        "paired bootstrap over test windows to pass at 0.05, older ones the t-test only; (lr x) = the "
+        "learning rate chosen for that method on validation, where its table tuned one per method",
+        "- sources (each with its own command, commit, date and hardware):",
+    ]
+    lines += [
+        f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')}; "
+        + (f"{TUNED_LR}, chosen on validation)" if tuned[m] else "one learning rate for every method)")
+        for m, (_, bl) in parsed.items()
+    ]
     lines += [f"  - {m}: no table yet" for m in MODALITIES if m not in parsed]
     lines += ["", "| method | " + " | ".join(MODALITIES) + " |", "|---|" + "---|" * len(MODALITIES)]
     for a in archs:

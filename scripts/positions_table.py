@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from lit_vattn import stats  # noqa: E402
 from lit_vattn.analyze import _plt, _save_csv, _savefig  # noqa: E402
+from lit_vattn.arch.registry import default_request  # noqa: E402
 from lit_vattn.curves import method_style  # noqa: E402
-from lit_vattn.reproduce import ALL_ARCHS, git_commit  # noqa: E402
+from lit_vattn.reproduce import git_commit  # noqa: E402
 
 
 def buckets(T: int, longest: int) -> list[tuple[int, int]]:
@@ -87,16 +88,29 @@ def run_positions(run: Path, seq_lens: list[int], split: str, max_windows=None) 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="one table's run folder, e.g. runs/reproduce/text-tiny")
-    p.add_argument("--archs", default=None, help="comma-separated; default every architecture of the "
-                   "reproduce default with a run folder here")
+    p.add_argument(
+        "--archs",
+        default=None,
+        help="comma-separated; default every architecture of the reproduce default with a run folder here",
+    )
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--seq-lens", default=None, help="comma-separated window lengths; default T and 2T (T = trained length)")
+    p.add_argument(
+        "--seq-lens", default=None, help="comma-separated window lengths; default T and 2T (T = trained length)"
+    )
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows of each length "
-                   "(a quick look); default every window of the split")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=None,
+        help="score only the first N windows of each length (a quick look); default every window of the split",
+    )
     p.add_argument("--out", required=True, help="output stem, e.g. results/positions-text-tiny")
-    p.add_argument("--lrs-from", default=None, help="the CSV of a table made with --lrs (e.g. results/music-tiny.csv): "
-                   "each (arch, seed) is read from <arch>/lr<its lr>/seed<s>, the run that table scored")
+    p.add_argument(
+        "--lrs-from",
+        default=None,
+        help="the CSV of a table made with --lrs (e.g. results/music-tiny.csv): "
+        "each (arch, seed) is read from <arch>/lr<its lr>/seed<s>, the run that table scored",
+    )
     args = p.parse_args(argv)
     runs = Path(args.runs)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -106,25 +120,31 @@ def main(argv=None) -> str:
             with open(args.lrs_from, newline="") as f:
                 lrs = {(r["arch"], int(r["seed"])): float(r["lr"]) for r in csv.DictReader(f) if r.get("lr")}
         except (OSError, KeyError, ValueError) as e:
-            raise SystemExit(f"--lrs-from {args.lrs_from}: not a reproduce table CSV with arch, seed and lr columns ({e})") from None
+            raise SystemExit(
+                f"--lrs-from {args.lrs_from}: not a reproduce table CSV with arch, seed and lr columns ({e})"
+            ) from None
 
     def run_dir(a: str, s: int) -> Path:
         if not lrs:
             return runs / a / f"seed{s}"
         if (a, s) not in lrs:
-            raise SystemExit(f"--lrs-from {args.lrs_from} has no run of {a} seed {s}: leave it out with --archs / --seeds")
+            raise SystemExit(
+                f"--lrs-from {args.lrs_from} has no run of {a} seed {s}: leave it out with --archs / --seeds"
+            )
         return runs / a / f"lr{lrs[a, s]:g}" / f"seed{s}"
 
-    have = {a for a, _ in lrs} if lrs else {a for a in ALL_ARCHS.split(",") if (runs / a).is_dir()}
-    archs = args.archs.split(",") if args.archs else [a for a in ALL_ARCHS.split(",") if a in have]
+    have = {a for a, _ in lrs} if lrs else {a for a in default_request() if (runs / a).is_dir()}
+    archs = args.archs.split(",") if args.archs else [a for a in default_request() if a in have]
     if "vanilla" not in archs:
         raise SystemExit("--archs must include vanilla: every method is paired against it")
     archs = ["vanilla"] + [a for a in archs if a != "vanilla"]  # first: rows, colours and pairing read it so
     for a in archs:
         for s in seeds:
             if not (run_dir(a, s) / "done.json").is_file():
-                raise SystemExit(f"{run_dir(a, s)}: no finished run (done.json); run lit-vattn-reproduce "
-                                 f"first or leave it out with --archs / --seeds")
+                raise SystemExit(
+                    f"{run_dir(a, s)}: no finished run (done.json); run lit-vattn-reproduce "
+                    f"first or leave it out with --archs / --seeds"
+                )
     from lit_vattn.cli import from_run_config
 
     T = from_run_config(run_dir("vanilla", seeds[0]) / "fit" / "config.yaml").datamodule.seq_len  # trained length
@@ -197,23 +217,30 @@ def main(argv=None) -> str:
 
     cmd = "python scripts/positions_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
-        f"# NLL by position: `{runs}`", "",
+        f"# NLL by position: `{runs}`",
+        "",
         f"- command: `{cmd}`",
         f"- commit: {git_commit()} (table); checkpoints: `{runs}/<arch>/{'lr<lr>/' if lrs else ''}seed<s>/fit/checkpoints/last.ckpt` "
         + (f"(each method's lr from `{args.lrs_from}`) " if lrs else "")
         + f"(commits in their done.json); date: {datetime.date.today().isoformat()}; hardware: "
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) for this scoring",
         f"- scored: every target of the {args.split} split once"
-        + (f" (the first {args.max_windows} windows of each length only)" if args.max_windows else "") + f", in windows of {', '.join(map(str, seq_lens))} tokens "
+        + (f" (the first {args.max_windows} windows of each length only)" if args.max_windows else "")
+        + f", in windows of {', '.join(map(str, seq_lens))} tokens "
         f"(stride = length); trained length T = {T}; past T the RoPE table is extrapolated",
-        (f"- check: at T the token-weighted mean over positions equals the run's own test NLL (its per-window "
-         f"NLLs in test/summary.json) within {check:.2e} nats" if check is not None else "- check: not made")
+        (
+            f"- check: at T the token-weighted mean over positions equals the run's own test NLL (its per-window "
+            f"NLLs in test/summary.json) within {check:.2e} nats"
+            if check is not None
+            else "- check: not made"
+        )
         + (f"; {unchecked} run(s) not checked: they scored fewer test windows than this table" if unchecked else ""),
         f"- buckets: positions of windows of {longest} tokens; vanilla row: its NLL (nats/token), mean ± std over "
         f"seeds {seeds}; other rows: paired difference to vanilla on the same seed (negative = lower NLL), "
         f"two-sided paired t over seeds, Holm-corrected across the {len(archs) - 1} methods of each bucket; "
-        f"\"better\"/\"worse\" when that p < 0.05, else n.d. = no detectable difference at this scale "
-        f"(the seed test only: no bootstrap over windows here)", "",
+        f'"better"/"worse" when that p < 0.05, else n.d. = no detectable difference at this scale '
+        f"(the seed test only: no bootstrap over windows here)",
+        "",
         "| arch | " + " | ".join(f"positions {lo}-{hi}" for lo, hi in bks) + " |",
         "|---|" + "---|" * len(bks),
     ]
@@ -252,7 +279,14 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
     for i, (a, style) in enumerate(zip(others, styles[1:])):
         d = np.array([[bucket_nll(a, s, lo, hi) - bucket_nll("vanilla", s, lo, hi) for s in seeds] for lo, hi in bks])
         err = d.std(1, ddof=1) if len(seeds) > 1 else None
-        bx.bar(np.arange(len(bks)) + (i - len(others) / 2 + 0.5) * width, d.mean(1), width, yerr=err, color=style["color"], label=a)
+        bx.bar(
+            np.arange(len(bks)) + (i - len(others) / 2 + 0.5) * width,
+            d.mean(1),
+            width,
+            yerr=err,
+            color=style["color"],
+            label=a,
+        )
     bx.axhline(0, color="black", lw=0.6)
     bx.set_xticks(range(len(bks)), labels)
     bx.set_xlabel("positions")

@@ -8,6 +8,16 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# fixtures that train or encode for a minute or more: a test that uses one is `slow`
+SLOW_FIXTURES = {"table", "ddp_run", "evaluated", "speech"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shard_cache(tmp_path_factory):
     """One shard cache for the whole session, so the embedded corpus is tokenized once per tokenizer."""

@@ -16,8 +16,15 @@ from lit_vattn.metrics import NLLMetrics
 
 @pytest.fixture(scope="module")
 def speech(shard_cache):
-    dm = AcousticDataModule(seconds=150, kmeans_seconds=60, bandwidth=3.0, codec_weights="random",
-                            val_fraction=0.15, test_fraction=0.15, seq_len=300)  # session cache
+    dm = AcousticDataModule(
+        seconds=150,
+        kmeans_seconds=60,
+        bandwidth=3.0,
+        codec_weights="random",
+        val_fraction=0.15,
+        test_fraction=0.15,
+        seq_len=300,
+    )  # the shared test cache
     dm.prepare_data()
     dm.setup()
     return dm
@@ -43,8 +50,15 @@ def test_shards_codec_and_code_diversity(speech):
     level0 = codes[codes < 1024]
     assert len(np.unique(level0)) >= 300  # several hundred distinct codes at level 0
     mtime = (speech.shard_dir / "train.bin").stat().st_mtime_ns
-    again = AcousticDataModule(seconds=150, kmeans_seconds=60, bandwidth=3.0, codec_weights="random",
-                               val_fraction=0.15, test_fraction=0.15, cache_dir=str(speech.cache_dir))
+    again = AcousticDataModule(
+        seconds=150,
+        kmeans_seconds=60,
+        bandwidth=3.0,
+        codec_weights="random",
+        val_fraction=0.15,
+        test_fraction=0.15,
+        cache_dir=str(speech.cache_dir),
+    )
     assert again.shard_dir == speech.shard_dir
     again.prepare_data()
     assert (speech.shard_dir / "train.bin").stat().st_mtime_ns == mtime
@@ -106,12 +120,23 @@ def test_bad_audio_files_are_skipped_with_names(tmp_path, caplog):
     (d / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     sf.write(str(d / "silent.wav"), np.zeros(48000, np.float32), 16000)
     sf.write(str(d / "short.wav"), np.random.default_rng(0).normal(0, 0.1, 2400).astype(np.float32), 24000)
-    dm = AcousticDataModule(source="files", files=[str(d)], bandwidth=1.5, codec_weights="random", kmeans_seconds=30,
-                            val_fraction=0.2, test_fraction=0.2, seq_len=64, cache_dir=str(tmp_path / "cache"))
+    dm = AcousticDataModule(
+        source="files",
+        files=[str(d)],
+        bandwidth=1.5,
+        codec_weights="random",
+        kmeans_seconds=30,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        seq_len=64,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with caplog.at_level(logging.WARNING):
         try:
             dm.prepare_data()
-        except ValueError as e:  # with this few utterances a split, or k-means, can lack audio; the skip report comes first
+        except (
+            ValueError
+        ) as e:  # with this few utterances a split, or k-means, can lack audio; the skip report comes first
             assert "would be empty" in str(e) or "k-means needs at least" in str(e) and "data.val_fraction" in str(e)
     assert "skipped 3" in caplog.text
     for name in ("corrupt.wav", "silent.wav", "short.wav"):
@@ -126,6 +151,8 @@ def test_nothing_usable_fails_clearly(tmp_path):
     for i in range(3):
         sf.write(str(d / f"silent{i}.wav"), np.zeros(48000, np.float32), 24000)
     with pytest.raises(ValueError, match="no usable audio"):
-        AcousticDataModule(source="files", files=[str(d)], codec_weights="random", cache_dir=str(tmp_path / "c")).prepare_data()
+        AcousticDataModule(
+            source="files", files=[str(d)], codec_weights="random", cache_dir=str(tmp_path / "c")
+        ).prepare_data()
     with pytest.raises(ValueError, match="bandwidth"):
         AcousticDataModule(bandwidth=5.0)

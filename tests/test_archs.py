@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch import LayerwiseAttentionShortcuts, SkipLayerAttention, Vanilla, VerticalAttention, va
 
-from test_model import assert_causal
-
 CFG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=32)
 V = 61
 SETTINGS = {
@@ -20,7 +18,9 @@ SETTINGS = {
     "va-qk-residual-mixed": lambda: VerticalAttention(weights="qk", qk_heads=2, sources="residual", readout="mixed"),
     "va-keep-previous-nonorm": lambda: VerticalAttention(keep_residual=True, init="previous", norm="none"),
     "las": lambda: LayerwiseAttentionShortcuts(),
-    "las-all-depthemb-noself": lambda: LayerwiseAttentionShortcuts(layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=32),
+    "las-all-depthemb-noself": lambda: LayerwiseAttentionShortcuts(
+        layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=32
+    ),
     "las-norm": lambda: LayerwiseAttentionShortcuts(feature_norm=True),
     "sla": lambda: SkipLayerAttention(),
     "sla-concat": lambda: SkipLayerAttention(mode="concat", n_skip_heads=2),
@@ -31,27 +31,6 @@ SETTINGS = {
 def build(name, seed=0, **cfg):
     torch.manual_seed(seed)
     return GPT(GPTConfig(**{**CFG, **cfg}), V, SETTINGS[name]())
-
-
-@pytest.mark.parametrize("name", SETTINGS)
-def test_causal(name):
-    assert_causal(build(name), V)
-
-
-@pytest.mark.parametrize("name", SETTINGS)
-def test_finite_loss_and_gradient_in_every_parameter(name):
-    net = build(name)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    x = torch.randint(0, V, (2, 16))
-    for _ in range(2):  # the qk form's keys get gradient once its zero-init query has moved
-        opt.zero_grad()
-        loss = F.cross_entropy(net(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        assert torch.isfinite(loss)
-        loss.backward()
-        opt.step()
-    dead = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
-    dead = [n for n in dead if not n.startswith("embed")]  # rows of unseen tokens stay zero
-    assert not dead
 
 
 @pytest.mark.parametrize("name", ["las", "las-all-depthemb-noself", "sla-concat"])
@@ -121,15 +100,6 @@ def test_parameter_budgets_against_vanilla():
     assert build("va-qk-residual-mixed").flops_per_token(T) > build("vanilla").flops_per_token(T)
 
 
-@pytest.mark.parametrize("name", [n for n in SETTINGS if n != "vanilla"])
-def test_same_base_init_as_vanilla(name):
-    """Like with like: with the same seed every architecture starts from vanilla's weights."""
-    ref = dict(build("vanilla").named_parameters())
-    for n, p in build(name).named_parameters():
-        if n in ref:
-            assert torch.equal(p, ref[n]), n
-
-
 def test_no_setting_is_identity_at_init_and_the_docs_say_so():
     x = torch.randint(0, V, (2, 16))
     ref = build("vanilla")(x)
@@ -140,6 +110,7 @@ def test_no_setting_is_identity_at_init_and_the_docs_say_so():
     assert "Not identity at init" in va.__doc__
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vanilla", "va", "las", "sla", "sla-concat"])
 def test_loss_decreases_on_real_text(name, bpe_text, train_on):
     torch.manual_seed(0)
@@ -178,7 +149,11 @@ def test_depth_maps_for_analysis():
 def test_las_norm_share_and_per_source_outputs_add_up():
     from lit_vattn import attention
 
-    q, ks, vs = torch.randn(2, 2, 8, 4), [torch.randn(2, 2, 8, 4) for _ in range(3)], [torch.randn(2, 2, 8, 4) for _ in range(3)]
+    q, ks, vs = (
+        torch.randn(2, 2, 8, 4),
+        [torch.randn(2, 2, 8, 4) for _ in range(3)],
+        [torch.randn(2, 2, 8, 4) for _ in range(3)],
+    )
     parts = attention.source_outputs(q, ks, vs)  # (B, H, T, m, d)
     torch.testing.assert_close(parts.sum(3), attention.oracle(q, ks, vs))
     torch.manual_seed(0)
@@ -283,14 +258,16 @@ def test_paper_default_reading_of_sla_on_gpt2_small():
 
 
 def test_the_flop_matched_vanilla_config_costs_what_las_costs_at_the_tiny_shape():
-    """configs/arch/vanilla-flops-las.yaml: the control a costlier method needs, matched by measurement."""
+    """configs/arch/controls/vanilla-flops-las.yaml: the control a costlier method needs, matched by measurement."""
     import yaml
 
     from lit_vattn.flops import flops_per_token
 
     root = Path(__file__).resolve().parents[1]
     tiny = yaml.safe_load((root / "configs/reproduce/tiny.yaml").read_text())["model"]["init_args"]["config"]
-    hidden = yaml.safe_load((root / "configs/arch/vanilla-flops-las.yaml").read_text())["model"]["init_args"]["config"]["mlp_hidden"]
+    hidden = yaml.safe_load((root / "configs/arch/controls/vanilla-flops-las.yaml").read_text())["model"]["init_args"][
+        "config"
+    ]["mlp_hidden"]
     T = tiny["max_seq_len"]
     las = flops_per_token(GPT(GPTConfig(**tiny), 8192, LayerwiseAttentionShortcuts()), T)
     matched = flops_per_token(GPT(GPTConfig(**tiny, mlp_hidden=hidden), 8192, Vanilla()), T)

@@ -51,7 +51,9 @@ def test_flex_block_mask_matches_oracle_forward_cpu(m):
     CUDA test below checks both directions on a GPU."""
     q, ks, vs = rand_qkv(T=40, m=m)
     q, ks, vs = q.detach(), [k.detach() for k in ks], [v.detach() for v in vs]
-    torch.testing.assert_close(attention.multi_source(q, ks, vs, "flex"), attention.oracle(q, ks, vs), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(
+        attention.multi_source(q, ks, vs, "flex"), attention.oracle(q, ks, vs), atol=2e-5, rtol=2e-5
+    )
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "auto", "merge"])
@@ -90,11 +92,15 @@ def test_merge_traces_into_one_compiled_graph():
     Older torch (2.11) traced it into wrong gradients on the CPU: there the backend refuses."""
     q, ks, vs = rand_qkv(T=16, m=3)
     if torch.__version__ < attention.MERGE_CPU_COMPILE_MIN_TORCH:
-        fn = torch.compile(lambda q, ks, vs: attention.multi_source(q, ks, vs, "merge"), backend="aot_eager", fullgraph=True)
+        fn = torch.compile(
+            lambda q, ks, vs: attention.multi_source(q, ks, vs, "merge"), backend="aot_eager", fullgraph=True
+        )
         with pytest.raises(Exception, match="wrong gradients"):
             fn(q, ks, vs)
         return
-    fn = torch.compile(lambda q, ks, vs: attention.multi_source(q, ks, vs, "merge"), backend="aot_eager", fullgraph=True)
+    fn = torch.compile(
+        lambda q, ks, vs: attention.multi_source(q, ks, vs, "merge"), backend="aot_eager", fullgraph=True
+    )
     out, ref = fn(q, ks, vs), attention.oracle(q, ks, vs)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     for a, b in zip(torch.autograd.grad(out.sum(), [q, *ks]), torch.autograd.grad(ref.sum(), [q, *ks])):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from lit_vattn.arch.registry import seed_methods
 from lit_vattn.callbacks import BudgetCurve
 from lit_vattn.cli import cli_main
 
@@ -16,13 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
 TEXT = str(ROOT / "configs/data/text.yaml")
 DATA_YAMLS = sorted(glob.glob(str(ROOT / "configs/data/*.yaml")))
-ARCH_YAMLS = sorted(glob.glob(str(ROOT / "configs/arch/*.yaml")))
+ARCH_YAMLS = sorted(
+    glob.glob(str(ROOT / "configs/arch/*.yaml")) + glob.glob(str(ROOT / "configs/arch/controls/*.yaml"))
+)
 # the presets lit-vattn-reproduce offers (configs/reproduce/<modality>-<preset>.yaml are overlays)
-PRESETS = sorted(p.stem for p in (ROOT / "configs/reproduce").glob("*.yaml")
-                 if p.stem.split("-")[0] not in {Path(d).stem for d in DATA_YAMLS})
+PRESETS = sorted(
+    p.stem
+    for p in (ROOT / "configs/reproduce").glob("*.yaml")
+    if p.stem.split("-")[0] not in {Path(d).stem for d in DATA_YAMLS}
+)
 TINY = [
-    "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
-    "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
+    "--model.init_args.config.n_layer",
+    "2",
+    "--model.init_args.config.n_head",
+    "2",
+    "--model.init_args.config.d_model",
+    "64",
+    "--data.init_args.seq_len",
+    "32",
+    "--data.init_args.batch_size",
+    "4",
 ]
 
 
@@ -33,44 +47,96 @@ def in_tmp(tmp_path, monkeypatch, bpe_text):
 
 
 # The shipped YAMLs prepare the whole embedded corpus of their modality; CI shrinks the music and
-# audio data (same settings as the DataModule tests, so the shards are built once per session).
+# audio data (same settings as the DataModule tests, so the shards are built once per test run).
 SMALL_DATA = {
-    "music": ["--data.init_args.max_pieces", "1000", "--data.init_args.val_fraction", "0.1",
-              "--data.init_args.test_fraction", "0.1"],
-    "acoustic": ["--data.init_args.seconds", "150", "--data.init_args.kmeans_seconds", "60",
-                 "--data.init_args.bandwidth", "3.0", "--data.init_args.codec_weights", "random",
-                 "--data.init_args.val_fraction", "0.15", "--data.init_args.test_fraction", "0.15"],
+    "music": [
+        "--data.init_args.max_pieces",
+        "1000",
+        "--data.init_args.val_fraction",
+        "0.1",
+        "--data.init_args.test_fraction",
+        "0.1",
+    ],
+    "acoustic": [
+        "--data.init_args.seconds",
+        "150",
+        "--data.init_args.kmeans_seconds",
+        "60",
+        "--data.init_args.bandwidth",
+        "3.0",
+        "--data.init_args.codec_weights",
+        "random",
+        "--data.init_args.val_fraction",
+        "0.15",
+        "--data.init_args.test_fraction",
+        "0.15",
+    ],
 }
 
 
-CORE = ("vanilla", "va", "las", "sla")
+CORE = tuple(seed_methods())
 MATRIX = [(d, a) for d in DATA_YAMLS for a in ARCH_YAMLS if Path(a).stem in CORE or Path(d).stem == "text"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data,arch", MATRIX, ids=lambda p: Path(p).stem)
 def test_every_shipped_data_and_method_config_runs_fit_fast_dev_run(data, arch, in_tmp):
     """Every data config with every core method, every method config (controls and readings
     included) with the text data; the run is named <modality>-<arch> by default."""
     modality = Path(data).stem
-    cli = cli_main(["fit", "--config", data, "--config", arch, "--config", CPU, "--trainer.fast_dev_run", "true",
-                    *SMALL_DATA.get(modality, [])])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            data,
+            "--config",
+            arch,
+            "--config",
+            CPU,
+            "--trainer.fast_dev_run",
+            "true",
+            *SMALL_DATA.get(modality, []),
+        ]
+    )
     assert cli.config.fit.trainer.logger.init_args.name == f"{modality}-{Path(arch).stem}"
 
 
 def test_combined_readers_run_from_a_config_list(in_tmp):
     """A list of readers composes them (here VA's input mixing with LAS's final-layer attention)."""
     combo = in_tmp / "combo.yaml"
-    combo.write_text("model:\n  init_args:\n    arch:\n"
-                     "      - class_path: lit_vattn.arch.VerticalAttention\n"
-                     "      - class_path: lit_vattn.arch.LayerwiseAttentionShortcuts\n")
-    cli = cli_main(["fit", "--config", TEXT, "--config", str(combo), "--config", CPU, *TINY, "--trainer.max_steps", "1",
-                    "--trainer.limit_val_batches", "1"])
-    assert [type(r).__name__ for r in cli.model.net.arch.readers] == ["VerticalAttention", "LayerwiseAttentionShortcuts"]
+    combo.write_text(
+        "model:\n  init_args:\n    arch:\n"
+        "      - class_path: lit_vattn.arch.VerticalAttention\n"
+        "      - class_path: lit_vattn.arch.LayerwiseAttentionShortcuts\n"
+    )
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            TEXT,
+            "--config",
+            str(combo),
+            "--config",
+            CPU,
+            *TINY,
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+        ]
+    )
+    assert [type(r).__name__ for r in cli.model.net.arch.readers] == [
+        "VerticalAttention",
+        "LayerwiseAttentionShortcuts",
+    ]
     assert (in_tmp / "runs/text-va+las/config.yaml").is_file()
 
 
-@pytest.mark.parametrize("preset", sorted(glob.glob(str(ROOT / "configs/trainer/*.yaml")) + glob.glob(str(ROOT / "configs/logger/*.yaml"))),
-                         ids=lambda p: os.path.relpath(p, ROOT / "configs"))
+@pytest.mark.parametrize(
+    "preset",
+    sorted(glob.glob(str(ROOT / "configs/trainer/*.yaml")) + glob.glob(str(ROOT / "configs/logger/*.yaml"))),
+    ids=lambda p: os.path.relpath(p, ROOT / "configs"),
+)
 def test_trainer_and_logger_presets_compose_with_a_data_config(preset, in_tmp, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["fit", "--config", TEXT, "--config", preset, "--print_config"])
@@ -101,8 +167,20 @@ class Recorder(Callback):
 
 
 def _fit(steps: int, ckpt=None, every=None, curve=()) -> Recorder:
-    args = ["--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", str(steps),
-            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", *curve]
+    args = [
+        "--config",
+        TEXT,
+        "--config",
+        CPU,
+        *TINY,
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        *curve,
+    ]
     if every:
         args += ["--checkpoint.every_n_train_steps", str(every)]
     cli = cli_main(args, run=False)
@@ -132,7 +210,9 @@ def test_exact_resume_continues_the_same_stream(in_tmp):
     # points are spaced up to each invocation's max_steps: 2..5 before the restart, then 6 and 9
     assert [p["step"] for p in first.curve] == [2, 3, 4, 5]
     assert [p["step"] for p in resumed.curve] == [2, 3, 4, 5, 6, 9]
-    assert resumed.curve[:4] == first.curve and [p["tokens"] for p in resumed.curve] == [s * 4 * 32 for s in (2, 3, 4, 5, 6, 9)]
+    assert resumed.curve[:4] == first.curve and [p["tokens"] for p in resumed.curve] == [
+        s * 4 * 32 for s in (2, 3, 4, 5, 6, 9)
+    ]
     summary = json.loads((in_tmp / "runs/text-vanilla/summary.json").read_text())
     assert summary["curve"] == resumed.curve and all(p["nll"] > 0 and "bits_per_byte" in p for p in resumed.curve)
 
@@ -140,9 +220,30 @@ def test_exact_resume_continues_the_same_stream(in_tmp):
 def test_budget_curve_point_equals_the_validation_at_the_same_step(in_tmp):
     """The curve scores with the module's own loss and metrics: at a validation step, on the same
     batches, it equals Lightning's validation."""
-    cli = cli_main(["--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
-                    "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-                    "--curve.points", "2", "--curve.first_step", "2", "--curve.max_batches", "2"], run=False)
+    cli = cli_main(
+        [
+            "--config",
+            TEXT,
+            "--config",
+            CPU,
+            *TINY,
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "4",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--curve.points",
+            "2",
+            "--curve.first_step",
+            "2",
+            "--curve.max_batches",
+            "2",
+        ],
+        run=False,
+    )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     summary = json.loads((in_tmp / "runs/text-vanilla/summary.json").read_text())
     assert [p["step"] for p in summary["curve"]] == [2, 4]
@@ -153,8 +254,24 @@ def test_budget_curve_point_equals_the_validation_at_the_same_step(in_tmp):
 
 @pytest.fixture
 def tiny_ckpt(in_tmp):
-    cli_main(["fit", "--config", TEXT, "--config", CPU, *TINY, "--trainer.max_steps", "3",
-              "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1"])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            TEXT,
+            "--config",
+            CPU,
+            *TINY,
+            "--trainer.max_steps",
+            "3",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.log_every_n_steps",
+            "1",
+        ]
+    )
     run = in_tmp / "runs/text-vanilla"  # one directory per run name
     assert (run / "config.yaml").exists() and (run / "metrics.csv").exists()
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -163,17 +280,45 @@ def tiny_ckpt(in_tmp):
 
 
 def test_test_command_prints_metrics_from_a_checkpoint(tiny_ckpt, capsys):
-    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "3",
-              "--ckpt_path", str(tiny_ckpt)])
+    cli_main(
+        [
+            "test",
+            "--config",
+            TEXT,
+            "--config",
+            CPU,
+            *TINY,
+            "--trainer.limit_test_batches",
+            "3",
+            "--ckpt_path",
+            str(tiny_ckpt),
+        ]
+    )
     out = capsys.readouterr().out
     for key in ("test/nll", "test/bpt", "test/ppl", "test/bits_per_byte"):
         assert key in out
 
 
 def test_vocabulary_mismatch_between_checkpoint_and_data(tiny_ckpt):
-    with pytest.raises(ValueError, match=r"vocab_size \(linked from the data tokenizer\): checkpoint 8192, options 50257"):
-        cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--data.init_args.tokenizer", "gpt2",
-                  "--data.init_args.max_documents", "2000", "--ckpt_path", str(tiny_ckpt)])
+    with pytest.raises(
+        ValueError, match=r"vocab_size \(linked from the data tokenizer\): checkpoint 8192, options 50257"
+    ):
+        cli_main(
+            [
+                "test",
+                "--config",
+                TEXT,
+                "--config",
+                CPU,
+                *TINY,
+                "--data.init_args.tokenizer",
+                "gpt2",
+                "--data.init_args.max_documents",
+                "2000",
+                "--ckpt_path",
+                str(tiny_ckpt),
+            ]
+        )
 
 
 def test_unknown_config_key_is_named(in_tmp, capsys):
@@ -189,8 +334,22 @@ def test_unknown_config_key_is_named(in_tmp, capsys):
 
 def test_seq_len_beyond_the_model_context_is_rejected(in_tmp):
     with pytest.raises(ValueError, match="data.seq_len=64 exceeds model config.max_seq_len=32"):
-        cli_main(["fit", "--config", TEXT, "--config", CPU, *TINY, "--model.init_args.config.max_seq_len", "32",
-                  "--data.init_args.seq_len", "64", "--trainer.fast_dev_run", "true"])
+        cli_main(
+            [
+                "fit",
+                "--config",
+                TEXT,
+                "--config",
+                CPU,
+                *TINY,
+                "--model.init_args.config.max_seq_len",
+                "32",
+                "--data.init_args.seq_len",
+                "64",
+                "--trainer.fast_dev_run",
+                "true",
+            ]
+        )
 
 
 def test_prepare_command_tokenizes_and_stops(in_tmp, capsys, bpe_text):

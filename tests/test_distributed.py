@@ -11,14 +11,30 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # several processes each
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
 TEXT = str(ROOT / "configs/data/text.yaml")
 TINY = [
-    "--config", TEXT, "--config", CPU,
-    "--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
-    "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
-    "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+    "--config",
+    TEXT,
+    "--config",
+    CPU,
+    "--model.init_args.config.n_layer",
+    "2",
+    "--model.init_args.config.n_head",
+    "2",
+    "--model.init_args.config.d_model",
+    "64",
+    "--data.init_args.seq_len",
+    "32",
+    "--data.init_args.batch_size",
+    "4",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
 ]
 B = 4
 
@@ -50,9 +66,22 @@ def indices(run: Path, rank: int) -> list[int]:
 def ddp_run(tmp_path, bpe_text):
     port = str(free_port())
     os.environ["MASTER_PORT"] = port
-    lit_vattn(tmp_path, "fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-              "--trainer.max_steps", "6", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "1.0",
-              "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger")
+    lit_vattn(
+        tmp_path,
+        "fit",
+        *TINY,
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.val_check_interval",
+        "6",
+        "--trainer.limit_val_batches",
+        "1.0",
+        "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger",
+    )
     return tmp_path / "runs/text-vanilla"
 
 
@@ -75,9 +104,22 @@ def test_ddp_two_processes_disjoint_windows_and_exact_validation(ddp_run, tmp_pa
 def test_ddp_resume_continues_each_ranks_stream(ddp_run, tmp_path):
     ckpt = ddp_run / "checkpoints/last.ckpt"
     os.environ["MASTER_PORT"] = str(free_port())
-    lit_vattn(tmp_path, "fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-              "--trainer.max_steps", "9", "--trainer.limit_val_batches", "0",
-              "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger", "--ckpt_path", str(ckpt))
+    lit_vattn(
+        tmp_path,
+        "fit",
+        *TINY,
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        "9",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger",
+        "--ckpt_path",
+        str(ckpt),
+    )
     resumed = tmp_path / "runs/text-vanilla"
     assert indices(resumed, 0) == [2 * k for k in range(6 * B, 9 * B)]
     assert indices(resumed, 1) == [2 * k + 1 for k in range(6 * B, 9 * B)]
@@ -87,14 +129,46 @@ def test_ddp_resume_continues_each_ranks_stream(ddp_run, tmp_path):
 
 def test_torchrun_two_nodes_one_process_each(tmp_path, bpe_text):
     port = str(free_port())
-    args = ["fit", *TINY, "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp",
-            "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "3"]
+    args = [
+        "fit",
+        *TINY,
+        "--trainer.num_nodes",
+        "2",
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.val_check_interval",
+        "3",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = []
     for node in range(2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "lit_vattn", *args]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            "-m",
+            "lit_vattn",
+            *args,
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-5000:]
@@ -108,7 +182,20 @@ def test_fsdp_preset_runs_a_few_steps_where_the_platform_allows(tmp_path, bpe_te
         # Lightning 2.6: "The strategy `fsdp` requires a GPU accelerator, but received `accelerator='cpu'`"
         pytest.skip("Lightning's FSDPStrategy refuses accelerator='cpu'; runs on a GPU machine")
     os.environ["MASTER_PORT"] = str(free_port())
-    lit_vattn(tmp_path, "fit", "--config", TEXT, "--config", str(ROOT / "configs/trainer/fsdp.yaml"),
-              "--trainer.devices", "1", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2",
-              "--trainer.val_check_interval", "3")
+    lit_vattn(
+        tmp_path,
+        "fit",
+        "--config",
+        TEXT,
+        "--config",
+        str(ROOT / "configs/trainer/fsdp.yaml"),
+        "--trainer.devices",
+        "1",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.val_check_interval",
+        "3",
+    )
     assert list(tmp_path.glob("runs/**/last.ckpt"))

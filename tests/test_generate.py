@@ -1,10 +1,12 @@
-"""Sampling: the KV cache equals the full forward for every reader, the samplers' filters, seeded
+"""Sampling (the KV cache equals the full forward for every method: test_method_contract.py): the samplers' filters, seeded
 samples, and ``lit-vattn-generate`` writing files that decode, for every modality."""
 
 import json
 
 import numpy as np
 import pytest
+import test_archs
+import test_competitors
 import torch
 
 from lit_vattn import GPT, GPTConfig
@@ -12,12 +14,12 @@ from lit_vattn.arch import ValueResidual, VerticalAttention
 from lit_vattn.arch.base import Composed, KVCache
 from lit_vattn.generate import filter_logits, sample
 
-import test_archs
-import test_competitors
-
 V = 61
-READERS = {**test_archs.SETTINGS, **test_competitors.SETTINGS,
-           "va+value-residual": lambda: Composed([VerticalAttention(), ValueResidual()])}
+READERS = {
+    **test_archs.SETTINGS,
+    **test_competitors.SETTINGS,
+    "va+value-residual": lambda: Composed([VerticalAttention(), ValueResidual()]),
+}
 
 
 def trained_like(make, seed=0, **cfg):
@@ -29,20 +31,6 @@ def trained_like(make, seed=0, **cfg):
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return net.eval()
-
-
-@pytest.mark.parametrize("name", READERS)
-def test_kv_cache_gives_the_full_forward(name):
-    net = trained_like(READERS[name])
-    x = torch.randint(0, V, (2, 24))
-    with torch.no_grad():
-        full = net(x)  # (2, 24, V)
-        cache, parts, at = KVCache(), [], 0
-        for t in (7, 1, 1, 3, 1, 5, 1, 5):  # prefill, single tokens, and chunks after a prefill
-            parts.append(net.decode(x[:, at: at + t], cache))
-            at += t
-    assert at == 24 and cache.pos == 24
-    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=2e-5)
 
 
 def test_decode_past_the_context_is_refused():
@@ -60,9 +48,12 @@ def test_filters_keep_what_they_promise():
     assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[True, True, True, False]]
     assert torch.isfinite(filter_logits(logits, top_p=0.1)).tolist() == [[True, False, False, False]]
     p = filter_logits(logits, temperature=2.0).softmax(-1)
-    torch.testing.assert_close(p, torch.tensor([[0.5, 0.3, 0.15, 0.05]]).sqrt() / torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt().sum())
+    torch.testing.assert_close(
+        p, torch.tensor([[0.5, 0.3, 0.15, 0.05]]).sqrt() / torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt().sum()
+    )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vanilla", "las", "sla-concat", "value-residual", "hc"])
 def test_cached_and_recomputed_sampling_draw_the_same_tokens_past_the_context(name):
     net = trained_like(READERS[name], max_seq_len=16)
@@ -99,10 +90,10 @@ def test_a_sample_ends_at_the_stop_token_and_respects_the_mask():
 
 from pathlib import Path  # noqa: E402
 
+from test_cli import CPU, ROOT, SMALL_DATA, TINY  # noqa: E402
+
 from lit_vattn.cli import cli_main  # noqa: E402
 from lit_vattn.generate import main as generate  # noqa: E402
-
-from test_cli import CPU, ROOT, SMALL_DATA, TINY  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -110,9 +101,25 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def tiny_run(modality: str, tmp_path, monkeypatch) -> Path:
     """Two training steps of a tiny vanilla model on the modality's embedded data (context 64)."""
     monkeypatch.chdir(tmp_path)
-    cli_main(["fit", "--config", str(ROOT / f"configs/data/{modality}.yaml"), "--config", CPU, *TINY,
-              *SMALL_DATA.get(modality, []), "--model.init_args.config.max_seq_len", "64", "--trainer.max_steps", "2",
-              "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2"])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / f"configs/data/{modality}.yaml"),
+            "--config",
+            CPU,
+            *TINY,
+            *SMALL_DATA.get(modality, []),
+            "--model.init_args.config.max_seq_len",
+            "64",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.val_check_interval",
+            "2",
+        ]
+    )
     return tmp_path / f"runs/{modality}-vanilla/checkpoints/last.ckpt"
 
 
@@ -121,13 +128,16 @@ def run(ckpt, out, *args) -> dict:
     return json.loads((Path(out) / "samples.json").read_text())
 
 
+@pytest.mark.slow
 def test_text_samples_continue_the_prompt_and_repeat_with_the_seed(tmp_path, monkeypatch):
     ckpt = tiny_run("text", tmp_path, monkeypatch)
     a = run(ckpt, tmp_path / "a", "--prompt", "In the beginning", "--max_new_tokens", "12", "--top_k", "50")
     texts = [(tmp_path / "a" / f"sample{i}.txt").read_text() for i in range(2)]
     assert all(t.startswith("In the beginning") and len(t) > len("In the beginning") for t in texts)
     assert a["prompt_tokens"] >= 2 and all(1 <= n <= 12 for n in a["new_tokens"])
-    b = run(ckpt, tmp_path / "b", "--prompt", "In the beginning", "--max_new_tokens", "12", "--top_k", "50", "--no_cache")
+    b = run(
+        ckpt, tmp_path / "b", "--prompt", "In the beginning", "--max_new_tokens", "12", "--top_k", "50", "--no_cache"
+    )
     assert b["samples"] == a["samples"]  # the cache changes nothing; the same seed gives the same samples
     c = run(ckpt, tmp_path / "c", "--max_new_tokens", "12", "--seed", "1")  # unconditional
     assert c["prompt_tokens"] == 1 and c["samples"] != a["samples"]
@@ -139,6 +149,7 @@ def test_text_samples_continue_the_prompt_and_repeat_with_the_seed(tmp_path, mon
         run(ckpt, tmp_path / "d", "--top_p", "0")
 
 
+@pytest.mark.slow
 def test_music_samples_are_midi_files_with_a_piano_roll(tmp_path, monkeypatch):
     import music21
     import symusic
@@ -159,13 +170,16 @@ def test_music_samples_are_midi_files_with_a_piano_roll(tmp_path, monkeypatch):
         run(ckpt, tmp_path / "c", "--prompt", str(bad))
 
 
+@pytest.mark.slow
 def test_acoustic_samples_decode_to_24khz_wav_with_a_spectrogram(tmp_path, monkeypatch):
     import soundfile as sf
 
     ckpt = tiny_run("acoustic", tmp_path, monkeypatch)
     t = np.arange(16000) / 16000
     sf.write(tmp_path / "tone16k.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
-    with pytest.raises(SystemExit, match="tone16k.wav is sampled at 16000 Hz but the run's codec takes 24000 Hz: pass --resample"):
+    with pytest.raises(
+        SystemExit, match="tone16k.wav is sampled at 16000 Hz but the run's codec takes 24000 Hz: pass --resample"
+    ):
         run(ckpt, tmp_path / "a", "--prompt", str(tmp_path / "tone16k.wav"))
     a = run(ckpt, tmp_path / "a", "--prompt", str(tmp_path / "tone16k.wav"), "--resample", "--max_new_tokens", "40")
     n_q = 4  # bandwidth 3 kbps
@@ -176,5 +190,14 @@ def test_acoustic_samples_decode_to_24khz_wav_with_a_spectrogram(tmp_path, monke
         frames = (a["prompt_tokens"] - 1 + len([x for x in s if x != n_q * 1024])) // n_q
         assert sr == 24000 and len(wav) == frames * 320 and np.isfinite(wav).all()
         assert (tmp_path / "a" / f"sample{i}.png").read_bytes()[:8] == PNG
-    b = run(ckpt, tmp_path / "b", "--prompt", str(tmp_path / "tone16k.wav"), "--resample", "--max_new_tokens", "40", "--no_cache")
+    b = run(
+        ckpt,
+        tmp_path / "b",
+        "--prompt",
+        str(tmp_path / "tone16k.wav"),
+        "--resample",
+        "--max_new_tokens",
+        "40",
+        "--no_cache",
+    )
     assert b["samples"] == a["samples"]

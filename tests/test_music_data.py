@@ -13,7 +13,7 @@ from lit_vattn.metrics import NLLMetrics
 
 @pytest.fixture(scope="module")
 def music(shard_cache):
-    dm = MusicDataModule(max_pieces=1000, val_fraction=0.1, test_fraction=0.1, seq_len=128)  # session cache
+    dm = MusicDataModule(max_pieces=1000, val_fraction=0.1, test_fraction=0.1, seq_len=128)  # the shared test cache
     dm.prepare_data()
     dm.setup()
     return dm
@@ -91,8 +91,14 @@ def test_bad_midi_files_are_skipped_with_names_and_counted(tmp_path, caplog):
     (d / "corrupt.mid").write_bytes(b"MThd this is not a midi file")
     (d / "empty.mid").write_bytes(b"")
     _midi_with_notes(d / "silent.mid", 0)
-    dm = MusicDataModule(source="files", files=[str(d)], val_fraction=0.2, test_fraction=0.2, seq_len=32,
-                         cache_dir=str(tmp_path / "cache"))
+    dm = MusicDataModule(
+        source="files",
+        files=[str(d)],
+        val_fraction=0.2,
+        test_fraction=0.2,
+        seq_len=32,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with caplog.at_level(logging.WARNING):
         dm.prepare_data()
     assert "skipped 3" in caplog.text
@@ -109,14 +115,28 @@ def test_hidden_files_are_not_data_and_on_bad_file_error_names_the_file(tmp_path
     for i in range(12):
         _midi_with_notes(d / f"good{i:02d}.mid", 20 + i)
     (d / ".hidden.mid").write_bytes(b"MThd not a midi file, and hidden")
-    dm = MusicDataModule(source="files", files=[str(d)], val_fraction=0.2, test_fraction=0.2, seq_len=32,
-                         on_bad_file="error", cache_dir=str(tmp_path / "c"))
+    dm = MusicDataModule(
+        source="files",
+        files=[str(d)],
+        val_fraction=0.2,
+        test_fraction=0.2,
+        seq_len=32,
+        on_bad_file="error",
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.prepare_data()  # the hidden file is never read, so "error" has nothing to object to
     dm.setup()
     assert dm.meta["skipped"] == 0 and sum(s["documents"] for s in dm.meta["splits"].values()) == 12
     (d / "corrupt.mid").write_bytes(b"MThd this is not a midi file")
-    dm = MusicDataModule(source="files", files=[str(d)], val_fraction=0.2, test_fraction=0.2, seq_len=32,
-                         on_bad_file="error", cache_dir=str(tmp_path / "c"))
+    dm = MusicDataModule(
+        source="files",
+        files=[str(d)],
+        val_fraction=0.2,
+        test_fraction=0.2,
+        seq_len=32,
+        on_bad_file="error",
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(ValueError, match=r"corrupt\.mid.*data\.on_bad_file=skip"):
         dm.prepare_data()
 
@@ -136,8 +156,9 @@ def test_nothing_usable_fails_clearly(tmp_path):
 
 
 def test_bpe_trained_on_the_training_split(tmp_path):
-    dm = MusicDataModule(max_pieces=150, val_fraction=0.1, test_fraction=0.1, bpe_vocab_size=800, seq_len=64,
-                         cache_dir=str(tmp_path))
+    dm = MusicDataModule(
+        max_pieces=150, val_fraction=0.1, test_fraction=0.1, bpe_vocab_size=800, seq_len=64, cache_dir=str(tmp_path)
+    )
     dm.prepare_data()
     dm.setup()
     assert dm.vocab_size == 800 and dm.tokenizer.is_trained
@@ -147,6 +168,7 @@ def test_bpe_trained_on_the_training_split(tmp_path):
     assert sum(dm.decode(s).note_num() for s in seqs) == sum(units[s].sum() for s in seqs)
 
 
+@pytest.mark.slow
 def test_full_source_converts_kern_and_musicxml_scores_once(tmp_path, monkeypatch):
     """source="full" runs music21 on kern/MusicXML scores in worker processes, caches the MIDI, and
     puts those pieces in the shards next to the ABC tunes (a capped run keeps a quarter of each)."""

@@ -45,13 +45,14 @@ def lookup_oracle(x: torch.Tensor, y: torch.Tensor) -> float:
 @pytest.mark.parametrize("random_non_queries", [True, False])
 def test_mqar_examples_follow_zoology(random_non_queries):
     n, V, T = 8, 256, 64
-    dm = ProbeDataModule(task="mqar", vocab=V, num_kv_pairs=n, seq_len=T, random_non_queries=random_non_queries,
-                         val_examples=200)
+    dm = ProbeDataModule(
+        task="mqar", vocab=V, num_kv_pairs=n, seq_len=T, random_non_queries=random_non_queries, val_examples=200
+    )
     x = torch.cat([b["input"] for b in dm.val_dataloader()])
     y = torch.cat([b["target"] for b in dm.val_dataloader()])
     assert x.shape == y.shape == (200, T) and x.dtype == y.dtype == torch.int64
     for row_x, row_y in zip(x, y):
-        keys, values = row_x[0:2 * n:2], row_x[1:2 * n:2]
+        keys, values = row_x[0 : 2 * n : 2], row_x[1 : 2 * n : 2]
         assert len(set(keys.tolist())) == n and ((keys >= 1) & (keys < V // 2)).all()
         assert len(set(values.tolist())) == n and ((values >= V // 2) & (values < V)).all()
         scored = (row_y != IGNORE).nonzero().flatten()
@@ -65,7 +66,7 @@ def test_mqar_examples_follow_zoology(random_non_queries):
         if not random_non_queries:
             assert (row_x[filler] == 0).all()
     if random_non_queries:  # filler is uniform over the whole vocabulary
-        assert x[:, 2 * n:].max() > V // 2 and (x[:, 2 * n:] == 0).float().mean() < 0.05
+        assert x[:, 2 * n :].max() > V // 2 and (x[:, 2 * n :] == 0).float().mean() < 0.05
     assert lookup_oracle(x, y) == 1.0
 
 
@@ -73,10 +74,14 @@ def test_mqar_gap_law_controls_recall_distance():
     """power_a = 0.01 (Zoology) puts queries near the pairs; 1.0 spreads them uniformly."""
     p = gap_probabilities(24, 1.0)
     assert np.allclose(p, 1 / 24)
-    near, far = (ProbeDataModule(task="mqar", power_a=a, val_examples=300, random_non_queries=False) for a in (0.01, 1.0))
+    near, far = (
+        ProbeDataModule(task="mqar", power_a=a, val_examples=300, random_non_queries=False) for a in (0.01, 1.0)
+    )
+
     def mean_gap(dm):
         y = torch.cat([b["target"] for b in dm.val_dataloader()])
         return ((y != IGNORE).nonzero()[:, 1].float() - 16).mean().item() / 2
+
     assert mean_gap(near) < 0.7 * mean_gap(far)
     assert abs(mean_gap(far) - 23 / 2) < 1.0  # uniform over gaps 0..23
 
@@ -92,11 +97,13 @@ def test_copy_examples_are_solved_by_induction_not_by_position(gap):
         second = int((row_x[1:] == 1).nonzero()[0]) + 1  # the second SEP
         seconds.append(second)
         assert L + 1 <= second <= L + 1 + gap
-        seq = row_x[1:L + 1]
-        assert row_x[0] == 1 and row_x[second] == 1 and (row_x[second + 1:second + 1 + L] == seq).all()
+        seq = row_x[1 : L + 1]
+        assert row_x[0] == 1 and row_x[second] == 1 and (row_x[second + 1 : second + 1 + L] == seq).all()
         assert len(set(seq.tolist())) == L and (seq >= 2).all()
-        others = torch.cat([row_x[L + 1:second], row_x[second + 1 + L:]])
-        assert not set(others.tolist()) & set(seq.tolist()) and 1 not in others.tolist()  # filler never repeats an answer's cue
+        others = torch.cat([row_x[L + 1 : second], row_x[second + 1 + L :]])
+        assert (
+            not set(others.tolist()) & set(seq.tolist()) and 1 not in others.tolist()
+        )  # filler never repeats an answer's cue
         scored = (row_y != IGNORE).nonzero().flatten()
         assert scored.tolist() == list(range(second, second + L))
         assert (row_y[scored] == row_x[scored + 1]).all()
@@ -159,16 +166,19 @@ def test_a_fixed_training_set_is_reshuffled_each_epoch():
     assert [r.tolist() for b in epoch for r in b["input"]] != [r.tolist() for b in nxt for r in b["input"]]
 
 
-@pytest.mark.parametrize("kwargs,fix", [
-    ({"task": "mqar", "num_kv_pairs": 20, "seq_len": 64}, "data.num_kv_pairs"),
-    ({"task": "mqar", "seq_len": 63}, "data.seq_len"),
-    ({"task": "mqar", "vocab": 12, "num_kv_pairs": 8}, "data.vocab"),
-    ({"task": "mqar", "power_a": 0.0}, "data.power_a"),
-    ({"task": "copy", "copy_len": 30, "copy_gap": 8, "seq_len": 64}, "data.copy_len"),
-    ({"task": "copy", "vocab": 16, "copy_len": 14, "seq_len": 64}, "data.vocab"),
-    ({"task": "recall"}, "data.task"),
-    ({"test_examples": 0}, "data.test_examples"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fix",
+    [
+        ({"task": "mqar", "num_kv_pairs": 20, "seq_len": 64}, "data.num_kv_pairs"),
+        ({"task": "mqar", "seq_len": 63}, "data.seq_len"),
+        ({"task": "mqar", "vocab": 12, "num_kv_pairs": 8}, "data.vocab"),
+        ({"task": "mqar", "power_a": 0.0}, "data.power_a"),
+        ({"task": "copy", "copy_len": 30, "copy_gap": 8, "seq_len": 64}, "data.copy_len"),
+        ({"task": "copy", "vocab": 16, "copy_len": 14, "seq_len": 64}, "data.vocab"),
+        ({"task": "recall"}, "data.task"),
+        ({"test_examples": 0}, "data.test_examples"),
+    ],
+)
 def test_impossible_settings_are_refused_naming_the_option(kwargs, fix):
     with pytest.raises(ValueError, match=fix.replace(".", r"\.")):
         ProbeDataModule(**kwargs)
@@ -209,6 +219,7 @@ def test_accuracy_is_the_top1_rate_on_answers_and_nll_matches_the_fused_path():
     assert "acc" not in text.compute("token")  # data that does not report accuracy gets none
 
 
+@pytest.mark.slow
 def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monkeypatch):
     """A probe run logs val/acc, test/acc and every test example's hits (for paired tests)."""
     import json
@@ -216,13 +227,45 @@ def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monke
     from lit_vattn.cli import cli_main
 
     monkeypatch.chdir(tmp_path)
-    base = ["--config", str(ROOT / "configs/data/mqar.yaml"), "--config", str(ROOT / "configs/trainer/cpu.yaml"),
-            "--model.init_args.config.n_layer", "2", "--model.init_args.config.d_model", "32",
-            "--data.init_args.val_examples", "12", "--data.init_args.test_examples", "20", "--data.init_args.batch_size", "8"]
-    cli_main(["fit", *base, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
-              "--trainer.logger.init_args.version", "fit"])
+    base = [
+        "--config",
+        str(ROOT / "configs/data/mqar.yaml"),
+        "--config",
+        str(ROOT / "configs/trainer/cpu.yaml"),
+        "--model.init_args.config.n_layer",
+        "2",
+        "--model.init_args.config.d_model",
+        "32",
+        "--data.init_args.val_examples",
+        "12",
+        "--data.init_args.test_examples",
+        "20",
+        "--data.init_args.batch_size",
+        "8",
+    ]
+    cli_main(
+        [
+            "fit",
+            *base,
+            "--trainer.max_steps",
+            "3",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.logger.init_args.version",
+            "fit",
+        ]
+    )
     run = tmp_path / "runs/mqar-vanilla"
-    cli_main(["test", *base, "--ckpt_path", str(run / "fit/checkpoints/last.ckpt"), "--trainer.logger.init_args.version", "test"])
+    cli_main(
+        [
+            "test",
+            *base,
+            "--ckpt_path",
+            str(run / "fit/checkpoints/last.ckpt"),
+            "--trainer.logger.init_args.version",
+            "test",
+        ]
+    )
     fit, test = (json.loads((run / v / "summary.json").read_text()) for v in ("fit", "test"))
     assert 0.0 <= fit["val"][-1]["acc"] <= 1.0
     w = test["test_windows"]
@@ -235,6 +278,7 @@ def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monke
         generate.main(["--ckpt_path", str(run / "fit/checkpoints/last.ckpt")])
 
 
+@pytest.mark.slow
 def test_reproduce_builds_a_probe_table_on_test_accuracy(tmp_path):
     """``lit-vattn-reproduce --modality copy``: the probe's header (task, chance), test accuracy as
     the table's metric, Δ = the paired accuracy difference, the bootstrap over test examples' hits,
@@ -244,12 +288,46 @@ def test_reproduce_builds_a_probe_table_on_test_accuracy(tmp_path):
 
     from lit_vattn import reproduce
 
-    short = ["--override", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1",
-             "--model.init_args.config.n_layer", "2", "--model.init_args.config.d_model", "32",
-             "--data.init_args.val_examples", "32", "--data.init_args.test_examples", "48", "--curve.points", "2",
-             "--curve.first_step", "2", "--curve.max_batches", "1"]
-    results = reproduce.main(["--modality", "copy", "--preset", "tiny", "--archs", "vanilla,va", "--seeds", "0,1",
-                              "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *short])
+    short = [
+        "--override",
+        "--trainer.max_steps",
+        "4",
+        "--trainer.val_check_interval",
+        "4",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--model.init_args.config.n_layer",
+        "2",
+        "--model.init_args.config.d_model",
+        "32",
+        "--data.init_args.val_examples",
+        "32",
+        "--data.init_args.test_examples",
+        "48",
+        "--curve.points",
+        "2",
+        "--curve.first_step",
+        "2",
+        "--curve.max_batches",
+        "1",
+    ]
+    results = reproduce.main(
+        [
+            "--modality",
+            "copy",
+            "--preset",
+            "tiny",
+            "--archs",
+            "vanilla,va",
+            "--seeds",
+            "0,1",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "out"),
+            *short,
+        ]
+    )
     md = (tmp_path / "out/copy-tiny-vanilla-va-seeds0-1.md").read_text()
     assert md.startswith("# copy in-context probe table (accuracy on the answers)")
     assert "induction copying: a sequence of 16 distinct ids" in md and "chance accuracy" in md and "0.0039" in md

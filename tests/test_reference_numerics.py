@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "reference"))
-import numerics  # noqa: E402
+import numerics
 
 ROOT = Path(__file__).resolve().parents[1]
 REF_COMMIT = "75553594292b2c0c4f28ad5e0b8dc9637d2a0d18"
@@ -31,16 +31,22 @@ def _at_reference_commit(out: Path) -> None:
     """Write ``out``: numerics.py's cases computed by the package as it was at REF_COMMIT."""
     with tempfile.TemporaryDirectory() as tree:
         try:
-            archive = subprocess.run(["git", "archive", REF_COMMIT, "lit_vattn"], cwd=ROOT, capture_output=True, check=True).stdout
+            archive = subprocess.run(
+                ["git", "archive", REF_COMMIT, "lit_vattn"], cwd=ROOT, capture_output=True, check=True
+            ).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            pytest.fail(f"this CPU rounds differently from the one numerics.json was made on, and the reference commit "
-                        f"{REF_COMMIT[:7]} is not in this clone to recompute it ({e}); clone with full history")
+            pytest.fail(
+                f"this CPU rounds differently from the one numerics.json was made on, and the reference commit "
+                f"{REF_COMMIT[:7]} is not in this clone to recompute it ({e}); clone with full history"
+            )
         with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
             tar.extractall(tree, filter="data")
         (Path(tree) / "numerics.py").write_text((Path(__file__).parent / "reference" / "numerics.py").read_text())
-        script = ("import json, sys; sys.path.insert(0, sys.argv[1]); import numerics, lit_vattn; "
-                  "assert lit_vattn.__file__.startswith(sys.argv[1]), lit_vattn.__file__; "
-                  "json.dump({'probe': numerics.probe(), 'cases': {n: numerics.compute(n) for n in numerics.CASES}}, open(sys.argv[2], 'w'))")
+        script = (
+            "import json, sys; sys.path.insert(0, sys.argv[1]); import numerics, lit_vattn; "
+            "assert lit_vattn.__file__.startswith(sys.argv[1]), lit_vattn.__file__; "
+            "json.dump({'probe': numerics.probe(), 'cases': {n: numerics.compute(n) for n in numerics.CASES}}, open(sys.argv[2], 'w'))"
+        )
         env = {**os.environ, "PYTHONPATH": tree}
         subprocess.run([sys.executable, "-c", script, tree, str(out)], cwd=tree, env=env, check=True)
 

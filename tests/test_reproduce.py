@@ -14,17 +14,47 @@ import pytest
 import torch
 
 from lit_vattn import analyze, reproduce, tables
+from lit_vattn.arch.registry import control_of, default_request
 
-SHORT = ["--override", "--trainer.max_steps", "8", "--trainer.val_check_interval", "8", "--trainer.log_every_n_steps", "1",
-         "--trainer.limit_val_batches", "4", "--trainer.limit_test_batches", "4",
-         "--curve.points", "3", "--curve.first_step", "2", "--curve.max_batches", "4"]
+SHORT = [
+    "--override",
+    "--trainer.max_steps",
+    "8",
+    "--trainer.val_check_interval",
+    "8",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.limit_val_batches",
+    "4",
+    "--trainer.limit_test_batches",
+    "4",
+    "--curve.points",
+    "3",
+    "--curve.first_step",
+    "2",
+    "--curve.max_batches",
+    "4",
+]
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, shard_cache, bpe_text):
     tmp = tmp_path_factory.mktemp("repro")
-    args = ["--modality", "text", "--preset", "tiny", "--archs", "vanilla,va", "--seeds", "0,1",
-            "--runs", str(tmp / "runs"), "--out", str(tmp / "results"), *SHORT]
+    args = [
+        "--modality",
+        "text",
+        "--preset",
+        "tiny",
+        "--archs",
+        "vanilla,va",
+        "--seeds",
+        "0,1",
+        "--runs",
+        str(tmp / "runs"),
+        "--out",
+        str(tmp / "results"),
+        *SHORT,
+    ]
     results = reproduce.main(args)
     return tmp, args, results
 
@@ -47,7 +77,12 @@ def test_table_written_and_equal_to_the_runs_own_logs(table):
     assert float(va_row[3]) == 3e-3 and "learning rate: 0.003 for every method" in md  # the preset's lr, not tuned
     assert 0 < float(va_row[12]) <= 1  # the bootstrap over test windows ran on the recorded per-window NLLs
     rows = list(csv.DictReader(open(tmp / "results/text-tiny-vanilla-va-seeds0-1.csv")))
-    assert sorted((r["arch"], r["seed"]) for r in rows) == [("va", "0"), ("va", "1"), ("vanilla", "0"), ("vanilla", "1")]
+    assert sorted((r["arch"], r["seed"]) for r in rows) == [
+        ("va", "0"),
+        ("va", "1"),
+        ("vanilla", "0"),
+        ("vanilla", "1"),
+    ]
     for r in rows:
         run = tmp / "runs/text-tiny" / r["arch"] / f"seed{r['seed']}"
         fit = [x for x in csv.DictReader(open(run / "fit/metrics.csv")) if x.get("val/nll")]
@@ -62,34 +97,64 @@ def test_table_written_and_equal_to_the_runs_own_logs(table):
     # seeds differ, architectures differ, vanilla's params are the smallest
     vals = {(r["arch"], r["seed"]): float(r["test_nll"]) for r in rows}
     assert vals[("vanilla", "0")] != vals[("vanilla", "1")] and vals[("vanilla", "0")] != vals[("va", "0")]
-    assert int(next(r for r in rows if r["arch"] == "vanilla")["params"]) < int(next(r for r in rows if r["arch"] == "va")["params"])
+    assert int(next(r for r in rows if r["arch"] == "vanilla")["params"]) < int(
+        next(r for r in rows if r["arch"] == "va")["params"]
+    )
 
 
 def test_budget_curves_pair_each_method_with_vanilla_over_tokens(table):
     tmp, _, results = table
     rows = list(csv.DictReader(open(tmp / "results/text-tiny-vanilla-va-seeds0-1-budget.csv")))
     assert [(r["arch"], int(r["step"]), int(r["tokens"])) for r in rows] == [
-        (a, s, s * 8 * 128) for a in ("vanilla", "va") for s in (2, 4, 8)]
+        (a, s, s * 8 * 128) for a in ("vanilla", "va") for s in (2, 4, 8)
+    ]
     assert (tmp / "results/text-tiny-vanilla-va-seeds0-1-budget.png").stat().st_size > 1000
     by = {(r["arch"], r["seed"]): r for r in results}
     for r in rows:
-        curves = {s: json.loads((tmp / f"runs/text-tiny/{r['arch']}/seed{s}/fit/summary.json").read_text())["curve"] for s in (0, 1)}
+        curves = {
+            s: json.loads((tmp / f"runs/text-tiny/{r['arch']}/seed{s}/fit/summary.json").read_text())["curve"]
+            for s in (0, 1)
+        }
         at = {s: next(p["nll"] for p in c if p["step"] == int(r["step"])) for s, c in curves.items()}
         assert float(r["val_nll_mean"]) == pytest.approx(np.mean(list(at.values())), abs=1e-6)
         if r["arch"] == "va":
-            van = {s: next(p["nll"] for p in json.loads((tmp / f"runs/text-tiny/vanilla/seed{s}/fit/summary.json").read_text())["curve"]
-                           if p["step"] == int(r["step"])) for s in (0, 1)}
+            van = {
+                s: next(
+                    p["nll"]
+                    for p in json.loads((tmp / f"runs/text-tiny/vanilla/seed{s}/fit/summary.json").read_text())["curve"]
+                    if p["step"] == int(r["step"])
+                )
+                for s in (0, 1)
+            }
             assert float(r["delta_mean"]) == pytest.approx(np.mean([at[s] - van[s] for s in (0, 1)]), abs=1e-6)
         if int(r["step"]) == 8:  # the last point scores the validation's batches with the final weights
-            assert float(r["val_nll_mean"]) == pytest.approx(np.mean([by[(r["arch"], s)]["val_nll"] for s in (0, 1)]), rel=1e-5)
+            assert float(r["val_nll_mean"]) == pytest.approx(
+                np.mean([by[(r["arch"], s)]["val_nll"] for s in (0, 1)]), rel=1e-5
+            )
     assert "Budget curves" in (tmp / "results/text-tiny-vanilla-va-seeds0-1.md").read_text()
 
 
 def test_learning_rate_sweep_chooses_on_validation_and_trains_the_other_seeds_there(table, tmp_path, capsys):
     tmp, args, _ = table
     cut = args.index("--override")
-    sweep = ["--modality", "text", "--preset", "tiny", "--archs", "vanilla", "--seeds", "0,1", "--lrs", "1e-2,1e-4",
-             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-baselines", *args[cut:]]
+    sweep = [
+        "--modality",
+        "text",
+        "--preset",
+        "tiny",
+        "--archs",
+        "vanilla",
+        "--seeds",
+        "0,1",
+        "--lrs",
+        "1e-2,1e-4",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-baselines",
+        *args[cut:],
+    ]
     results = reproduce.main(sweep)
     root = tmp_path / "runs/text-tiny/vanilla"
     val = {lr: json.loads((root / f"lr{lr:g}/seed0/done.json").read_text())["val_nll"] for lr in (1e-4, 1e-2)}
@@ -103,14 +168,19 @@ def test_learning_rate_sweep_chooses_on_validation_and_trains_the_other_seeds_th
     assert f"| vanilla | {val[1e-4]:.4f} | {val[1e-2]:.4f}* | 0.01 (edge) |" in md
     assert next(line for line in md.splitlines() if line.startswith("| vanilla | 2/2")).split("|")[3].strip() == "0.01"
     capsys.readouterr()
-    again = reproduce.main([*sweep[:-len(args[cut:])], "--table-only"])
+    again = reproduce.main([*sweep[: -len(args[cut:])], "--table-only"])
     assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
-    assert (tmp_path / "out/text-tiny-vanilla-seeds0-1.md").read_text().split("- wall time")[1].split("\n", 1)[1] == md.split("- wall time")[1].split("\n", 1)[1]
+    assert (tmp_path / "out/text-tiny-vanilla-seeds0-1.md").read_text().split("- wall time")[1].split("\n", 1)[
+        1
+    ] == md.split("- wall time")[1].split("\n", 1)[1]
 
 
 def test_learning_rate_choice_ignores_failed_runs_and_bad_grids_are_refused():
     ok = lambda lr, v: {"arch": "va", "seed": 0, "lr": lr, "val_nll": v}  # noqa: E731
-    assert reproduce.choose_lr([ok(1e-3, 5.0), ok(3e-3, 4.9), {"arch": "va", "seed": 0, "lr": 1e-2, "failed": "diverged"}]) == 3e-3
+    assert (
+        reproduce.choose_lr([ok(1e-3, 5.0), ok(3e-3, 4.9), {"arch": "va", "seed": 0, "lr": 1e-2, "failed": "diverged"}])
+        == 3e-3
+    )
     assert reproduce.choose_lr([{"arch": "va", "seed": 0, "lr": 1e-2, "failed": "diverged"}]) is None
     for bad in ("3e-3", "1e-3,x", "1e-3,-1"):
         with pytest.raises(SystemExit, match="--lrs"):
@@ -124,18 +194,30 @@ def test_controls_are_tested_against_their_own_method(tmp_path):
     from scipy import stats as sps
 
     arch_dir = Path(__file__).parents[1] / "configs/arch"
-    assert all((arch_dir / f"{c}.yaml").is_file() and (arch_dir / f"{m}.yaml").is_file()
-               for c, m in tables.CONTROLS.items())
+    assert all(
+        (arch_dir / "controls" / f"{c}.yaml").is_file() and (arch_dir / f"{m}.yaml").is_file()
+        for c, m in control_of().items()
+    )
 
     def runs(arch, nlls):  # run_dir without a test summary: the seed test alone
-        return [{"arch": arch, "seed": s, "test_nll": x, "run_dir": str(tmp_path / arch / str(s))} for s, x in enumerate(nlls)]
+        return [
+            {"arch": arch, "seed": s, "test_nll": x, "run_dir": str(tmp_path / arch / str(s))}
+            for s, x in enumerate(nlls)
+        ]
 
-    by = {"vanilla": runs("vanilla", [5.0, 5.1, 5.2]), "va": runs("va", [4.80, 4.91, 5.00]),
-          "va-frozen": runs("va-frozen", [4.83, 4.93, 5.04]), "va-nonorm": runs("va-nonorm", [5.30, 5.35, 5.50]),
-          "sla-far": runs("sla-far", [4.9, 5.0, 5.1])}  # no sla: no row
+    by = {
+        "vanilla": runs("vanilla", [5.0, 5.1, 5.2]),
+        "va": runs("va", [4.80, 4.91, 5.00]),
+        "va-frozen": runs("va-frozen", [4.83, 4.93, 5.04]),
+        "va-nonorm": runs("va-nonorm", [5.30, 5.35, 5.50]),
+        "sla-far": runs("sla-far", [4.9, 5.0, 5.1]),
+    }  # no sla: no row
     text = "\n".join(tables.control_lines(by))
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
-            if line.startswith("| va-")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| va-")
+    }
     assert set(rows) == {"va-frozen", "va-nonorm"} and "sla-far" not in text
     frozen_p = sps.ttest_rel([4.83, 4.93, 5.04], [4.80, 4.91, 5.00]).pvalue
     nonorm_p = sps.ttest_rel([5.30, 5.35, 5.50], [4.80, 4.91, 5.00]).pvalue
@@ -195,7 +277,8 @@ def test_unfinished_run_resumes_from_its_checkpoint(table, capsys):
 
 
 def test_unknown_arch_or_preset_fails_before_training(tmp_path):
-    stems = sorted(p.stem for p in (Path(__file__).parents[1] / "configs/arch").glob("*.yaml"))
+    arch = Path(__file__).parents[1] / "configs/arch"
+    stems = sorted(p.stem for p in [*arch.glob("*.yaml"), *arch.glob("controls/*.yaml")])
     with pytest.raises(SystemExit, match="unknown nope.*choose from: " + ", ".join(stems) + "$"):
         reproduce.main(["--modality", "text", "--archs", "vanilla,nope", "--runs", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="huge"):
@@ -261,7 +344,9 @@ def test_a_multi_gpu_fsdp_run_config_loads_on_one_cpu_for_analysis(table, tmp_pa
 
     runs, _, _ = table
     cfg = yaml.safe_load((runs / "runs/text-tiny/vanilla/seed0/fit/config.yaml").read_text())
-    cfg["trainer"].update(yaml.safe_load((Path(__file__).parents[1] / "configs/trainer/fsdp.yaml").read_text())["trainer"])
+    cfg["trainer"].update(
+        yaml.safe_load((Path(__file__).parents[1] / "configs/trainer/fsdp.yaml").read_text())["trainer"]
+    )
     cfg["trainer"]["num_nodes"] = 4
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -303,8 +388,9 @@ def test_records_carry_a_table_to_a_fresh_machine(table, tmp_path, capsys):
     assert capsys.readouterr().out.count("[skip]") == 4
     kept = sorted(str(f.relative_to(rec)) for f in rec.rglob("*") if f.is_file())
     runs = [f"text-tiny/{a}/seed{s}" for a in ("va", "vanilla") for s in (0, 1)]
-    assert kept == sorted(["text-tiny/counts.json"] + [f"{r}/{f}" for r in runs for f in reproduce.RECORD_FILES
-                                                        if f != "failed.json"])
+    assert kept == sorted(
+        ["text-tiny/counts.json"] + [f"{r}/{f}" for r in runs for f in reproduce.RECORD_FILES if f != "failed.json"]
+    )
     assert sum(f.stat().st_size for f in rec.rglob("*") if f.is_file()) < 200_000
     md = (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()
     assert f"record (summaries and config: what this table reads) under `{rec}`" in md
@@ -331,14 +417,21 @@ def test_committed_tables_are_the_runs_their_records_hold(tmp_path, capsys):
 
     root = Path(__file__).parents[1]
     texts = {md.stem: md.read_text() for md in (root / "results").glob("*.md")}
-    commands = {stem: shlex.split(t.split("- command: `lit-vattn-reproduce ", 1)[1].split("`", 1)[0])
-                for stem, t in texts.items() if "- command: `lit-vattn-reproduce " in t}
-    stems = sorted(m for m, c in commands.items() if "--records" in c and c[c.index("--records") + 1] == "results/records")
+    commands = {
+        stem: shlex.split(t.split("- command: `lit-vattn-reproduce ", 1)[1].split("`", 1)[0])
+        for stem, t in texts.items()
+        if "- command: `lit-vattn-reproduce " in t
+    }
+    stems = sorted(
+        m for m, c in commands.items() if "--records" in c and c[c.index("--records") + 1] == "results/records"
+    )
     assert "acoustic-tiny" in stems
     for stem in stems:
         md, cmd = texts[stem], commands[stem]
         drop = {"--runs", "--out", "--records", "--parallel"}
-        keep = [a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop) and a != "--table-only"]
+        keep = [
+            a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop) and a != "--table-only"
+        ]
         reproduce.main([*keep, "--runs", str(root / "results/records"), "--out", str(tmp_path), "--table-only"])
         body = lambda text: text.split("\n| arch |", 1)[1].split("\nPer-run numbers")[0]  # noqa: E731
         assert body((tmp_path / f"{stem}.md").read_text()) == body(md), stem
@@ -363,8 +456,17 @@ def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_train
     nll2, count2 = analyze.position_nll(model, dm, 2 * T, max_windows=n // 2)
     assert model.net.cfg.max_seq_len == 2 * T and (count2 == n // 2).all()
     assert np.isfinite(nll2).all() and abs(nll2.sum() / count2.sum() - nll.sum() / count.sum()) < 0.5
-    written = analyze.main(["positions", "--ckpt_path", str(run / "fit/checkpoints/last.ckpt"), "--max_windows", "8",
-                            "--out", str(tmp / "pos")])
+    written = analyze.main(
+        [
+            "positions",
+            "--ckpt_path",
+            str(run / "fit/checkpoints/last.ckpt"),
+            "--max_windows",
+            "8",
+            "--out",
+            str(tmp / "pos"),
+        ]
+    )
     rows = list(csv.DictReader(open(tmp / "pos/positions.csv")))
     assert {Path(w).name for w in written} == {"positions.png", "positions.csv"}
     assert [int(r["seq_len"]) for r in rows] == [T] * T + [2 * T] * (2 * T) and {r["tokens"] for r in rows} == {"8"}
@@ -376,7 +478,9 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
     import importlib.util
 
     tmp, _, _ = table
-    spec = importlib.util.spec_from_file_location("positions_table", Path(__file__).parents[1] / "scripts/positions_table.py")
+    spec = importlib.util.spec_from_file_location(
+        "positions_table", Path(__file__).parents[1] / "scripts/positions_table.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp / "results/positions-text-tiny"
@@ -387,7 +491,9 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
     assert out.with_suffix(".png").stat().st_size > 1000
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
     assert {(r["arch"], r["seq_len"]) for r in rows} == {(a, L) for a in ("vanilla", "va") for L in ("128", "256")}
-    assert all((tmp / f"runs/text-tiny/{a}/seed{s}/positions.json").is_file() for a in ("vanilla", "va") for s in (0, 1))
+    assert all(
+        (tmp / f"runs/text-tiny/{a}/seed{s}/positions.json").is_file() for a in ("vanilla", "va") for s in (0, 1)
+    )
     with pytest.raises(SystemExit, match="--seq-lens '64': lengths >= 1, the longest >= the trained length 128"):
         mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1", "--seq-lens", "64", "--out", str(out)])
     with pytest.raises(SystemExit, match="no finished run"):
@@ -401,7 +507,9 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
     import shutil
 
     tmp, _, _ = table
-    spec = importlib.util.spec_from_file_location("positions_table", Path(__file__).parents[1] / "scripts/positions_table.py")
+    spec = importlib.util.spec_from_file_location(
+        "positions_table", Path(__file__).parents[1] / "scripts/positions_table.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     lrs = {("vanilla", 0): 0.0015, ("vanilla", 1): 0.0015, ("va", 0): 0.00075, ("va", 1): 0.00075}
@@ -410,14 +518,18 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
     table_csv = tmp_path / "text-tiny.csv"
     table_csv.write_text("arch,seed,lr\n" + "".join(f"{a},{s},{lr}\n" for (a, s), lr in lrs.items()))
     common = ["--seeds", "0,1", "--max-windows", "16"]
-    md = mod.main(["--runs", str(tmp_path / "runs"), "--lrs-from", str(table_csv), *common, "--out", str(tmp_path / "tuned")])
+    md = mod.main(
+        ["--runs", str(tmp_path / "runs"), "--lrs-from", str(table_csv), *common, "--out", str(tmp_path / "tuned")]
+    )
     ref = mod.main(["--runs", str(tmp / "runs/text-tiny"), *common, "--out", str(tmp_path / "plain")])
     assert (tmp_path / "runs/va/lr0.00075/seed1/positions.json").is_file()  # scored (or its cache read) there
     assert md.split("| arch |")[1] == ref.split("| arch |")[1]
     assert "lr<lr>/seed<s>" in md and "each method's lr from" in md
     table_csv.write_text("arch,seed,lr\nvanilla,0,0.0015\nvanilla,1,0.0015\nva,0,0.00075\n")
     with pytest.raises(SystemExit, match="has no run of va seed 1"):
-        mod.main(["--runs", str(tmp_path / "runs"), "--lrs-from", str(table_csv), *common, "--out", str(tmp_path / "tuned")])
+        mod.main(
+            ["--runs", str(tmp_path / "runs"), "--lrs-from", str(table_csv), *common, "--out", str(tmp_path / "tuned")]
+        )
 
 
 def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give(capsys):
@@ -434,12 +546,12 @@ def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give
         return [line for line in text.splitlines() if line.startswith("| ")]
 
     built = rows(mod.main(["--preset", "tiny"]))
-    methods = reproduce.ALL_ARCHS.split(",")
-    # header, then every method in order, then any control a table holds
-    assert [r.split("|")[1].strip() for r in built[1:1 + len(methods)]] == methods
+    methods = default_request()
+    # header, then every method (in the tables' order), then any control a table holds
+    assert sorted(r.split("|")[1].strip() for r in built[1 : 1 + len(methods)]) == sorted(methods)
     assert rows((root / "results/methods-tiny.md").read_text()) == built
     readme = (root / "README.md").read_text()
-    section = readme[readme.index("Method x modality at `tiny`"):]
+    section = readme[readme.index("Method x modality at `tiny`") :]
     assert rows(section.split("\n\n", 2)[1]) == built
 
 
@@ -455,16 +567,23 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     spec.loader.exec_module(mod)
     head = "| arch | runs | lr | Δ test NLL vs vanilla | verdict |\n|---|---|---|---|---|\n"
     (tmp_path / "music-tiny.md").write_text(
-        "# music\n\n- commit: abc\n- learning rate: each method's own, chosen from {0.003, 0.006} ...\n\n" + head
+        "# music\n\n- commit: abc\n- learning rate: each method's own, chosen from {0.003, 0.006} ...\n\n"
+        + head
         + "| va-frozen | 3/3 | 0.006 | -0.1 ± 0.01 | better |\n| vanilla | 3/3 | 0.003 | — | — |\n"
-        + "| va | 3/3 | 0.006 | -0.2 ± 0.02 | better |\n")
+        + "| va | 3/3 | 0.006 | -0.2 ± 0.02 | better |\n"
+    )
     (tmp_path / "text-tiny.md").write_text(
-        "# text\n\n- commit: def\n\n" + head + "| vanilla | 3/3 | 0.003 | — | — |\n| va | 3/3 | 0.003 | -0.1 ± 0.01 | no detectable difference |\n")
+        "# text\n\n- commit: def\n\n"
+        + head
+        + "| vanilla | 3/3 | 0.003 | — | — |\n| va | 3/3 | 0.003 | -0.1 ± 0.01 | no detectable difference |\n"
+    )
     text = mod.main(["--preset", "tiny", "--results", str(tmp_path)])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
-    assert rows == ["| vanilla | — | — (lr 0.003) | not run |",
-                    "| va | -0.1 ± 0.01 [3] n.d. | -0.2 ± 0.02 [3] better (lr 0.006) | not run |",
-                    "| va-frozen | not run | -0.1 ± 0.01 [3] better (lr 0.006) | not run |"]
+    assert rows == [
+        "| vanilla | — | — (lr 0.003) | not run |",
+        "| va | -0.1 ± 0.01 [3] n.d. | -0.2 ± 0.02 [3] better (lr 0.006) | not run |",
+        "| va-frozen | not run | -0.1 ± 0.01 [3] better (lr 0.006) | not run |",
+    ]
     assert "music-tiny.md` (commit: abc; learning rate: each method's own" in text
     assert "text-tiny.md` (commit: def; one learning rate for every method)" in text
 
@@ -477,11 +596,19 @@ def test_gpu_window_steps_name_requests_that_resolve(tmp_path):
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts/gpu_window.sh"
-    steps = [["small", "text", "0,1,2", "vanilla,va,sla,las,elc-bert"], ["small", "music"], ["mqar", "8"],
-             ["tests"], ["generate"], ["throughput", "vanilla,sla"]]
+    steps = [
+        ["small", "text", "0,1,2", "vanilla,va,sla,las,elc-bert"],
+        ["small", "music"],
+        ["mqar", "8"],
+        ["tests"],
+        ["generate"],
+        ["throughput", "vanilla,sla"],
+    ]
     requests = 0
     for step in steps:
-        out = subprocess.run(["bash", str(script), "--dry-run", *step], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["bash", str(script), "--dry-run", *step], capture_output=True, text=True, check=True
+        ).stdout
         for line in out.splitlines():
             argv = shlex.split(line.removeprefix("+ "))
             if argv[:3] != ["python", "-m", "lit_vattn.reproduce"]:
@@ -499,11 +626,21 @@ def test_gpu_window_steps_name_requests_that_resolve(tmp_path):
 
 # --- interruptions ---------------------------------------------------------------------------------
 
+
 def _runner(tmp_path):
     import argparse
 
-    return reproduce.Runner(argparse.Namespace(runs=str(tmp_path / "runs"), config_dir=str(reproduce.ROOT / "configs"),
-                                               parallel=1, modality="text", preset="tiny", records=None, override=[]))
+    return reproduce.Runner(
+        argparse.Namespace(
+            runs=str(tmp_path / "runs"),
+            config_dir=str(reproduce.ROOT / "configs"),
+            parallel=1,
+            modality="text",
+            preset="tiny",
+            records=None,
+            override=[],
+        )
+    )
 
 
 def test_a_killed_run_is_interrupted_and_only_its_own_error_is_a_failure(tmp_path):
@@ -526,19 +663,51 @@ def test_a_killed_run_is_interrupted_and_only_its_own_error_is_a_failure(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm-to-reproduce"])
-def test_a_signal_leaves_the_run_resumable_and_the_same_command_finishes_it(sig, to_group, tmp_path, shard_cache, bpe_text):
+@pytest.mark.parametrize(
+    "sig,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm-to-reproduce"]
+)
+def test_a_signal_leaves_the_run_resumable_and_the_same_command_finishes_it(
+    sig, to_group, tmp_path, shard_cache, bpe_text
+):
     """Ctrl-C reaches the whole process group; a SIGTERM to lit-vattn-reproduce alone (a scheduler's
     kill) is passed on to the run it started. Either way: exit 128 + signal, no failure, no table."""
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "lit_vattn.reproduce", "--modality", "text", "--archs", "vanilla", "--seeds", "0",
-           "--runs", str(runs), "--out", str(tmp_path / "out"), "--no-baselines", "--override",
-           "--checkpoint.every_n_train_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
-           "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_vattn.reproduce",
+        "--modality",
+        "text",
+        "--archs",
+        "vanilla",
+        "--seeds",
+        "0",
+        "--runs",
+        str(runs),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-baselines",
+        "--override",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
     d = runs / "text-tiny/vanilla/seed0"
     ckpt = d / "fit/checkpoints/last.ckpt"
-    p = subprocess.Popen([*cmd, "--trainer.max_steps", "100000"], preexec_fn=os.setpgrp, text=True,  # its own process group, as a shell gives it
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [*cmd, "--trainer.max_steps", "100000"],
+        preexec_fn=os.setpgrp,
+        text=True,  # its own process group, as a shell gives it
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while not ckpt.exists():
         assert p.poll() is None and time.time() < deadline, p.communicate()

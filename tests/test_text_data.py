@@ -126,8 +126,9 @@ def test_unreadable_and_empty_text_files_are_skipped_and_listed_and_hidden_ones_
     d = tmp_path / "corpus"
     d.mkdir()
     _folder_with_strays(d)
-    dm = TextDataModule(source="files", files=[str(d)], tokenizer="bpe", bpe_vocab_size=300, seq_len=16,
-                        cache_dir=str(tmp_path / "c"))
+    dm = TextDataModule(
+        source="files", files=[str(d)], tokenizer="bpe", bpe_vocab_size=300, seq_len=16, cache_dir=str(tmp_path / "c")
+    )
     with caplog.at_level(logging.WARNING):
         dm.prepare_data()
     assert "skipped 2 unreadable or empty text files" in caplog.text
@@ -144,8 +145,14 @@ def test_on_bad_file_error_names_the_file_before_the_tokenizer_is_trained(tmp_pa
     d.mkdir()
     _folder_with_strays(d)
     monkeypatch.setattr(TrainedBPE, "train", lambda *a, **k: pytest.fail("the BPE was trained before the check"))
-    dm = TextDataModule(source="files", files=[str(d)], tokenizer="bpe", bpe_vocab_size=300, on_bad_file="error",
-                        cache_dir=str(tmp_path / "c"))
+    dm = TextDataModule(
+        source="files",
+        files=[str(d)],
+        tokenizer="bpe",
+        bpe_vocab_size=300,
+        on_bad_file="error",
+        cache_dir=str(tmp_path / "c"),
+    )
     with pytest.raises(ValueError, match=r"(picture|blank)\.txt.*data\.on_bad_file=skip"):
         dm.prepare_data()
     assert not [p for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")]  # no shard, no temporary
@@ -222,8 +229,12 @@ def test_processes_preparing_the_same_shards_at_once_tokenize_once(tmp_path, mon
         return real(self, writer)
 
     monkeypatch.setattr(TextDataModule, "write_shards", slow)
-    dms = [TextDataModule(source="files", files=[str(f)], sample_by="paragraph", seq_len=16,
-                          cache_dir=str(tmp_path / "cache")) for _ in range(2)]
+    dms = [
+        TextDataModule(
+            source="files", files=[str(f)], sample_by="paragraph", seq_len=16, cache_dir=str(tmp_path / "cache")
+        )
+        for _ in range(2)
+    ]
     threads = [threading.Thread(target=dm.prepare_data) for dm in dms]
     for t in threads:
         t.start()

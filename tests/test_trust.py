@@ -26,9 +26,20 @@ from lit_vattn.metrics import NLLMetrics, NonFiniteMetricError
 ROOT = Path(__file__).resolve().parents[1]
 CPU = str(ROOT / "configs/trainer/cpu.yaml")
 TEXT = str(ROOT / "configs/data/text.yaml")
-TINY = ["--model.init_args.config.n_layer", "2", "--model.init_args.config.n_head", "2",
-        "--model.init_args.config.d_model", "64", "--data.init_args.seq_len", "32", "--data.init_args.batch_size", "4",
-        "--trainer.enable_progress_bar", "false"]
+TINY = [
+    "--model.init_args.config.n_layer",
+    "2",
+    "--model.init_args.config.n_head",
+    "2",
+    "--model.init_args.config.d_model",
+    "64",
+    "--data.init_args.seq_len",
+    "32",
+    "--data.init_args.batch_size",
+    "4",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 @pytest.fixture
@@ -47,13 +58,35 @@ def step_of(ckpt: Path) -> int:
 
 # --- divergence ----------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_a_diverged_run_stops_with_the_step_and_exits_nonzero(in_tmp):
-    cmd = [sys.executable, "-m", "lit_vattn", "fit", "--config", TEXT, "--config", CPU, *TINY,
-           "--model.init_args.lr", "1e6", "--trainer.max_steps", "30", "--trainer.val_check_interval", "10",
-           "--trainer.limit_val_batches", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_vattn",
+        "fit",
+        "--config",
+        TEXT,
+        "--config",
+        CPU,
+        *TINY,
+        "--model.init_args.lr",
+        "1e6",
+        "--trainer.max_steps",
+        "30",
+        "--trainer.val_check_interval",
+        "10",
+        "--trainer.limit_val_batches",
+        "2",
+    ]
     p = subprocess.run(cmd, cwd=in_tmp, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode != 0
-    assert "DivergedError: training loss" in p.stderr and "at step" in p.stderr and "model.init_args.lr=1000000.0" in p.stderr
+    assert (
+        "DivergedError: training loss" in p.stderr
+        and "at step" in p.stderr
+        and "model.init_args.lr=1000000.0" in p.stderr
+    )
     assert not list(in_tmp.glob("runs/**/*.ckpt"))  # no checkpoint of a diverged state
 
 
@@ -67,6 +100,7 @@ def test_evaluation_refuses_nan_instead_of_dropping_it():
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+
 
 def test_last_checkpoint_is_the_final_step_whatever_the_interval(in_tmp):
     fit("--trainer.max_steps", "7", "--checkpoint.every_n_train_steps", "5")
@@ -100,6 +134,7 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint_loadable(in_tmp, m
 
 # --- one directory per run; --ckpt_path last --------------------------------------------------
 
+
 def test_ckpt_path_last_continues_the_run_and_test_writes_beside_it(in_tmp, capsys):
     with pytest.raises(FileNotFoundError, match="--ckpt_path last: no last checkpoint"):
         fit("--trainer.max_steps", "3", "--ckpt_path", "last")
@@ -111,7 +146,9 @@ def test_ckpt_path_last_continues_the_run_and_test_writes_beside_it(in_tmp, caps
     assert step_of(run / "checkpoints/last.ckpt") == 5
     with pytest.raises(ValueError, match="needs --ckpt_path"):
         cli_main(["test", "--config", TEXT, "--config", CPU, *TINY])
-    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "2", "--ckpt_path", "last"])
+    cli_main(
+        ["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "2", "--ckpt_path", "last"]
+    )
     assert [p.name for p in (in_tmp / "runs").iterdir()] == ["text-vanilla"]  # no version_N directories
     rows = (run / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -147,15 +184,30 @@ class MemoryLogger(Logger):
 
 def test_the_summary_does_not_depend_on_the_logger(in_tmp):
     """Tables read summary.json, which the run writes whatever logger it uses."""
-    fit("--trainer.max_steps", "4", "--trainer.logger", "test_trust.MemoryLogger", "--trainer.logger.init_args.save_dir", "elsewhere",
-        "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "2")
+    fit(
+        "--trainer.max_steps",
+        "4",
+        "--trainer.logger",
+        "test_trust.MemoryLogger",
+        "--trainer.logger.init_args.save_dir",
+        "elsewhere",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.log_every_n_steps",
+        "2",
+    )
     summary = read_summary(in_tmp / "elsewhere")
-    assert [v["step"] for v in summary["val"]] == [2, 4] and all(v["nll"] > 0 and v["bits_per_byte"] > 0 for v in summary["val"])
+    assert [v["step"] for v in summary["val"]] == [2, 4] and all(
+        v["nll"] > 0 and v["bits_per_byte"] > 0 for v in summary["val"]
+    )
     assert [s for s, _, _ in summary["train"]] == [2, 4]
     assert summary["stats"]["tokens_seen"] == 4 * 4 * 32 and summary["stats"]["params"] > 0
 
 
 # --- the shard cache follows the files -----------------------------------------------------------
+
 
 def _text_folder(d: Path, n: int) -> None:
     d.mkdir(parents=True, exist_ok=True)
@@ -166,8 +218,16 @@ def _text_folder(d: Path, n: int) -> None:
 def test_text_folder_edits_change_the_shard_key_and_copies_keep_it(tmp_path):
     d = tmp_path / "corpus"
     _text_folder(d, 12)
-    key = lambda folder: TextDataModule(source="files", files=[str(folder)], tokenizer="bpe", bpe_vocab_size=300,  # noqa: E731
-                                        cache_dir=str(tmp_path / "c")).shard_dir.name
+
+    def key(folder):
+        return TextDataModule(
+            source="files",
+            files=[str(folder)],
+            tokenizer="bpe",
+            bpe_vocab_size=300,
+            cache_dir=str(tmp_path / "c"),
+        ).shard_dir.name
+
     k0 = key(d)
     (d / "new.txt").write_text("an added document")
     k1 = key(d)
@@ -182,7 +242,6 @@ def test_text_folder_edits_change_the_shard_key_and_copies_keep_it(tmp_path):
 
 def test_music_and_audio_folder_edits_change_the_shard_key(tmp_path):
     import soundfile as sf
-
     from test_music_data import _midi_with_notes
 
     m, a = tmp_path / "midi", tmp_path / "audio"
@@ -192,8 +251,15 @@ def test_music_and_audio_folder_edits_change_the_shard_key(tmp_path):
         _midi_with_notes(m / f"p{i}.mid", 10 + i)
         sf.write(str(a / f"c{i}.wav"), np.random.default_rng(i).normal(0, 0.1, 24000).astype(np.float32), 24000)
     mkey = lambda: MusicDataModule(source="files", files=[str(m)], cache_dir=str(tmp_path / "c")).shard_dir.name  # noqa: E731
-    akey = lambda: AcousticDataModule(source="files", files=[str(a)], codec_weights="random",  # noqa: E731
-                                      cache_dir=str(tmp_path / "c")).shard_dir.name
+
+    def akey():
+        return AcousticDataModule(
+            source="files",
+            files=[str(a)],
+            codec_weights="random",
+            cache_dir=str(tmp_path / "c"),
+        ).shard_dir.name
+
     keys_m, keys_a = [mkey()], [akey()]
     _midi_with_notes(m / "added.mid", 5)
     sf.write(str(a / "added.wav"), np.zeros(2400, np.float32), 24000)
@@ -214,12 +280,21 @@ def test_a_small_folder_gets_every_split_with_the_default_fractions(in_tmp):
     _text_folder(in_tmp / "twelve", 12)
     assign = shards.split_keys([f"doc{i:02d}.txt" for i in range(12)], 0.01, 0.01)
     assert sorted(assign.values()).count("val") == 1 and sorted(assign.values()).count("test") == 1
-    fit("--data.init_args.source", "files", "--data.init_args.files", f"[{in_tmp / 'twelve'}]",
-        "--data.init_args.bpe_vocab_size", "300", "--trainer.max_steps", "2")
+    fit(
+        "--data.init_args.source",
+        "files",
+        "--data.init_args.files",
+        f"[{in_tmp / 'twelve'}]",
+        "--data.init_args.bpe_vocab_size",
+        "300",
+        "--trainer.max_steps",
+        "2",
+    )
     assert (in_tmp / "runs/text-vanilla/checkpoints/last.ckpt").exists()
 
 
 # --- a checkpoint refuses another tokenizer of the same size ----------------------------------------
+
 
 def test_a_different_bpe_of_the_same_size_is_refused_by_test_and_resume(in_tmp):
     a, b = in_tmp / "a", in_tmp / "b"
@@ -227,8 +302,17 @@ def test_a_different_bpe_of_the_same_size_is_refused_by_test_and_resume(in_tmp):
     b.mkdir()
     for i in range(12):
         (b / f"x{i}.txt").write_text(f"Completely other words: quartz {i} zephyr jinx vex, bold nymphs {i}. " * 25)
-    files = lambda d: ["--data.init_args.source", "files", "--data.init_args.files", f"[{d}]",  # noqa: E731
-                       "--data.init_args.bpe_vocab_size", "300"]
+
+    def files(d):
+        return [
+            "--data.init_args.source",
+            "files",
+            "--data.init_args.files",
+            f"[{d}]",
+            "--data.init_args.bpe_vocab_size",
+            "300",
+        ]
+
     fit(*files(a), "--trainer.max_steps", "2")
     ckpt = str(in_tmp / "runs/text-vanilla/checkpoints/last.ckpt")
     with pytest.raises(ValueError, match="tokenizer mismatch.*tokenizer.json"):
@@ -240,17 +324,23 @@ def test_a_different_bpe_of_the_same_size_is_refused_by_test_and_resume(in_tmp):
 
 # --- reproduce refuses malformed requests --------------------------------------------------------
 
-@pytest.mark.parametrize("archs,seeds,match", [
-    (",", "0", r"names no architecture; choose from: .*\blas, .*\bsla, .*\bva, .*\bvanilla\b"),
-    ("vanila", "0", "unknown vanila.*choose from"),
-    ("vanilla", "a", "--seeds 'a' must be comma-separated integers"),
-    ("vanilla", "1,1", "distinct"),
-])
+
+@pytest.mark.parametrize(
+    "archs,seeds,match",
+    [
+        (",", "0", r"names no architecture; choose from: .*\blas, .*\bsla, .*\bva, .*\bvanilla\b"),
+        ("vanila", "0", "unknown vanila.*choose from"),
+        ("vanilla", "a", "--seeds 'a' must be comma-separated integers"),
+        ("vanilla", "1,1", "distinct"),
+    ],
+)
 def test_reproduce_rejects_bad_archs_and_seeds_in_one_line(archs, seeds, match, tmp_path):
     from lit_vattn.reproduce import main
 
     with pytest.raises(SystemExit, match=match):
-        main(["--modality", "text", "--archs", archs, "--seeds", seeds, "--runs", str(tmp_path), "--out", str(tmp_path)])
+        main(
+            ["--modality", "text", "--archs", archs, "--seeds", seeds, "--runs", str(tmp_path), "--out", str(tmp_path)]
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -303,10 +393,25 @@ def test_no_source_or_config_file_is_hidden_by_gitignore():
     clone failed. Checked in a git checkout; a tarball has nothing to compare."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    shipped = ["configs", "lit_vattn", "datamodules", "scripts", "benchmarks", "tests", "results", ".ci",
-               "README.md", "pyproject.toml"]
-    out = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *shipped],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    shipped = [
+        "configs",
+        "lit_vattn",
+        "datamodules",
+        "scripts",
+        "benchmarks",
+        "tests",
+        "results",
+        ".ci",
+        "README.md",
+        "pyproject.toml",
+    ]
+    out = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *shipped],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     hidden = [p for p in out if "__pycache__" not in p and not p.endswith(".pyc")]
     assert not hidden, f"ignored by .gitignore, so never committed: {hidden} (narrow the pattern in .gitignore)"
 
@@ -316,13 +421,16 @@ def test_no_source_or_config_file_is_hidden_by_gitignore():
 ARCH = ROOT / "configs/arch"
 
 
-@pytest.mark.parametrize("options,key", [
-    (["--config", str(ARCH / "va.yaml")], "arch: checkpoint 'vanilla', options 'lit_vattn.arch.VerticalAttention'"),
-    (["--config", str(ARCH / "sla.yaml")], "arch: checkpoint 'vanilla'"),
-    (["--config", str(ARCH / "value-residual.yaml")], "arch: checkpoint 'vanilla'"),
-    (["--model.init_args.config.d_model", "128"], "config.d_model: checkpoint 64, options 128"),
-    (["--model.init_args.config.n_head", "4"], "config.n_head: checkpoint 2, options 4"),
-])
+@pytest.mark.parametrize(
+    "options,key",
+    [
+        (["--config", str(ARCH / "va.yaml")], "arch: checkpoint 'vanilla', options 'lit_vattn.arch.VerticalAttention'"),
+        (["--config", str(ARCH / "sla.yaml")], "arch: checkpoint 'vanilla'"),
+        (["--config", str(ARCH / "value-residual.yaml")], "arch: checkpoint 'vanilla'"),
+        (["--model.init_args.config.d_model", "128"], "config.d_model: checkpoint 64, options 128"),
+        (["--model.init_args.config.n_head", "4"], "config.n_head: checkpoint 2, options 4"),
+    ],
+)
 def test_test_refuses_a_checkpoint_of_another_model_and_scores_nothing(options, key, trained):
     run, ckpt = trained
     from lit_vattn.cli import CheckpointMismatchError
@@ -336,14 +444,33 @@ def test_test_refuses_a_checkpoint_of_another_model_and_scores_nothing(options, 
 def test_a_checkpoint_file_scores_into_its_own_run_and_its_config_reproduces_it(trained, monkeypatch, capsys):
     run, ckpt = trained
     # the run's own config describes the checkpoint exactly; an unnamed test writes into the checkpoint's run
-    cli_main(["test", "--config", str(run / "config.yaml"), "--trainer.limit_test_batches", "2", "--ckpt_path", str(ckpt)])
+    cli_main(
+        ["test", "--config", str(run / "config.yaml"), "--trainer.limit_test_batches", "2", "--ckpt_path", str(ckpt)]
+    )
     assert read_summary(run)["test"]["nll"] > 0
     assert (run / "test-config.yaml").is_file()
     # resuming with another optimiser is another run too; the refusal is exit status 2 with the keys named
     from lit_vattn import cli
 
-    monkeypatch.setattr(sys, "argv", ["lit-vattn", "fit", "--config", TEXT, "--config", CPU, *TINY,
-                                      "--model.init_args.lr", "0.5", "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "lit-vattn",
+            "fit",
+            "--config",
+            TEXT,
+            "--config",
+            CPU,
+            *TINY,
+            "--model.init_args.lr",
+            "0.5",
+            "--trainer.max_steps",
+            "4",
+            "--ckpt_path",
+            "last",
+        ],
+    )
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2 and "model.init_args.lr: checkpoint 0.002, options 0.5" in capsys.readouterr().err
@@ -357,6 +484,7 @@ def trained(in_tmp):
     return run, run / "checkpoints/last.ckpt"
 
 
+@pytest.mark.slow
 def test_the_readme_path_fit_test_generate_analyze_lm_eval(trained, in_tmp):
     """Each tool reads the run's training config, which `test` leaves as trained."""
     import yaml
@@ -365,7 +493,9 @@ def test_the_readme_path_fit_test_generate_analyze_lm_eval(trained, in_tmp):
 
     run, ckpt = trained
     config = (run / "config.yaml").read_text()
-    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "2", "--ckpt_path", "last"])
+    cli_main(
+        ["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "2", "--ckpt_path", "last"]
+    )
     assert (run / "config.yaml").read_text() == config  # the test's own options went to test-config.yaml
     assert Path(yaml.safe_load((run / "test-config.yaml").read_text())["ckpt_path"]).resolve() == ckpt.resolve()
     samples = generate.main(["--ckpt_path", str(ckpt), "--n", "1", "--max_new_tokens", "4", "--out", str(in_tmp / "s")])
@@ -382,9 +512,16 @@ def test_a_busy_run_is_refused_with_its_holder_and_a_dead_holders_lock_is_taken_
     from lit_vattn.runs import RunBusyError
 
     run = in_tmp / "runs/text-vanilla"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lit_vattn.runs import RunLock; "
-                               f"lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lit_vattn.runs import RunLock; "
+            f"lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunBusyError, match=rf"in use by pid {holder.pid} on .*--trainer.logger.init_args.name"):
@@ -395,7 +532,9 @@ def test_a_busy_run_is_refused_with_its_holder_and_a_dead_holders_lock_is_taken_
         holder.wait()
     fit("--trainer.max_steps", "2")
     assert step_of(run / "checkpoints/last.ckpt") == 2
-    cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "1", "--ckpt_path", "last"])
+    cli_main(
+        ["test", "--config", TEXT, "--config", CPU, *TINY, "--trainer.limit_test_batches", "1", "--ckpt_path", "last"]
+    )
 
 
 def test_data_errors_come_before_the_model_is_built(in_tmp, monkeypatch):

@@ -32,9 +32,17 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="Attention Residuals",
+    paper="[Kimi Team 2026](https://arxiv.org/abs/2603.15031)",
+    reads="a softmax over all earlier sub-layer outputs replaces the residual sum",
+    exact_at_init=False,
+    controls=("attnres-block",),
+)
 class AttentionResiduals(Arch):
     name = "attnres"
 
@@ -114,8 +122,9 @@ class AttentionResiduals(Arch):
 
     def lens_states(self, mem: DepthMemory, out: Tensor) -> list[tuple[str, Tensor]]:
         """Each sub-layer's mixture (what it consumes), then the readout mixture."""
-        return [(f"in{l}{'' if s == 'attn' else '.mlp'}", d[s]) for l, d in enumerate(mem.inputs)
-                for s in ("attn", "mlp")] + [("readout", out)]
+        return [
+            (f"in{l}{'' if s == 'attn' else '.mlp'}", d[s]) for l, d in enumerate(mem.inputs) for s in ("attn", "mlp")
+        ] + [("readout", out)]
 
     @torch.no_grad()
     def _record(self, k: int, alpha: Tensor) -> None:

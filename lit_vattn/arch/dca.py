@@ -36,9 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, AttnInputs, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="DeepCrossAttention",
+    paper="[Heddes et al., ICML 2025](https://arxiv.org/abs/2502.06785)",
+    reads="learned input-dependent mixes of earlier block outputs for Q, K and V",
+    exact_at_init=True,
+)
 class DeepCrossAttention(Arch):
     name = "dca"
 
@@ -95,7 +102,9 @@ class DeepCrossAttention(Arch):
         src = self._stack(self.slot(mem)["ys"])  # S tensors (B, T, D)
         W, b = self.proj[l].to(src[0].dtype), self.bias[l].to(src[0].dtype)
         out = []
-        gates = [F.relu(F.rms_norm(y, (y.shape[-1],), eps=self.cfg.norm_eps) @ W + b[s]) for s, y in enumerate(src)]  # S x (B, T, O)
+        gates = [
+            F.relu(F.rms_norm(y, (y.shape[-1],), eps=self.cfg.norm_eps) @ W + b[s]) for s, y in enumerate(src)
+        ]  # S x (B, T, O)
         if self.record_maps:
             self._record(l, torch.stack(gates, -2))
         for o in range(W.shape[1]):
@@ -147,5 +156,7 @@ class DeepCrossAttention(Arch):
                 w = rec[l][0][:, oo] / rec[l][1] if l in rec else F.relu(self.bias[l][:, oo].float())
                 m[l, : w.shape[0]] = w.cpu()
             cols = ["y0"] + [f"y{j}" for j in range(1, S)] if self.k is None else [f"src{j}" for j in range(S)]
-            maps[f"weights_{name}"] = DepthMap(m, [f"block {l}" for l in range(L)] + ["readout"], cols, f"GRN weight ({name} input)")
+            maps[f"weights_{name}"] = DepthMap(
+                m, [f"block {l}" for l in range(L)] + ["readout"], cols, f"GRN weight ({name} input)"
+            )
         return maps

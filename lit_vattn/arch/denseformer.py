@@ -28,9 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="DenseFormer",
+    paper="[Pagliardini et al., NeurIPS 2024](https://arxiv.org/abs/2402.02622)",
+    reads="a learned weighted average of all earlier block outputs after each block",
+    exact_at_init=True,
+)
 class DenseFormer(Arch):
     name = "denseformer"
 
@@ -94,5 +101,11 @@ class DenseFormer(Arch):
                 m[i - 1, self.group(i)] = self.alphas[str(i)].float().cpu()
             else:
                 m[i - 1, i] = 1.0
-        return {"weights": DepthMap(m, [f"after block {i - 1}" for i in range(1, L + 1)],
-                                    ["x0"] + [f"X{j}" for j in range(1, L + 1)], "DWA weight")}
+        return {
+            "weights": DepthMap(
+                m,
+                [f"after block {i - 1}" for i in range(1, L + 1)],
+                ["x0"] + [f"X{j}" for j in range(1, L + 1)],
+                "DWA weight",
+            )
+        }

@@ -33,11 +33,18 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="Hyper-Connections",
+    paper="[Zhu et al., ICLR 2025](https://arxiv.org/abs/2409.19606)",
+    reads="n residual streams mixed around every sub-layer (static or dynamic)",
+    exact_at_init=False,
+)
 class HyperConnections(Arch):
-    name = "hyper_connections"
+    name = "hc"
 
     def __init__(self, n: int = 4, dynamic: bool = True, dynamic_scale: float = 0.01):
         """
@@ -144,5 +151,7 @@ class HyperConnections(Arch):
                 read[k], write[k] = self.static_alpha[k, :, 0].float().cpu(), self.static_beta[k].float().cpu()
         rows = [f"block {k // 2} {('attn', 'mlp')[k % 2]}" for k in range(K)]
         cols = [f"stream {i}" for i in range(self.n)]
-        return {"read": DepthMap(read, rows, cols, "weight in the branch input"),
-                "write": DepthMap(write, rows, cols, "gain of the branch output")}
+        return {
+            "read": DepthMap(read, rows, cols, "weight in the branch input"),
+            "write": DepthMap(write, rows, cols, "gain of the branch output"),
+        }

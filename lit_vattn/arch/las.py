@@ -35,9 +35,19 @@ from torch import Tensor, nn
 
 from lit_vattn import attention
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="Layerwise Attention Shortcuts",
+    paper="[Verma & Pilanci 2024](https://arxiv.org/abs/2409.10870)",
+    reads="the final layer attends over intermediate layers' features at all past positions",
+    exact_at_init=False,
+    seed=True,
+    controls=("las-all", "las-norm", "vanilla-flops-las"),
+    order=3,
+)
 class LayerwiseAttentionShortcuts(Arch):
     name = "las"
 
@@ -67,11 +77,15 @@ class LayerwiseAttentionShortcuts(Arch):
     def validate(self, cfg: GPTConfig) -> None:
         L = cfg.n_layer
         if L < 2:
-            raise ValueError(f"LayerwiseAttentionShortcuts needs config.n_layer >= 2 (got {L}): the final layer reads earlier ones")
+            raise ValueError(
+                f"LayerwiseAttentionShortcuts needs config.n_layer >= 2 (got {L}): the final layer reads earlier ones"
+            )
         if self.layers_arg == "all":
             layers = list(range(L - 1))
         elif isinstance(self.layers_arg, str):
-            raise ValueError(f"LayerwiseAttentionShortcuts.layers={self.layers_arg!r}: give block indices, \"all\" or null")
+            raise ValueError(
+                f'LayerwiseAttentionShortcuts.layers={self.layers_arg!r}: give block indices, "all" or null'
+            )
         else:
             layers = self.layers_arg if self.layers_arg is not None else list(range(1, L - 1, 2)) or [0]
         for s in layers:
@@ -83,7 +97,9 @@ class LayerwiseAttentionShortcuts(Arch):
         if len(set(layers)) != len(layers):
             raise ValueError(f"LayerwiseAttentionShortcuts.layers has duplicates: {layers}")
         if not layers and not self.keep_self:
-            raise ValueError("LayerwiseAttentionShortcuts: no layers and keep_self=false leaves the final layer nothing to attend to")
+            raise ValueError(
+                "LayerwiseAttentionShortcuts: no layers and keep_self=false leaves the final layer nothing to attend to"
+            )
         if self.feature_dim is not None and self.feature_dim < 1:
             raise ValueError(f"LayerwiseAttentionShortcuts.feature_dim must be >= 1, got {self.feature_dim}")
         self.layers = sorted(layers)
@@ -91,11 +107,17 @@ class LayerwiseAttentionShortcuts(Arch):
     def bind(self, cfg: GPTConfig) -> "LayerwiseAttentionShortcuts":
         super().bind(cfg)
         D, Fd = cfg.d_model, self.feature_dim or cfg.d_model
-        self.phi = nn.ModuleDict({
-            str(s): nn.Sequential(nn.RMSNorm(D, eps=cfg.norm_eps), nn.Linear(D, Fd, bias=False), nn.SiLU(),
-                                  nn.Linear(Fd, D, bias=False))
-            for s in self.layers
-        })
+        self.phi = nn.ModuleDict(
+            {
+                str(s): nn.Sequential(
+                    nn.RMSNorm(D, eps=cfg.norm_eps),
+                    nn.Linear(D, Fd, bias=False),
+                    nn.SiLU(),
+                    nn.Linear(Fd, D, bias=False),
+                )
+                for s in self.layers
+            }
+        )
         if self.feature_norm:
             self.out_norm = nn.ModuleDict({str(s): nn.RMSNorm(D, eps=cfg.norm_eps) for s in self.layers})
         self.n_sources = len(self.layers) + int(self.keep_self)
@@ -165,7 +187,17 @@ class LayerwiseAttentionShortcuts(Arch):
         if self.map_count == 0:
             return {}
         cols = self.ablation_units()
-        return {"mass": DepthMap((self.map_mass_sum / self.map_count).cpu()[None], ["final layer"], cols,
-                                 "attention mass of the final layer"),
-                "norm_share": DepthMap((self.map_norm_sum / self.map_count).cpu()[None], ["final layer"], cols,
-                                       "share of the attention output's norm")}
+        return {
+            "mass": DepthMap(
+                (self.map_mass_sum / self.map_count).cpu()[None],
+                ["final layer"],
+                cols,
+                "attention mass of the final layer",
+            ),
+            "norm_share": DepthMap(
+                (self.map_norm_sum / self.map_count).cpu()[None],
+                ["final layer"],
+                cols,
+                "share of the attention output's norm",
+            ),
+        }

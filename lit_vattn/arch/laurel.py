@@ -36,9 +36,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="LAuReL",
+    paper="[Menghani et al., ICML 2025](https://arxiv.org/abs/2411.07501)",
+    reads="a learned (weighted, low-rank, earlier-activation) residual",
+    exact_at_init=True,
+)
 class LAuReL(Arch):
     name = "laurel"
 
@@ -54,11 +61,15 @@ class LAuReL(Arch):
 
     def validate(self, cfg: GPTConfig) -> None:
         if self.rank < 0 or self.rank > cfg.d_model or self.previous < 0:
-            raise ValueError(f"LAuReL.rank={self.rank} must lie in [0, d_model={cfg.d_model}] and "
-                             f"previous={self.previous} must be >= 0")
+            raise ValueError(
+                f"LAuReL.rank={self.rank} must lie in [0, d_model={cfg.d_model}] and "
+                f"previous={self.previous} must be >= 0"
+            )
         if not (self.weights or self.rank or self.previous):
-            raise ValueError("LAuReL with weights=false, rank=0 and previous=0 is the vanilla decoder: "
-                             "turn one on, or use configs/arch/vanilla.yaml")
+            raise ValueError(
+                "LAuReL with weights=false, rank=0 and previous=0 is the vanilla decoder: "
+                "turn one on, or use configs/arch/vanilla.yaml"
+            )
 
     def bind(self, cfg: GPTConfig) -> "LAuReL":
         super().bind(cfg)

@@ -35,9 +35,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="LIMe",
+    paper="[Gerasimov et al. 2025](https://github.com/corl-team/lime)",
+    reads="each layer's K/V heads routed from all earlier layers' K/V",
+    exact_at_init=False,
+)
 class LIMe(Arch):
     name = "lime"
 
@@ -94,5 +101,8 @@ class LIMe(Arch):
         for i, R in enumerate(self.routers):
             per_layer = R.detach().abs().float().view(H, i + 2, H).sum((0, 2))  # (l+1,)
             m[i, : i + 2] = (per_layer / per_layer.sum()).cpu()
-        return {"mass": DepthMap(m, [f"block {l}" for l in range(1, L)], [f"layer {j}" for j in range(L)],
-                                 "share of |router| mass")}
+        return {
+            "mass": DepthMap(
+                m, [f"block {l}" for l in range(1, L)], [f"layer {j}" for j in range(L)], "share of |router| mass"
+            )
+        }

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, AttnInputs, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
@@ -44,6 +45,12 @@ def _round64(h: int) -> int:
     return (h // 64 + 1) * 64  # as the reference (always adds a block of 64)
 
 
+@register(
+    title="MUDDFormer",
+    paper="[Xiao et al., ICML 2025](https://arxiv.org/abs/2502.12170)",
+    reads="per-token dense mixes of all earlier states, separate for Q, K, V and residual",
+    exact_at_init=True,
+)
 class MUDDFormer(Arch):
     name = "mudd"
 
@@ -151,5 +158,7 @@ class MUDDFormer(Arch):
                 m[i, self.C - b.shape[0] :, : b.shape[1]] = b.float()
         rows = [f"block {i + 1} in" for i in range(L - 1)] + ["readout"]
         cols = ["x0"] + [f"X{j}" for j in range(1, L + 1)]
-        return {f"weights_{c}": DepthMap(m[:, ci].cpu(), rows, cols, f"dense weight ({c} input)")
-                for ci, c in enumerate(self.streams)}
+        return {
+            f"weights_{c}": DepthMap(m[:, ci].cpu(), rows, cols, f"dense weight ({c} input)")
+            for ci, c in enumerate(self.streams)
+        }

@@ -29,9 +29,19 @@ from torch import Tensor, nn
 
 from lit_vattn import attention
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="Skip-Layer Attention",
+    paper="[Chen et al. 2024](https://arxiv.org/abs/2406.11274)",
+    reads="some heads attend to an earlier layer's keys and values",
+    exact_at_init=False,
+    seed=True,
+    controls=("sla-far",),
+    order=2,
+)
 class SkipLayerAttention(Arch):
     name = "sla"
 
@@ -74,11 +84,15 @@ class SkipLayerAttention(Arch):
         else:  # the last n_l blocks that have a preceding block at this source
             layers = [l for l in range(L - n_l, L) if 0 <= self.src(l) < l]
             if not layers:
-                raise ValueError(f"SkipLayerAttention: no block among the last {n_l} has a source (source={self.source}, "
-                                 f"source_mode={self.source_mode}, {L} layers); lower source or give skip_layers")
+                raise ValueError(
+                    f"SkipLayerAttention: no block among the last {n_l} has a source (source={self.source}, "
+                    f"source_mode={self.source_mode}, {L} layers); lower source or give skip_layers"
+                )
         n_h = self.n_skip_heads_arg if self.n_skip_heads_arg is not None else round(3 * H / 4)
         if not 1 <= n_h <= H:
-            raise ValueError(f"SkipLayerAttention.n_skip_heads={n_h} must be between 1 and the {H} heads (config.n_head)")
+            raise ValueError(
+                f"SkipLayerAttention.n_skip_heads={n_h} must be between 1 and the {H} heads (config.n_head)"
+            )
         if self.source_mode == "distance" and self.source < 1:
             raise ValueError(f"SkipLayerAttention.source={self.source}: a distance must be >= 1 (a preceding layer)")
         for l in layers:

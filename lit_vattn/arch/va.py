@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
@@ -38,6 +39,16 @@ def _rms(x: Tensor, eps: float = 1e-6) -> Tensor:
     return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
 
 
+@register(
+    title="Vertical Attention",
+    paper="[Kojima et al., ICLR 2026 submission](https://openreview.net/forum?id=A6uabXKiXc)",
+    reads="all earlier layers' outputs, softmax-mixed into each block's input",
+    exact_at_init=False,
+    seed=True,
+    controls=("va-frozen", "va-nonorm", "va-previous", "elc-bert"),
+    default_controls=("elc-bert",),
+    order=1,
+)
 class VerticalAttention(Arch):
     name = "va"
 
@@ -78,7 +89,9 @@ class VerticalAttention(Arch):
         if cfg.n_layer < 1:
             raise ValueError("VerticalAttention needs at least one layer (config.n_layer >= 1)")
         if self.weights == "qk" and (self.qk_heads < 1 or cfg.d_model % self.qk_heads or self.qk_dim < 1):
-            raise ValueError(f"VerticalAttention.qk_heads={self.qk_heads} must be >= 1 and divide d_model={cfg.d_model}; qk_dim={self.qk_dim} must be >= 1")
+            raise ValueError(
+                f"VerticalAttention.qk_heads={self.qk_heads} must be >= 1 and divide d_model={cfg.d_model}; qk_dim={self.qk_dim} must be >= 1"
+            )
 
     def bind(self, cfg: GPTConfig) -> "VerticalAttention":
         super().bind(cfg)

@@ -35,11 +35,19 @@ import torch
 from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
 
 
+@register(
+    title="Value residual (ResFormer)",
+    paper="[Zhou et al., ACL 2025](https://arxiv.org/abs/2410.17897)",
+    reads="the first layer's values, mixed into every later layer's values",
+    exact_at_init=False,
+    controls=("value-residual-learned", "svformer"),
+)
 class ValueResidual(Arch):
-    name = "value_residual"
+    name = "value-residual"
 
     def __init__(self, mix: Literal["fixed", "static", "token"] = "fixed", lam: float = 0.5, share: bool = False):
         """
@@ -130,5 +138,11 @@ class ValueResidual(Arch):
             m = torch.sigmoid(self.gate)
         else:
             m = torch.sigmoid(torch.stack([lin.bias for lin in self.to_gate]))
-        return {"lambda": DepthMap(m.cpu(), [f"block {l}" for l in range(1, L)], [f"head {h}" for h in range(H)],
-                                   "weight of layer 0's values")}
+        return {
+            "lambda": DepthMap(
+                m.cpu(),
+                [f"block {l}" for l in range(1, L)],
+                [f"head {h}" for h in range(H)],
+                "weight of layer 0's values",
+            )
+        }

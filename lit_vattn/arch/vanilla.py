@@ -10,8 +10,16 @@ All of it is the base reader's defaults (``lit_vattn/arch/base.py``).
 """
 
 from lit_vattn.arch.base import Arch
+from lit_vattn.arch.registry import register
 
 
+@register(
+    title="Vanilla decoder",
+    paper="LLaMA-style pre-norm decoder",
+    reads="nothing: the plain residual stream",
+    exact_at_init=True,
+    order=0,
+)
 class Vanilla(Arch):
     """The plain LLaMA-style decoder: reads nothing from the depth memory."""
 

@@ -35,7 +35,10 @@ CASES = {
     "va-keep-previous-nonorm": (lambda: VA(keep_residual=True, init="previous", norm="none", previous_logit=2.0), {}),
     "va-qk-keep-nonorm-mixed": (lambda: VA(weights="qk", keep_residual=True, norm="none", readout="mixed"), {}),
     "las": (lambda: LAS(), {}),
-    "las-all-depthemb-noself": (lambda: LAS(layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=16), {}),
+    "las-all-depthemb-noself": (
+        lambda: LAS(layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=16),
+        {},
+    ),
     "las-self-depthemb": (lambda: LAS(layers=[0, 2], depth_embedding=True), {}),
     "las-oracle": (lambda: LAS(), dict(attn_backend="oracle")),
     "las-merge": (lambda: LAS(layers=[0, 1]), dict(attn_backend="merge")),
@@ -49,8 +52,12 @@ CASES = {
 
 def _digest(t: torch.Tensor) -> dict:
     t = t.detach().contiguous().float()
-    return {"sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest(), "sum": float(t.double().sum()),
-            "abs_sum": float(t.double().abs().sum()), "shape": list(t.shape)}
+    return {
+        "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest(),
+        "sum": float(t.double().sum()),
+        "abs_sum": float(t.double().abs().sum()),
+        "shape": list(t.shape),
+    }
 
 
 def probe() -> dict:
@@ -62,8 +69,11 @@ def probe() -> dict:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(37, 64, generator=g), torch.randn(64, 29, generator=g)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
-    out = {"matmul": _digest(a @ b), "sdpa": _digest(F.scaled_dot_product_attention(q, k, v, is_causal=True)),
-           "rmsnorm": _digest(torch.nn.RMSNorm(64)(a))}
+    out = {
+        "matmul": _digest(a @ b),
+        "sdpa": _digest(F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+        "rmsnorm": _digest(torch.nn.RMSNorm(64)(a)),
+    }
     d, hid, n_head = CFG["d_model"], CFG["mlp_hidden"], CFG["n_head"]
     emb = (0.02 * torch.randn(V, d, generator=g)).requires_grad_()
     w1 = (0.1 * torch.randn(d, hid, generator=g)).requires_grad_()
@@ -75,8 +85,12 @@ def probe() -> dict:
     h = h + F.scaled_dot_product_attention(heads, heads, heads, is_causal=True).transpose(1, 2).reshape(2, 12, d)
     logits = F.rms_norm(h, (d,)) @ emb.T  # (B, T, V)
     F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").backward()
-    out.update(net_logits=_digest(logits), net_grad_emb=_digest(emb.grad), net_grad_w1=_digest(w1.grad),
-               net_grad_w2=_digest(w2.grad))
+    out.update(
+        net_logits=_digest(logits),
+        net_grad_emb=_digest(emb.grad),
+        net_grad_w1=_digest(w1.grad),
+        net_grad_w2=_digest(w2.grad),
+    )
     return out
 
 
@@ -87,8 +101,11 @@ def compute(name: str) -> dict:
     x = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(1))
     logits = net(x[:, :-1])
     F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").backward()
-    return {"logits": _digest(logits), "grads": {n: _digest(p.grad) for n, p in net.named_parameters() if p.grad is not None},
-            "params": {n: _digest(p) for n, p in net.named_parameters()}}
+    return {
+        "logits": _digest(logits),
+        "grads": {n: _digest(p.grad) for n, p in net.named_parameters() if p.grad is not None},
+        "params": {n: _digest(p) for n, p in net.named_parameters()},
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,170 @@
+"""The method registry: one name per method, and every list of methods read from here.
+
+A method's reader file registers its class once::
+
+    @register(title="Vertical Attention", paper="...", reads="...", exact_at_init=False, seed=True,
+              controls=("va-frozen", "va-nonorm", "va-previous", "elc-bert"), default_controls=("elc-bert",))
+    class VerticalAttention(Arch):
+        name = "va"
+
+The class's ``name`` is the method's one name everywhere: the registry key, its config
+``configs/arch/<name>.yaml``, its run directories and its table row. Controls and second readings
+of a method are configurations only, in ``configs/arch/controls/<control>.yaml``; the tables test
+each against its method. Reproduce's default request, the tables' controls, the benchmarks, the
+contract tests and the README's method table all derive from ``methods()``, so adding a method
+touches its reader file, its config and (optionally) its own test file. Reader modules in this
+package are found by ``pkgutil``; a method defined elsewhere registers when its module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs"
+
+
+@dataclass(frozen=True)
+class Method:
+    """What the suite knows of a registered method."""
+
+    name: str
+    cls: type
+    title: str
+    """Its name in the literature, e.g. "Vertical Attention"."""
+    paper: str
+    """Where it is published: markdown, e.g. "[Xiao et al. 2025](https://arxiv.org/abs/2502.12170)"."""
+    reads: str
+    """What each layer reads across depth, in a few words (the README's method table)."""
+    exact_at_init: bool
+    """The network at initialisation is exactly the vanilla decoder (the contract tests check the claim)."""
+    seed: bool = False
+    """One of the suite's own methods (the primary comparison family) rather than a competitor."""
+    controls: tuple[str, ...] = ()
+    """Controls and second readings (configs/arch/controls/<c>.yaml) that the tables test against it."""
+    default_controls: tuple[str, ...] = ()
+    """The controls reproduce's default request runs with every method."""
+    order: int = 100
+    """Position in every list of methods (then by name): the baseline and the seed methods first."""
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(
+    *,
+    title: str,
+    paper: str,
+    reads: str,
+    exact_at_init: bool,
+    seed: bool = False,
+    controls: tuple[str, ...] = (),
+    default_controls: tuple[str, ...] = (),
+    order: int = 100,
+) -> Callable[[type], type]:
+    """Class decorator: register a reader class under its ``name`` attribute."""
+
+    def add(cls: type) -> type:
+        name = cls.__dict__.get("name")
+        if not name:
+            raise TypeError(f"{cls.__name__}: a registered method sets its own `name` (its one name everywhere)")
+        old = _METHODS.get(name)
+        if old is not None and old.cls.__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"method name {name!r} is registered twice: {old.cls.__module__}.{old.cls.__qualname__} "
+                f"and {cls.__module__}.{cls.__qualname__}"
+            )
+        if not set(default_controls) <= set(controls):
+            raise ValueError(f"{name}: default_controls {default_controls} must be among its controls {controls}")
+        _METHODS[name] = Method(
+            name, cls, title, paper, reads, exact_at_init, seed, tuple(controls), tuple(default_controls), order
+        )
+        return cls
+
+    return add
+
+
+def _discover() -> None:
+    """Import every reader module of this package (each registers its method)."""
+    import lit_vattn.arch as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base", "registry") and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method, by ``order`` then name: the baseline, the seed methods, the others."""
+    _discover()
+    return {m.name: m for m in sorted(_METHODS.values(), key=lambda m: (m.order, m.name))}
+
+
+def registry() -> dict[str, type]:
+    """name -> reader class."""
+    return {n: m.cls for n, m in methods().items()}
+
+
+def control_of() -> dict[str, str]:
+    """control or reading -> the method it is tested against (besides vanilla)."""
+    return {c: m.name for m in methods().values() for c in m.controls}
+
+
+def seed_methods() -> list[str]:
+    """vanilla and the suite's own methods: the least a table must hold to take a modality's name."""
+    return [n for n, m in methods().items() if n == "vanilla" or m.seed]
+
+
+def default_request() -> list[str]:
+    """What ``lit-vattn-reproduce`` runs without ``--archs``: every method, then the default controls."""
+    ms = methods().values()
+    return [m.name for m in ms] + [c for m in ms for c in m.default_controls]
+
+
+def config_path(name: str, config_dir: Optional[Path] = None) -> Path:
+    """The config of a method (``arch/<name>.yaml``) or of a control (``arch/controls/<name>.yaml``)."""
+    arch = Path(config_dir or CONFIG_DIR) / "arch"
+    for p in (arch / f"{name}.yaml", arch / "controls" / f"{name}.yaml"):
+        if p.is_file():
+            return p
+    return arch / f"{name}.yaml"
+
+
+def arch_configs(config_dir: Optional[Path] = None) -> list[str]:
+    """The names of every method and control config shipped in ``config_dir``."""
+    arch = Path(config_dir or CONFIG_DIR) / "arch"
+    return sorted(p.stem for p in [*arch.glob("*.yaml"), *arch.glob("controls/*.yaml")])
+
+
+def method_table() -> str:
+    """The README's method table: one row per registered method with its paper, what it reads, its
+    config, its cost (training FLOPs per token and parameters against vanilla at the GPT-2 small
+    shape, measured on a meta-device twin) and whether it starts as vanilla."""
+    import torch
+
+    from lit_vattn.config import GPTConfig
+    from lit_vattn.model import GPT
+
+    cfg, vocab, T = GPTConfig(n_layer=12, n_head=12, d_model=768, max_seq_len=1024), 50257, 1024
+
+    def cost(cls) -> tuple[int, float]:
+        with torch.device("meta"):
+            net = GPT(cfg, vocab, cls())
+        return net.num_params(), net.flops_per_token(T)
+
+    base_params, base_flops = cost(methods()["vanilla"].cls)
+    rows = [
+        "| method | paper | reads | config | FLOPs/token | params | vanilla at init |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in methods().values():
+        params, flops = cost(m.cls)
+        controls = f"; controls: {', '.join(f'`{c}`' for c in m.controls)}" if m.controls else ""
+        rows.append(
+            f"| **`{m.name}`** {m.title} | {m.paper} | {m.reads} | `configs/arch/{m.name}.yaml`{controls} | "
+            f"{flops / base_flops:.3f}x | {params / base_params:.3f}x | {'yes' if m.exact_at_init else 'no'} |"
+        )
+    return "\n".join(rows) + "\n"
