@@ -149,7 +149,7 @@ class Runner:
         os.replace(tmp, rec)
 
     def recorded(self, arch: str, seed: int, lr: Optional[float] = None) -> Optional[dict]:
-        """A finished run kept under --records and absent under --runs (made in an earlier session
+        """A finished run kept under --records and absent under --runs (made earlier
         or on another machine): its numbers, its run_dir pointing at the record, which holds every
         file a table reads."""
         rec = self.record_dir(arch, seed, lr)
@@ -476,8 +476,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         help="also keep each run's record (done.json, the fit/test summaries, the config; no "
         "checkpoint, no log: ~20 kB) under this directory, laid out like --runs, e.g. results/records: "
         "commit it beside the table, and `--table-only --runs <it>` rebuilds the table anywhere. A run "
-        "recorded there and absent under --runs counts as finished, so a sweep longer than one machine's "
-        "session continues from the committed records on a fresh machine",
+        "recorded there and absent under --runs counts as finished, so a sweep that outlasts one machine "
+        "continues from the committed records on a fresh one",
     )
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")

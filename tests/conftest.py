@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def shard_cache(tmp_path_factory):
-    """One shard cache for the whole session, so the embedded corpus is tokenized once per tokenizer."""
+    """One shard cache for the whole test run, so the embedded corpus is tokenized once per tokenizer."""
     path = os.environ.get("LIT_VATTN_TEST_CACHE") or str(tmp_path_factory.mktemp("shards"))
     os.environ["LIT_VATTN_CACHE"] = path
     return path

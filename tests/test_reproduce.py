@@ -532,8 +532,8 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
         )
 
 
-def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give(capsys):
-    """The README's "method x modality" table and results/methods-tiny.md are copies of what
+def test_method_table_in_the_findings_and_results_is_the_one_the_committed_tables_give(capsys):
+    """The findings' "method x modality" table and results/methods-tiny.md are copies of what
     scripts/methods_table.py builds from the committed per-modality tables: none can drift."""
     import importlib.util
 
@@ -550,8 +550,8 @@ def test_method_table_in_readme_and_results_is_the_one_the_committed_tables_give
     # header, then every method (in the tables' order), then any control a table holds
     assert sorted(r.split("|")[1].strip() for r in built[1 : 1 + len(methods)]) == sorted(methods)
     assert rows((root / "results/methods-tiny.md").read_text()) == built
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("Method x modality at `tiny`") :]
+    findings = (root / "results/findings.md").read_text()
+    section = findings[findings.index("Method x modality at `tiny`") :]
     assert rows(section.split("\n\n", 2)[1]) == built
 
 
@@ -588,14 +588,14 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     assert "text-tiny.md` (commit: def; one learning rate for every method)" in text
 
 
-def test_gpu_window_steps_name_requests_that_resolve(tmp_path):
-    """scripts/gpu_window.sh, run on a lent GPU, cannot be debugged there (10-minute calls, rare
-    windows): every step's reproduce request must resolve here (methods, presets and configs exist;
-    --table-only then stops only because nothing has run), and an unknown step is refused."""
+def test_gpu_steps_name_requests_that_resolve(tmp_path):
+    """scripts/gpu_steps.sh runs on a bare GPU machine where debugging is expensive: every step's
+    reproduce request must resolve here (methods, presets and configs exist; --table-only then stops
+    only because nothing has run), and an unknown step is refused."""
     import shlex
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "scripts/gpu_window.sh"
+    script = Path(__file__).resolve().parents[1] / "scripts/gpu_steps.sh"
     steps = [
         ["small", "text", "0,1,2", "vanilla,va,sla,las,elc-bert"],
         ["small", "music"],

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# One step of the work owed to a lent GPU (results/README.md, "Still owed"), run inside one device
-# call (< 10 min): install what the GPU image lacks, run the step under a time limit, and leave what
-# comes back in $OUT (few files: the device returns at most 8). Prepared on the CPU machine:
-#   .whl/                      wheels the image lacks (../shared/tools/offline-wheels.sh, Python 3.12)
+# One GPU step on a bare machine without internet (e.g. an air-gapped cluster node), under a
+# time limit: install the wheels the image lacks, run the step, and pack its compact
+# results into $OUT. Prepare on any CPU machine first and copy these along with the tree:
+#   .whl/                      wheels the image lacks (scripts/wheelhouse.sh)
 #   .carry/regen-cache/        text and music shards (LIT_VATTN_CACHE), made by a CPU run of the same data config
-#   runs/gpu/                  (optional) run directories from earlier calls, without checkpoints:
-#                              finished runs are skipped, so a table fills over several calls
-# Device call (carry the paths above; LIT_VATTN_COMMIT names the tree, whose .git on the device is
-# the session's base checkout):
-#   LIT_VATTN_COMMIT=<commit> bash scripts/gpu_window.sh small text 0,1,2 vanilla,va,sla,las,elc-bert
-# Here, afterwards (the table is built here from the finished runs that came back):
-#   tar xzf <files_at>/runs-text-small.tgz && lit-vattn-reproduce --modality text --preset small \
+#   runs/gpu/                  (optional) run directories from earlier steps, without checkpoints:
+#                              finished runs are skipped, so a table fills over several steps
+# On the GPU machine (LIT_VATTN_COMMIT names the tree when its .git is absent or stale):
+#   LIT_VATTN_COMMIT=<commit> OUT=/tmp/out bash scripts/gpu_steps.sh small text 0,1,2 vanilla,va,sla,las,elc-bert
+# Back on the CPU machine (the table is built from the finished runs that came back):
+#   tar xzf /tmp/out/runs-text-small.tgz && lit-vattn-reproduce --modality text --preset small \
 #   --table-only --runs runs/gpu --archs <same>
 # MQAR's runs go to runs/gpu/mqar-kv<n>/ (one folder per pair count: the 4- and 8-pair runs share a
 # preset name); its table: --modality mqar --preset tiny --table-only --runs runs/gpu/mqar-kv<n>
 #   --out results/gpu-probes-kv<n>
+# LIMIT (default 530 s) bounds each step; OUT (default /tmp/out) receives a few compact files.
 #
 # Steps:
 #   small <modality> [seeds] [archs]   the `small` NLL table's runs (text, music; acoustic needs the
@@ -28,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0; if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
 STEP=${1:?"a step: small | tests | generate | throughput | mqar (see the header)"}; shift
-OUT=${OUT:-/tmp/out}; LIMIT=${LIMIT:-530}   # seconds for the step itself: the call's 600 less setup and packing
+OUT=${OUT:-/tmp/out}; LIMIT=${LIMIT:-530}   # seconds for the step itself, packing excluded
 export LIT_VATTN_CACHE=${LIT_VATTN_CACHE:-$PWD/.carry/regen-cache}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # lit_vattn and datamodules from this tree, installed or not
 export LIT_VATTN_COMMIT=${LIT_VATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
