@@ -24,7 +24,7 @@ import torch
 from throughput import hardware
 
 from lit_vattn import attention
-from lit_vattn.reproduce import git_commit
+from lit_vattn.provenance import git_commit
 
 
 def bench(fn, reps_ms: int = 200) -> float:

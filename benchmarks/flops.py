@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch.registry import registry
-from lit_vattn.reproduce import git_commit
+from lit_vattn.provenance import git_commit
 
 # every registered method at its defaults, then the switch settings that change what it costs
 READINGS = {

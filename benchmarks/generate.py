@@ -27,7 +27,7 @@ from throughput import hardware
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch.registry import registry
 from lit_vattn.generate import sample
-from lit_vattn.reproduce import git_commit
+from lit_vattn.provenance import git_commit
 
 
 def main(argv=None) -> str:

@@ -27,7 +27,7 @@ from throughput import hardware, sync
 from datamodules import MusicDataModule, TextDataModule, codec
 from datamodules.audio_sources import speech_clips
 from datamodules.music_sources import score_files, score_pieces
-from lit_vattn.reproduce import git_commit
+from lit_vattn.provenance import git_commit
 
 
 def timed(fn):

@@ -39,7 +39,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from datamodules import TextDataModule
 from lit_vattn import GPTConfig, LanguageModel
 from lit_vattn.arch.registry import registry
-from lit_vattn.reproduce import git_commit
+from lit_vattn.provenance import git_commit
 
 
 def parse_arch(spec: str) -> tuple[str, str | None]:

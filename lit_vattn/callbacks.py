@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 
+from lit_vattn.records import SUMMARY, read_summary  # noqa: F401  (read_summary: the public reader of what RunSummary writes)
+
 
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting tokens: logs train/items_per_sec (tokens/s, all
@@ -105,7 +107,7 @@ class RunSummary(Callback):
     device). The curves are kept in the checkpoint, so a resumed run continues them from the
     checkpoint's step. The CLI always adds it (``--summary.*`` options)."""
 
-    def __init__(self, skip_steps: int = 5, filename: str = "summary.json"):
+    def __init__(self, skip_steps: int = 5, filename: str = SUMMARY):
         """
         Args:
             skip_steps: Steps excluded from the tokens/s mean (warm-up, compilation).
@@ -246,7 +248,7 @@ class BudgetCurve(Callback):
             )
         self.points, self.first_step, self.max_batches = points, first_step, max_batches
         self.curve: list[dict] = []
-        self.filename = "summary.json"
+        self.filename = SUMMARY
 
     def steps(self, max_steps: int) -> list[int]:
         """The evaluation steps (global steps after the optimizer step) for a run of max_steps."""
@@ -304,14 +306,3 @@ class BudgetCurve(Callback):
         values = metrics.compute(pl_module.unit)
         values.pop("tokens")
         return {k: float(v) for k, v in values.items()}
-
-
-def read_summary(run_dir) -> dict:
-    """A run's ``summary.json`` (written by ``RunSummary``), or an error naming what is missing."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: the run has not finished a validation, test or training "
-            "(RunSummary writes it; it is on unless --summary is disabled)"
-        )
-    return json.loads(path.read_text())

@@ -5,7 +5,6 @@ paired with vanilla over tokens seen (``-budget.csv`` / ``.png``), and the train
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from statistics import mean, stdev
@@ -13,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from lit_vattn.callbacks import read_summary
+from lit_vattn.records import RunRecord
 
 MARKERS = "os^vD<>ph*"
 
@@ -30,8 +29,7 @@ def budget_rows(results: list[dict], metric: str = "nll") -> list[dict]:
     same seeds (mean, std); [] when no run has a curve."""
     curves = {}
     for r in results:
-        path = Path(r["run_dir"]) / "fit" / "summary.json"
-        pts = json.loads(path.read_text()).get("curve") if path.is_file() else None
+        pts = RunRecord.at(r["run_dir"]).curve
         if pts:
             curves[(r["arch"], r["seed"])] = {p["step"]: p for p in pts}
     rows = []
@@ -132,7 +130,7 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
         for r in results:
             if r["arch"] != arch:
                 continue
-            pts = {int(step): loss for step, _, loss in read_summary(Path(r["run_dir"]) / "fit")["train"]}
+            pts = {int(step): loss for step, _, loss in RunRecord.at(r["run_dir"]).fit_summary["train"]}
             curves.append(pts)
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:

@@ -8,7 +8,7 @@ width, depth, optimizer and schedule are equal across architectures. A run that 
 SIGTERM stops the command: the running runs are stopped, reported as interrupted (never failed) and
 resumed by the next invocation, no other run starts, no table is written, and it exits 130 (143);
 only a run that itself failed (divergence, an error) is marked failed (``failed.json``). With
-``--records`` each run's record (``RECORD_FILES``) is kept beside the table, and a recorded run
+``--records`` each run's record (``lit_vattn.records``) is kept beside the table, and a recorded run
 counts as finished on a fresh machine. ``--lrs`` tunes each method's lr on the first seed
 (``choose_lr``). Then ``lit_vattn.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
 with the tests) and ``.csv`` (one row per run) with the command, commit, date, hardware and wall
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,39 +35,11 @@ from typing import Optional
 import numpy as np
 
 from lit_vattn.arch.registry import arch_configs, config_path, default_request
-from lit_vattn.callbacks import read_summary
+from lit_vattn.provenance import git_commit
+from lit_vattn.records import COUNTS, FIT, PROBES, TEST, UNIT, RunRecord, choose_lr
+from lit_vattn.tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-UNIT = {
-    "text": ("bits_per_byte", "bits/byte"),
-    "music": ("bits_per_note", "bits/note"),
-    "acoustic": ("bits_per_second", "bits/s"),
-    "mqar": ("acc", "accuracy"),
-    "copy": ("acc", "accuracy"),
-}
-# the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
-# (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
-PROBES = ("mqar", "copy")
-# what --records keeps of a run: the files a table reads (the summaries hold the loss and validation
-# curves too), no checkpoint, no log, no per-step CSV; ~20 kB, meant for committing beside the table
-RECORD_FILES = ("done.json", "failed.json", "fit/config.yaml", "fit/summary.json", "test/summary.json")
-
-
-def git_commit() -> str:
-    """Short HEAD, with "+dirty" when tracked code or configs differ from it. Files under results/
-    are what these scripts write, so a run rewriting its own table does not make itself dirty.
-    ``LIT_VATTN_COMMIT``, when set, names the commit instead: for a copy of the tree shipped to
-    another machine, whose git metadata (if any) need not be the tree's."""
-    if os.environ.get("LIT_VATTN_COMMIT"):
-        return os.environ["LIT_VATTN_COMMIT"] + " (LIT_VATTN_COMMIT)"
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-        dirty = (
-            subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)results"], cwd=ROOT).returncode != 0
-        )
-        return sha + ("+dirty" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str]:
@@ -134,28 +104,19 @@ class Runner:
         return Path(self.args.records) / self.run_name(arch, seed, lr) if self.args.records else None
 
     def keep(self, arch: str, seed: int, lr: Optional[float] = None) -> None:
-        """Copy the run's record (``RECORD_FILES``) to --records, replacing any older one whole:
-        written beside the destination, then renamed, so an interruption leaves no half record."""
+        """Copy the run's record to --records (``RunRecord.copy_record``)."""
         rec, d = self.record_dir(arch, seed, lr), self.run_dir(arch, seed, lr)
-        if rec is None or rec.resolve() == d.resolve():
-            return
-        tmp = rec.with_name(rec.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for f in RECORD_FILES:
-            if (d / f).is_file():
-                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(d / f, tmp / f)
-        shutil.rmtree(rec, ignore_errors=True)
-        os.replace(tmp, rec)
+        if rec is not None and rec.resolve() != d.resolve():
+            RunRecord(d).copy_record(rec)
 
     def recorded(self, arch: str, seed: int, lr: Optional[float] = None) -> Optional[dict]:
         """A finished run kept under --records and absent under --runs (made earlier
         or on another machine): its numbers, its run_dir pointing at the record, which holds every
         file a table reads."""
         rec = self.record_dir(arch, seed, lr)
-        if rec is None or not (rec / "done.json").is_file() or (self.run_dir(arch, seed, lr) / "done.json").exists():
+        if rec is None or not RunRecord(rec).is_done or RunRecord(self.run_dir(arch, seed, lr)).is_done:
             return None
-        return {**read_done(rec), "run_dir": str(rec)}
+        return {**RunRecord.at(rec).done, "run_dir": str(rec)}
 
     def _cmd(self, sub: str, arch: str, seed: int, version: str, lr: Optional[float] = None) -> list[str]:
         a = self.args
@@ -220,17 +181,18 @@ class Runner:
         if kept is not None:
             return kept
         d = self.run_dir(arch, seed, lr)
-        done, failed = d / "done.json", d / "failed.json"
-        if not done.exists() and failed.exists() and not is_interruption(json.loads(failed.read_text())["failed"]):
+        run = RunRecord.at(d)
+        failed = run.failed
+        if not run.is_done and failed is not None and not is_interruption(failed["failed"]):
             self.keep(arch, seed, lr)
-            return {**json.loads(failed.read_text()), "run_dir": str(d)}
-        if not done.exists():
+            return {**failed, "run_dir": str(d)}
+        if not run.is_done:
             raise SystemExit(
                 f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
-                f"summary {done}; run it first (without --table-only) or copy its run directory under --runs"
+                f"summary {d / 'done.json'}; run it first (without --table-only) or copy its run directory under --runs"
             )
         self.keep(arch, seed, lr)
-        return {**read_done(d), "run_dir": str(d)}
+        return {**run.done, "run_dir": str(d)}
 
     def one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
         """A finished run's numbers, or {"failed": reason}: a diverged or crashed run never scores.
@@ -238,7 +200,7 @@ class Runner:
         try:
             return self._one(arch, seed, lr)
         except RunInterrupted as e:
-            ckpt = self.run_dir(arch, seed, lr) / "fit" / "checkpoints" / "last.ckpt"
+            ckpt = RunRecord(self.run_dir(arch, seed, lr)).checkpoint
             resume = f"resumes from {ckpt}" if ckpt.exists() else "starts afresh (no checkpoint yet)"
             print(
                 f"[interrupted] {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} ({e}): the same command "
@@ -261,28 +223,26 @@ class Runner:
             )
             d = self.run_dir(arch, seed, lr)
             r = {"arch": arch, "seed": seed, "lr": lr, "failed": e.reason, "run_dir": str(d)}
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "failed.json").write_text(json.dumps(r, indent=2))
+            RunRecord(d).write_failed(r)
             self.keep(arch, seed, lr)
             return r
 
     def _one(self, arch: str, seed: int, lr: Optional[float] = None) -> dict:
         d = self.run_dir(arch, seed, lr)
-        done = d / "done.json"
+        run = RunRecord(d)
         what = f"{arch} seed {seed}" + ("" if lr is None else f" lr {lr:g}")
         kept = self.recorded(arch, seed, lr)
         if kept is not None:
             print(f"[skip] {what}: recorded ({kept['run_dir']})", flush=True)
             return kept
-        if done.exists():
-            print(f"[skip] {what}: finished ({done})", flush=True)
+        if run.is_done:
+            print(f"[skip] {what}: finished ({d / 'done.json'})", flush=True)
             self.keep(arch, seed, lr)
-            return read_done(d)
-        (d / "failed.json").unlink(missing_ok=True)  # a new attempt
-        fit_dir, test_dir = d / "fit", d / "test"
-        ckpt = fit_dir / "checkpoints" / "last.ckpt"
+            return run.done
+        run.clear_failed()  # a new attempt
+        ckpt = run.checkpoint
         t0 = time.time()
-        fit = self._cmd("fit", arch, seed, "fit", lr)
+        fit = self._cmd("fit", arch, seed, FIT, lr)
         resumed = ckpt.exists()
         if resumed:
             print(f"[resume] {what} from {ckpt}", flush=True)
@@ -290,14 +250,14 @@ class Runner:
         else:
             print(f"[train] {what}", flush=True)
         self._call(fit, d / "fit.log")
-        self._call(self._cmd("test", arch, seed, "test", lr) + ["--ckpt_path", str(ckpt)], d / "test.log")
+        self._call(self._cmd("test", arch, seed, TEST, lr) + ["--ckpt_path", str(ckpt)], d / "test.log")
         unit = UNIT[self.args.modality][0]
-        fs, ts = read_summary(fit_dir), read_summary(test_dir)  # written by the runs themselves (RunSummary)
+        fs, ts = run.fit_summary, run.test_summary  # written by the runs themselves (RunSummary)
         stats, val, test = fs["stats"], fs["val"][-1] if fs.get("val") else {}, ts.get("test", {})
         result = {
             "arch": arch,
             "seed": seed,
-            "lr": run_lr(fit_dir),
+            "lr": run.lr,
             "params": stats["params"],
             "tokens_seen": stats["tokens_seen"],
             "steps": stats["global_step"],
@@ -315,28 +275,9 @@ class Runner:
             "resumed": resumed,
             "run_dir": str(d),
         }
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, done)
+        run.write_done(result)
         self.keep(arch, seed, lr)
         return result
-
-
-def run_lr(fit_dir: Path) -> Optional[float]:
-    """The peak learning rate the run trained at, from the config Lightning saved."""
-    import yaml
-
-    cfg = Path(fit_dir) / "config.yaml"
-    if not cfg.is_file():
-        return None
-    lr = ((yaml.safe_load(cfg.read_text()).get("model") or {}).get("init_args") or {}).get("lr")
-    return float(lr) if lr is not None else None
-
-
-def read_done(run_dir: Path) -> dict:
-    """A finished run's ``done.json``; the lr read from its config when the file predates that field."""
-    r = json.loads((run_dir / "done.json").read_text())
-    return r if r.get("lr") is not None else {**r, "lr": run_lr(run_dir / "fit")}
 
 
 def parse_lrs(text: Optional[str]) -> list[float]:
@@ -350,14 +291,6 @@ def parse_lrs(text: Optional[str]) -> list[float]:
     if len(lrs) < 2 or min(lrs) <= 0:
         raise SystemExit(f"--lrs {text!r} must name at least two distinct positive learning rates, e.g. 1e-3,3e-3,1e-2")
     return lrs
-
-
-def choose_lr(sweep: list[dict]) -> Optional[float]:
-    """The selection rule of --lrs: the learning rate whose run on the tuning seed has the lowest
-    final validation NLL (test NLL is never looked at); a diverged or failed run is not a
-    candidate; None when every candidate failed."""
-    ok = [r for r in sweep if not r.get("failed") and r.get("val_nll") is not None and math.isfinite(r["val_nll"])]
-    return min(ok, key=lambda r: (r["val_nll"], r["lr"]))["lr"] if ok else None
 
 
 class RunInterrupted(Exception):
@@ -393,7 +326,7 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     from lit_vattn import baselines
     from lit_vattn.cli import from_run_config
 
-    cli = from_run_config(Path(results[0]["run_dir"]) / "fit" / "config.yaml")
+    cli = from_run_config(RunRecord.at(results[0]["run_dir"]).config_path)
     dm, trainer = cli.datamodule, cli.trainer
     dm.prepare_data()
     dm.setup()
@@ -401,7 +334,7 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     models = [baselines.Unigram(train, dm.vocab_size), baselines.Bigram(train, dm.vocab_size)]
     units = dm.units_per_token
     # the runs' world size: under DDP each rank scored its own slice, cut at limit_*_batches
-    world = int(read_summary(Path(results[0]["run_dir"]) / "fit")["stats"].get("world_size", 1))
+    world = int(RunRecord.at(results[0]["run_dir"]).fit_summary["stats"].get("world_size", 1))
     scored = {}
     for split, limit in (("val", trainer.limit_val_batches), ("test", trainer.limit_test_batches)):
         loaders = [
@@ -538,7 +471,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results)
         )
     if not args.no_baselines and args.modality not in PROBES:  # a probe's floor is its chance line
-        saved = runner.root / f"{args.modality}-{args.preset}" / "counts.json"
+        saved = runner.root / f"{args.modality}-{args.preset}" / COUNTS
         try:
             if saved.exists() and args.table_only:  # computed beside the runs, where their data is
                 counts = json.loads(saved.read_text())
@@ -547,12 +480,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(counts, indent=2))
             if args.records:
-                kept = Path(args.records) / f"{args.modality}-{args.preset}" / "counts.json"
+                kept = Path(args.records) / f"{args.modality}-{args.preset}" / COUNTS
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 kept.write_text(json.dumps(counts, indent=2))
         except Exception as e:  # the runs are done: a failing extra row must not cost the table
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-    from lit_vattn.tables import write_tables  # here: tables reads this module's constants
 
     md, _ = write_tables(args, results, wall, counts, sweep)
     print(md.read_text())

@@ -5,7 +5,7 @@ rule, tests; one row per method: params, tokens, val/test NLL mean ± std over s
 on the same seed, the paired t over seeds and the paired bootstrap over test windows, each
 Holm-corrected across the table, the verdict, tokens/s, memory; the count-model floors; each
 control against its own method; the lr sweep), ``<stem>.csv`` (one row per run) and the loss and
-budget curves. It reads only what a run's record holds (``reproduce.RECORD_FILES``), so a table is
+budget curves. It reads only what a run's record holds (``lit_vattn.records.RunRecord``), so a table is
 rebuilt from committed records with ``--table-only``. The verdict words are defined here:
 "better"/"worse" when both Holm p < 0.05, else "no detectable difference".
 """
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import math
 import os
-import platform
 import sys
 from pathlib import Path
 from statistics import mean, stdev
@@ -25,7 +23,8 @@ from typing import Optional
 
 from lit_vattn.arch.registry import control_of, seed_methods
 from lit_vattn.curves import plot_budget, plot_curves
-from lit_vattn.reproduce import PROBES, UNIT, choose_lr, git_commit
+from lit_vattn.provenance import git_commit, hardware
+from lit_vattn.records import PROBES, UNIT, RunRecord, choose_lr
 
 
 def table_stem(args, results: list[dict]) -> str:
@@ -57,12 +56,10 @@ def epochs(results: list[dict], counts: Optional[list[dict]] = None) -> str:
 
 def scored_fraction(results: list[dict]) -> str:
     """What part of val/test the runs scored, read from the first run's saved config."""
-    import yaml
-
     for r in results:
-        cfg_path = Path(r["run_dir"]) / "fit" / "config.yaml"
-        if cfg_path.exists():
-            t = yaml.safe_load(cfg_path.read_text()).get("trainer", {})
+        run = RunRecord.at(r["run_dir"])
+        if run.config_path.exists():
+            t = run.config.get("trainer", {})
             lv, lt = t.get("limit_val_batches"), t.get("limit_test_batches")
 
             def part(v):
@@ -88,9 +85,7 @@ def fmt(xs: list[float], digits: int = 4) -> str:
 def _windows(r: dict, field: str = "nll") -> Optional[dict]:
     """The run's per-test-window sums ({index: (sum of field, tokens)}; field "nll", or "correct"
     for a probe's top-1 hits), if its test recorded them."""
-    path = Path(r["run_dir"]) / "test" / "summary.json"
-    w = json.loads(path.read_text()).get("test_windows") if path.is_file() else None
-    return {i: (n, t) for i, n, t in zip(w["index"], w[field], w["tokens"])} if w and field in w else None
+    return RunRecord.at(r["run_dir"]).test_windows(field)
 
 
 def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tuple[list[float], list[int]]]:
@@ -167,12 +162,9 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
 def probe_lines(results: list[dict]) -> list[str]:
     """A probe table's header bullets: the task as configured (from the first run's saved config)
     and its chance accuracy."""
-    import yaml
-
     from datamodules.probes import ProbeDataModule
 
-    cfg = yaml.safe_load((Path(results[0]["run_dir"]) / "fit" / "config.yaml").read_text())
-    dm = ProbeDataModule(**cfg["data"]["init_args"])
+    dm = ProbeDataModule(**RunRecord.at(results[0]["run_dir"]).config["data"]["init_args"])
     return [
         f"- task: {dm.describe()} (`datamodules/probes.py`)",
         f"- chance accuracy (a uniform guess among the ids an answer can be): {dm.chance_accuracy:.4f}; "
@@ -274,11 +266,7 @@ def write_tables(
     by = {a: sorted((r for r in results if r["arch"] == a), key=lambda r: r["seed"]) for a in archs}
     base = {r["seed"]: r for r in by.get("vanilla", [])}
     devices = sorted({r["device"] for r in results})
-    hw = (
-        ", ".join(devices)
-        if devices != ["cpu"]
-        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    )
+    hw = hardware(devices)
     probe = args.modality in PROBES
     lines = [
         f"# {args.modality} {'in-context probe table (accuracy on the answers)' if probe else 'NLL table'}, preset `{args.preset}`",

@@ -30,21 +30,18 @@ import csv
 import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from statistics import mean, stdev
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lit_vattn import stats  # noqa: E402
-from lit_vattn.analyze import _plt, _save_csv, _savefig  # noqa: E402
-from lit_vattn.arch.registry import default_request  # noqa: E402
-from lit_vattn.curves import method_style  # noqa: E402
-from lit_vattn.reproduce import git_commit  # noqa: E402
+from lit_vattn import stats
+from lit_vattn.analyze import _plt, _save_csv, _savefig
+from lit_vattn.arch.registry import default_request
+from lit_vattn.curves import method_style
+from lit_vattn.provenance import git_commit, hardware
+from lit_vattn.records import RunRecord
 
 
 def buckets(T: int, longest: int) -> list[tuple[int, int]]:
@@ -64,7 +61,7 @@ def run_positions(run: Path, seq_lens: list[int], split: str, max_windows=None) 
     """{seq_len: (nll sums, token counts)} for one run, from its cache or computed (and cached)."""
     from lit_vattn import analyze
 
-    ckpt = run / "fit" / "checkpoints" / "last.ckpt"
+    ckpt = RunRecord(run).checkpoint
     if not ckpt.is_file():
         raise SystemExit(f"{run}: no checkpoint {ckpt} (--runs must hold the checkpoints of a reproduce table)")
     st = ckpt.stat()
@@ -140,14 +137,14 @@ def main(argv=None) -> str:
     archs = ["vanilla"] + [a for a in archs if a != "vanilla"]  # first: rows, colours and pairing read it so
     for a in archs:
         for s in seeds:
-            if not (run_dir(a, s) / "done.json").is_file():
+            if not RunRecord(run_dir(a, s)).is_done:
                 raise SystemExit(
                     f"{run_dir(a, s)}: no finished run (done.json); run lit-vattn-reproduce "
                     f"first or leave it out with --archs / --seeds"
                 )
     from lit_vattn.cli import from_run_config
 
-    T = from_run_config(run_dir("vanilla", seeds[0]) / "fit" / "config.yaml").datamodule.seq_len  # trained length
+    T = from_run_config(RunRecord(run_dir("vanilla", seeds[0])).config_path).datamodule.seq_len  # trained length
     try:
         seq_lens = sorted({int(x) for x in args.seq_lens.split(",")}) if args.seq_lens else [T, 2 * T]
     except ValueError:
@@ -172,7 +169,7 @@ def main(argv=None) -> str:
         for a in archs:
             for s in seeds:
                 nll, tok = data[a][s][T]
-                w = json.loads((run_dir(a, s) / "test" / "summary.json").read_text()).get("test_windows") or {}
+                w = RunRecord.at(run_dir(a, s)).test_summary.get("test_windows") or {}
                 ref, got = 0.0, 0
                 for _, wn, wt in sorted(zip(w.get("index", []), w.get("nll", []), w.get("tokens", []))):
                     if got >= tok.sum():  # the run's windows, in order, until they cover what we scored
@@ -223,7 +220,7 @@ def main(argv=None) -> str:
         f"- commit: {git_commit()} (table); checkpoints: `{runs}/<arch>/{'lr<lr>/' if lrs else ''}seed<s>/fit/checkpoints/last.ckpt` "
         + (f"(each method's lr from `{args.lrs_from}`) " if lrs else "")
         + f"(commits in their done.json); date: {datetime.date.today().isoformat()}; hardware: "
-        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) for this scoring",
+        f"{hardware()} for this scoring",
         f"- scored: every target of the {args.split} split once"
         + (f" (the first {args.max_windows} windows of each length only)" if args.max_windows else "")
         + f", in windows of {', '.join(map(str, seq_lens))} tokens "

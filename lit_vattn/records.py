@@ -1,0 +1,168 @@
+"""A run of ``lit-vattn-reproduce``, read from its directory: the one home of that layout.
+
+    <run>/done.json                 the finished run's numbers (``RunRecord.write_done``)
+    <run>/failed.json               a run that failed by itself (divergence, an error)
+    <run>/fit/config.yaml           the training config Lightning saved
+    <run>/fit/summary.json          ``RunSummary`` of the fit: train loss, validation, curve, stats
+    <run>/test/summary.json         ``RunSummary`` of the test: test metrics, per-window sums
+    <run>/fit/checkpoints/last.ckpt the model (never part of a record)
+
+A *record* is the first five files (~20 kB, no checkpoint, no log): committed beside a table, it
+rebuilds the table anywhere. Each file is read once per process (``RunRecord.at`` caches the
+object; its properties cache the files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Optional
+
+FIT, TEST = "fit", "test"  # the version folders of a reproduce run: fit, then test of its last checkpoint
+CONFIG, SUMMARY = "config.yaml", "summary.json"  # what every lit-vattn run directory holds
+DONE, FAILED, COUNTS = "done.json", "failed.json", "counts.json"  # reproduce's: a run's outcome, a table's count rows
+FILES = (DONE, FAILED, f"{FIT}/{CONFIG}", f"{FIT}/{SUMMARY}", f"{TEST}/{SUMMARY}")
+# modality -> (the metric a table reports beside NLL, its unit); probes report accuracy instead
+UNIT = {
+    "text": ("bits_per_byte", "bits/byte"),
+    "music": ("bits_per_note", "bits/note"),
+    "acoustic": ("bits_per_second", "bits/s"),
+    "mqar": ("acc", "accuracy"),
+    "copy": ("acc", "accuracy"),
+}
+# the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
+# (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
+PROBES = ("mqar", "copy")
+
+
+class RunRecord:
+    """One run directory (or its committed record)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @staticmethod
+    @lru_cache(maxsize=None)
+    def at(path) -> RunRecord:
+        """The record of ``path``, read at most once per process."""
+        return RunRecord(path)
+
+    # --- where things are ----------------------------------------------------------------------
+    @property
+    def fit_dir(self) -> Path:
+        return self.path / FIT
+
+    @property
+    def test_dir(self) -> Path:
+        return self.path / TEST
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.fit_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def config_path(self) -> Path:
+        return self.fit_dir / CONFIG
+
+    @property
+    def is_done(self) -> bool:
+        return (self.path / DONE).is_file()
+
+    # --- what it holds -------------------------------------------------------------------------
+    @cached_property
+    def config(self) -> dict:
+        import yaml
+
+        return yaml.safe_load(self.config_path.read_text()) if self.config_path.is_file() else {}
+
+    @property
+    def lr(self) -> Optional[float]:
+        """The peak learning rate the run trained at, from its saved config."""
+        lr = ((self.config.get("model") or {}).get("init_args") or {}).get("lr")
+        return float(lr) if lr is not None else None
+
+    @cached_property
+    def done(self) -> dict:
+        """The finished run's numbers; the lr read from its config when the file predates that field."""
+        r = json.loads((self.path / DONE).read_text())
+        return r if r.get("lr") is not None else {**r, "lr": self.lr}
+
+    @property
+    def failed(self) -> Optional[dict]:
+        path = self.path / FAILED
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @cached_property
+    def fit_summary(self) -> dict:
+        return read_summary(self.fit_dir)
+
+    @cached_property
+    def test_summary(self) -> dict:
+        return read_summary(self.test_dir)
+
+    @property
+    def curve(self) -> list[dict]:
+        """The budget curve's points (``BudgetCurve``), [] when the run has none."""
+        return self.fit_summary.get("curve") or [] if (self.fit_dir / SUMMARY).is_file() else []
+
+    def test_windows(self, field: str = "nll") -> Optional[dict]:
+        """{window index: (summed ``field``, tokens)} of the test ("nll", or "correct" for a probe's
+        top-1 hits), if the test recorded them."""
+        if not (self.test_dir / SUMMARY).is_file():
+            return None
+        w = self.test_summary.get("test_windows")
+        return {i: (n, t) for i, n, t in zip(w["index"], w[field], w["tokens"])} if w and field in w else None
+
+    # --- writing -------------------------------------------------------------------------------
+    def write_done(self, result: dict) -> None:
+        _write_json(self.path / DONE, result)
+
+    def write_failed(self, result: dict) -> None:
+        _write_json(self.path / FAILED, result)
+
+    def clear_failed(self) -> None:
+        (self.path / FAILED).unlink(missing_ok=True)
+
+    def copy_record(self, dest: Path) -> None:
+        """Copy the record (``FILES``) to ``dest``, replacing any older one whole: written beside
+        the destination, then renamed, so an interruption leaves no half record."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in FILES:
+            if (self.path / f).is_file():
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.path / f, tmp / f)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+
+
+def read_summary(run_dir) -> dict:
+    """A run's ``summary.json`` (written by ``RunSummary``), or an error naming what is missing."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the run has not finished a validation, test or training "
+            "(RunSummary writes it; it is on unless --summary is disabled)"
+        )
+    return json.loads(path.read_text())
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def choose_lr(sweep: list[dict]) -> Optional[float]:
+    """The selection rule of --lrs: the learning rate whose run on the tuning seed has the lowest
+    final validation NLL (test NLL is never looked at); a diverged or failed run is not a
+    candidate; None when every candidate failed."""
+    import math
+
+    ok = [r for r in sweep if not r.get("failed") and r.get("val_nll") is not None and math.isfinite(r["val_nll"])]
+    return min(ok, key=lambda r: (r["val_nll"], r["lr"]))["lr"] if ok else None
