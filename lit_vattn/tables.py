@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional
@@ -172,9 +174,7 @@ def probe_lines(results: list[dict]) -> list[str]:
     ]
 
 
-TUNED_LR = (
-    "learning rate: each method's own"  # how a tuned table's header bullet starts (scripts/methods_table.py reads it)
-)
+TUNED_LR = "learning rate: each method's own"  # how a tuned table's header bullet starts
 
 
 def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
@@ -268,12 +268,13 @@ def write_tables(
     devices = sorted({r["device"] for r in results})
     hw = hardware(devices)
     probe = args.modality in PROBES
+    runs_at = ", ".join(sorted({r.get("commit", "not recorded (see results/README.md)") for r in results}))
+    provenance_line = f"commit: {git_commit()} (table); runs made at {runs_at}; date: {datetime.date.today().isoformat()}; hardware: {hw}"
     lines = [
         f"# {args.modality} {'in-context probe table (accuracy on the answers)' if probe else 'NLL table'}, preset `{args.preset}`",
         "",
         f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
-        f"- commit: {git_commit()} (table); runs made at {', '.join(sorted({r.get('commit', 'not recorded (see results/README.md)') for r in results}))}; "
-        f"date: {datetime.date.today().isoformat()}; hardware: {hw}",
+        f"- {provenance_line}",
         *(probe_lines(results) if probe else [f"- epochs over the training split: {epochs(results, counts)}"]),
         (
             "- wall time: "
@@ -313,35 +314,9 @@ def write_tables(
             + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed)
             + "**"
         )
-    lines += [
-        "",
-        f"| arch | runs | lr | params | tokens seen | val NLL (nats/token) | test NLL (nats/token) | test {unit_label} "
-        f"| Δ test {'accuracy' if probe else 'NLL'} vs vanilla "
-        "| p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict | tokens/s | peak mem (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    tests = significance(archs, by, base, probe)
-    key = "test_acc" if probe else "test_nll"
-    for a in archs:
-        rs = by[a]
-        n_failed = sum(r["arch"] == a for r in failed)
-        runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
-        if not rs:
-            lines.append(f"| {a} | {runs} | — | — | — | failed | failed | failed | — | — | — | — | — | — | — |")
-            continue
-        p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
-        delta = [r[key] - base[r["seed"]][key] for r in rs if r["seed"] in base] if a != "vanilla" else []
-        lines.append(
-            f"| {a} | {runs} | {lr_cell(rs)} | {rs[0]['params'] / 1e6:.2f} M | {rs[0]['tokens_seen'] / 1e6:.2f} M | {fmt([r['val_nll'] for r in rs])} | "
-            f"{fmt([r['test_nll'] for r in rs])} | {fmt([r[f'test_{unit}'] for r in rs], 3)} | "
-            f"{fmt(delta) if delta else '—'} | {pval(p_raw)} | {pval(p_holm)} | {pval(p_boot)} | {word} | {fmt([r['tokens_per_sec'] for r in rs], 0)} | "
-            f"{max(r['peak_memory_gib'] for r in rs):.2f} |"
-        )
-    for c in counts or []:
-        lines.append(
-            f"| {c['arch']} | count model | — | — | {c['train_tokens'] / 1e6:.2f} M counted | {c['val_nll']:.4f} | {c['test_nll']:.4f} | "
-            f"{c['test_bits_per_unit']:.3f} | — | — | — | — | — | — | — |"
-        )
+    columns = main_columns(unit_label, probe)
+    rows = main_rows(archs, by, base, failed, counts, unit, probe)
+    lines += ["", *render(columns, rows)]
     if counts:
         lines += [
             "",
@@ -377,8 +352,110 @@ def write_tables(
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, stem.with_suffix(".md"))
+    summary = {
+        "table": stem.name + ".md",
+        "modality": args.modality,
+        "preset": args.preset,
+        "provenance": provenance_line,
+        "lr": "tuned" if sweep else "shared",
+        "columns": [[c.key, c.header] for c in columns],
+        "rows": rows,
+    }
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, stem.with_suffix(".json"))
     plot_curves(results, stem.with_name(stem.name + "-loss.png"), f"{args.modality}, preset {args.preset}")
     return stem.with_suffix(".md"), stem.with_suffix(".csv")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: its key in a row (and in the table's JSON) and its markdown header."""
+
+    key: str
+    header: str
+
+
+def main_columns(unit_label: str, probe: bool) -> list[Column]:
+    return [
+        Column("arch", "arch"),
+        Column("runs", "runs"),
+        Column("lr", "lr"),
+        Column("params", "params"),
+        Column("tokens_seen", "tokens seen"),
+        Column("val_nll", "val NLL (nats/token)"),
+        Column("test_nll", "test NLL (nats/token)"),
+        Column("test_unit", f"test {unit_label}"),
+        Column("delta", f"Δ test {'accuracy' if probe else 'NLL'} vs vanilla"),
+        Column("p_seeds", "p seeds (paired t)"),
+        Column("p_seeds_holm", "p seeds (Holm)"),
+        Column("p_windows_holm", "p windows (bootstrap, Holm)"),
+        Column("verdict", "verdict"),
+        Column("tokens_per_sec", "tokens/s"),
+        Column("peak_memory_gib", "peak mem (GiB)"),
+    ]
+
+
+def main_rows(archs, by, base, failed, counts, unit: str, probe: bool) -> list[dict]:
+    """The main table's rows, each cell formatted once: the markdown and the table's JSON both show these."""
+    tests = significance(archs, by, base, probe)
+    key = "test_acc" if probe else "test_nll"
+    rows = []
+    for a in archs:
+        rs = by[a]
+        n_failed = sum(r["arch"] == a for r in failed)
+        runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
+        if not rs:
+            cells = ["—", "—", "—", "failed", "failed", "failed", "—", "—", "—", "—", "—", "—", "—"]
+            rows.append(dict(zip([c.key for c in main_columns("", probe)], [a, runs, *cells])))
+            continue
+        p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
+        delta = [r[key] - base[r["seed"]][key] for r in rs if r["seed"] in base] if a != "vanilla" else []
+        rows.append(
+            {
+                "arch": a,
+                "runs": runs,
+                "lr": lr_cell(rs),
+                "params": f"{rs[0]['params'] / 1e6:.2f} M",
+                "tokens_seen": f"{rs[0]['tokens_seen'] / 1e6:.2f} M",
+                "val_nll": fmt([r["val_nll"] for r in rs]),
+                "test_nll": fmt([r["test_nll"] for r in rs]),
+                "test_unit": fmt([r[f"test_{unit}"] for r in rs], 3),
+                "delta": fmt(delta) if delta else "—",
+                "p_seeds": pval(p_raw),
+                "p_seeds_holm": pval(p_holm),
+                "p_windows_holm": pval(p_boot),
+                "verdict": word,
+                "tokens_per_sec": fmt([r["tokens_per_sec"] for r in rs], 0),
+                "peak_memory_gib": f"{max(r['peak_memory_gib'] for r in rs):.2f}",
+            }
+        )
+    for c in counts or []:
+        rows.append(
+            {
+                "arch": c["arch"],
+                "runs": "count model",
+                "lr": "—",
+                "params": "—",
+                "tokens_seen": f"{c['train_tokens'] / 1e6:.2f} M counted",
+                "val_nll": f"{c['val_nll']:.4f}",
+                "test_nll": f"{c['test_nll']:.4f}",
+                "test_unit": f"{c['test_bits_per_unit']:.3f}",
+                **dict.fromkeys(("delta", "p_seeds", "p_seeds_holm", "p_windows_holm", "verdict"), "—"),
+                "tokens_per_sec": "—",
+                "peak_memory_gib": "—",
+            }
+        )
+    return rows
+
+
+def render(columns: list[Column], rows: list[dict]) -> list[str]:
+    """A markdown table of ``rows`` in the order of ``columns``."""
+    return [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(r[c.key] for c in columns) + " |" for r in rows),
+    ]
 
 
 def pval(v: Optional[float]) -> str:

@@ -1,6 +1,7 @@
 """One table "method x modality" from the per-modality NLL tables of one preset.
 
-Reads ``results/<modality>-<preset>.md`` (written by ``lit-vattn-reproduce``) and copies, for
+Reads ``results/<modality>-<preset>.json`` (the rows ``lit-vattn-reproduce`` rendered into that
+table's markdown, as data) and copies, for
 every architecture, its paired difference to vanilla in test NLL (mean ± std over seeds), the
 number of finished seeds, the verdict of the table's stated test and, where that table chose a
 learning rate per method, the chosen one; a modality whose table lacks an architecture (a control
@@ -13,33 +14,21 @@ it summarises.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from lit_vattn.arch.registry import default_request
-from lit_vattn.tables import TUNED_LR
 
 MODALITIES = ("text", "music", "acoustic")
 METHODS = default_request()  # the compared methods and the default controls; any other row is a control or a reading
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse(md: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """{arch: {column: cell}} of the first markdown table in ``md``, and its header lines (bullets)."""
-    rows, header, bullets = {}, None, []
-    for line in md.read_text().splitlines():
-        if line.startswith("- "):
-            bullets.append(line[2:])
-        if not line.startswith("|"):
-            if header:
-                break
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if header is None:
-            header = cells
-        elif not set(cells[0]) <= {"-"}:
-            rows[cells[0]] = dict(zip(header, cells))
-    return rows, bullets
+def load(path: Path) -> tuple[dict[str, dict[str, str]], dict]:
+    """{arch: row} of a table's JSON (count-model rows left out), and the JSON itself."""
+    table = json.loads(path.read_text())
+    return {r["arch"]: r for r in table["rows"] if r["runs"] != "count model"}, table
 
 
 def main(argv=None) -> str:
@@ -48,15 +37,15 @@ def main(argv=None) -> str:
     p.add_argument("--results", default=str(ROOT / "results"))
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    tables = {m: Path(args.results) / f"{m}-{args.preset}.md" for m in MODALITIES}
-    parsed = {m: parse(t) for m, t in tables.items() if t.is_file()}
+    tables = {m: Path(args.results) / f"{m}-{args.preset}.json" for m in MODALITIES}
+    parsed = {m: load(t) for m, t in tables.items() if t.is_file()}
     if not parsed:
-        sys.exit(f"no results/<modality>-{args.preset}.md found under {args.results}: run lit-vattn-reproduce first")
+        sys.exit(f"no results/<modality>-{args.preset}.json found under {args.results}: run lit-vattn-reproduce first")
     # the compared methods first, in the tables' order; then the controls (va-frozen, sla-far, ...)
     # that a table with --lrs and controls also holds, which the others mark "not run"
     archs = list(dict.fromkeys(a for rows, _ in parsed.values() for a in rows if "counts" not in a))
     archs = [a for a in archs if a in METHODS] + [a for a in archs if a not in METHODS]
-    tuned = {m: any(b.startswith(TUNED_LR) for b in bl) for m, (_, bl) in parsed.items()}
+    tuned = {m: table["lr"] == "tuned" for m, (_, table) in parsed.items()}
     lines = [
         f"# Every method against vanilla, preset `{args.preset}`",
         "",
@@ -70,20 +59,24 @@ def main(argv=None) -> str:
         "- sources (each with its own command, commit, date and hardware):",
     ]
     lines += [
-        f"  - {m}: `results/{tables[m].name}` ({next((b for b in bl if b.startswith('commit')), 'commit n/a')}; "
-        + (f"{TUNED_LR}, chosen on validation)" if tuned[m] else "one learning rate for every method)")
-        for m, (_, bl) in parsed.items()
+        f"  - {m}: `results/{table['table']}` ({table['provenance']}; "
+        + (
+            "learning rate: each method's own, chosen on validation)"
+            if tuned[m]
+            else "one learning rate for every method)"
+        )
+        for m, (_, table) in parsed.items()
     ]
     lines += [f"  - {m}: no table yet" for m in MODALITIES if m not in parsed]
     lines += ["", "| method | " + " | ".join(MODALITIES) + " |", "|---|" + "---|" * len(MODALITIES)]
     for a in archs:
         cells = []
         for m in MODALITIES:
-            row = parsed.get(m, ({}, []))[0].get(a)
+            row = parsed.get(m, ({}, {}))[0].get(a)
             if row is None:
                 cells.append("not run")
                 continue
-            delta = row.get("Δ test NLL vs vanilla", "—")
+            delta = row.get("delta", "—")
             verdict = row.get("verdict", "—").replace("no detectable difference", "n.d.")
             runs = row.get("runs", "").split("/")[0]
             lr = f" (lr {row['lr']})" if tuned[m] and row.get("lr") else ""

@@ -436,7 +436,22 @@ def test_committed_tables_are_the_runs_their_records_hold(tmp_path, capsys):
         body = lambda text: text.split("\n| arch |", 1)[1].split("\nPer-run numbers")[0]  # noqa: E731
         assert body((tmp_path / f"{stem}.md").read_text()) == body(md), stem
         assert (tmp_path / f"{stem}.csv").read_text() == (root / "results" / f"{stem}.csv").read_text(), stem
+        rows = json.loads((tmp_path / f"{stem}.json").read_text())["rows"]
+        assert rows == json.loads((root / "results" / f"{stem}.json").read_text())["rows"], stem
     capsys.readouterr()
+
+
+def test_each_committed_tables_data_renders_its_markdown_table():
+    """A table's JSON (what the method x modality table reads) holds the rows its markdown shows,
+    cell for cell, so no summary is built from markdown and none can drift from it."""
+    root = Path(__file__).parents[1]
+    saved = sorted((root / "results").glob("*.json"))
+    assert {t.stem for t in saved} >= {"text-tiny", "music-tiny", "acoustic-tiny"}
+    for t in saved:
+        data = json.loads(t.read_text())
+        columns = [tables.Column(k, h) for k, h in data["columns"]]
+        rendered = "\n".join(tables.render(columns, data["rows"]))
+        assert rendered in (root / "results" / data["table"]).read_text(), t.name
 
 
 def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_trained_length(table):
@@ -565,17 +580,39 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     spec = importlib.util.spec_from_file_location("methods_table", root / "scripts/methods_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    head = "| arch | runs | lr | Δ test NLL vs vanilla | verdict |\n|---|---|---|---|---|\n"
-    (tmp_path / "music-tiny.md").write_text(
-        "# music\n\n- commit: abc\n- learning rate: each method's own, chosen from {0.003, 0.006} ...\n\n"
-        + head
-        + "| va-frozen | 3/3 | 0.006 | -0.1 ± 0.01 | better |\n| vanilla | 3/3 | 0.003 | — | — |\n"
-        + "| va | 3/3 | 0.006 | -0.2 ± 0.02 | better |\n"
+
+    def table(modality, provenance, lr, rows):
+        cells = ("arch", "runs", "lr", "delta", "verdict")
+        (tmp_path / f"{modality}-tiny.json").write_text(
+            json.dumps(
+                {
+                    "table": f"{modality}-tiny.md",
+                    "provenance": provenance,
+                    "lr": lr,
+                    "rows": [dict(zip(cells, r)) for r in rows],
+                }
+            )
+        )
+
+    table(
+        "music",
+        "commit: abc",
+        "tuned",
+        [
+            ("va-frozen", "3/3", "0.006", "-0.1 ± 0.01", "better"),
+            ("vanilla", "3/3", "0.003", "—", "—"),
+            ("va", "3/3", "0.006", "-0.2 ± 0.02", "better"),
+        ],
     )
-    (tmp_path / "text-tiny.md").write_text(
-        "# text\n\n- commit: def\n\n"
-        + head
-        + "| vanilla | 3/3 | 0.003 | — | — |\n| va | 3/3 | 0.003 | -0.1 ± 0.01 | no detectable difference |\n"
+    table(
+        "text",
+        "commit: def",
+        "shared",
+        [
+            ("vanilla", "3/3", "0.003", "—", "—"),
+            ("va", "3/3", "0.003", "-0.1 ± 0.01", "no detectable difference"),
+            ("bigram (counts)", "count model", "—", "—", "—"),
+        ],
     )
     text = mod.main(["--preset", "tiny", "--results", str(tmp_path)])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
