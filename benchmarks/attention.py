@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
-from pathlib import Path
 
 import torch
 from throughput import hardware
 
 from lit_vattn import attention
+from lit_vattn.io import write_text
 from lit_vattn.provenance import git_commit
 
 
@@ -138,11 +137,7 @@ def main():
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(table)
-        os.replace(tmp, out)
+        write_text(args.out, table)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from throughput import hardware
@@ -27,6 +25,7 @@ from throughput import hardware
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch.registry import registry
 from lit_vattn.generate import sample
+from lit_vattn.io import write_text
 from lit_vattn.provenance import git_commit
 
 
@@ -100,10 +99,7 @@ def main(argv=None) -> str:
         lines[-1] += f" {'yes' if same else 'NO'} |"
     text = "\n".join(lines) + "\n"
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        write_text(args.out, text)
     print(text)
     return text
 

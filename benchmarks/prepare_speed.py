@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from throughput import hardware, sync
 from datamodules import MusicDataModule, TextDataModule, codec
 from datamodules.audio_sources import speech_clips
 from datamodules.music_sources import score_files, score_pieces
+from lit_vattn.io import write_text
 from lit_vattn.provenance import git_commit
 
 
@@ -159,10 +159,7 @@ def write_table(rows: list, args) -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(table)
-        os.replace(tmp, out)
+        write_text(args.out, table)
 
 
 if __name__ == "__main__":

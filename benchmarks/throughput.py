@@ -39,6 +39,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from datamodules import TextDataModule
 from lit_vattn import GPTConfig, LanguageModel
 from lit_vattn.arch.registry import registry
+from lit_vattn.io import write_text
 from lit_vattn.provenance import git_commit
 
 
@@ -276,11 +277,7 @@ def table(rows: list[dict], head: dict) -> str:
 
 
 def write(path: str, text: str) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text(path, text)
 
 
 def main():

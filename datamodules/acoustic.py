@@ -27,6 +27,7 @@ from datamodules.audio_sources import (
     speech_clips,
 )
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
+from lit_vattn.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +255,11 @@ class AcousticDataModule(TokenDataModule):
         return codec.decode(self.codec, codec.unflatten(ids, self.n_q))
 
     def to_wav(self, ids, path: str):
-        import os
         from pathlib import Path
 
         import soundfile as sf
 
         out = Path(path)
-        tmp = out.with_suffix(".tmp.wav")
-        sf.write(str(tmp), self.decode(ids), codec.SAMPLE_RATE)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            sf.write(str(tmp), self.decode(ids), codec.SAMPLE_RATE)
         return out

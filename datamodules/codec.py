@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
-import os
 import sys
 import types
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from lit_vattn.io import atomic_path
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 75
@@ -209,9 +210,8 @@ def decode(model, codes: np.ndarray) -> np.ndarray:
 
 
 def save(model, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def load(path: Path, bandwidth: float):

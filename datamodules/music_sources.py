@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from datamodules.shards import expand_files
+from lit_vattn.io import write_bytes
 
 log = logging.getLogger(__name__)
 Piece = tuple[str, str, "object"]
@@ -147,9 +148,7 @@ def score_pieces(
                 if data is None:
                     out.with_name(out.name + ".failed").write_text(err)
                 else:
-                    tmp = out.with_name(out.name + ".mid.tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, out.with_name(out.name + ".mid"))
+                    write_bytes(out.with_name(out.name + ".mid"), data)
     for f in files:
         rel = Path(f).relative_to(root).as_posix()
         out = cache / (rel.replace("/", "__") + ".mid")

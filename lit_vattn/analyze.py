@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lit_vattn.io import atomic_path
 
 
 def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
@@ -72,18 +73,15 @@ def _batches(dm, n: int):
 
 
 def _save_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _savefig(fig, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def _plt():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 
+from lit_vattn.io import write_json
 from lit_vattn.records import SUMMARY, read_summary  # noqa: F401  (read_summary: the public reader of what RunSummary writes)
 
 
@@ -79,10 +79,7 @@ class BatchIndexLogger(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         out = Path(trainer.log_dir or ".") / f"batch_indices_rank{trainer.global_rank}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.indices))
-        os.replace(tmp, out)
+        write_json(out, self.indices, indent=None)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -211,10 +208,7 @@ def merge_summary(path: Path, update: dict) -> None:
     """Merge ``update`` into a run's summary (fit, test and validate of one run share it), atomically."""
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary.update(update)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    write_json(path, summary, indent=1)
 
 
 class BudgetCurve(Callback):

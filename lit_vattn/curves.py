@@ -5,13 +5,13 @@ paired with vanilla over tokens seen (``-budget.csv`` / ``.png``), and the train
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional
 
 import numpy as np
 
+from lit_vattn.io import atomic_path
 from lit_vattn.records import RunRecord
 
 MARKERS = "os^vD<>ph*"
@@ -71,12 +71,10 @@ def plot_budget(
     if not rows:
         return None
     fields = list(rows[0])
-    tmp = stem.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(stem.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    os.replace(tmp, stem.with_suffix(".csv"))
 
     import matplotlib
 
@@ -111,10 +109,9 @@ def plot_budget(
     if bx.get_legend_handles_labels()[0]:  # a table without vanilla or without other methods has no pairs
         bx.legend(fontsize=6)
     fig.tight_layout()
-    tmp = stem.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(stem.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, stem.with_suffix(".png"))
     return stem
 
 
@@ -141,7 +138,6 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

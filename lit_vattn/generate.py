@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import abc
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,6 +38,7 @@ from typing import Callable, Optional
 import torch
 
 from lit_vattn.arch.base import KVCache
+from lit_vattn.io import write_json, write_text
 
 # --- sampling ---------------------------------------------------------------------------------------
 
@@ -205,9 +204,7 @@ class Text(Modality):
 
     def write(self, ids: list[int], stem: Path) -> list[Path]:
         out = stem.with_suffix(".txt")
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(self.dm.decode([i for i in ids if i != self.separator]), encoding="utf-8")
-        os.replace(tmp, out)
+        write_text(out, self.dm.decode([i for i in ids if i != self.separator]))
         return [out]
 
 
@@ -488,9 +485,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
         "kv_cache": not args.no_cache,
         "samples": samples,
     }
-    tmp = out / "samples.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / "samples.json")
+    write_json(out / "samples.json", record, indent=1)
     written.append(out / "samples.json")
     for w in written:
         print(w)

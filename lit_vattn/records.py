@@ -15,11 +15,12 @@ object; its properties cache the files).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Optional
+
+from lit_vattn.io import atomic_replace, write_json
 
 FIT, TEST = "fit", "test"  # the version folders of a reproduce run: fit, then test of its last checkpoint
 CONFIG, SUMMARY = "config.yaml", "summary.json"  # what every lit-vattn run directory holds
@@ -118,10 +119,10 @@ class RunRecord:
 
     # --- writing -------------------------------------------------------------------------------
     def write_done(self, result: dict) -> None:
-        _write_json(self.path / DONE, result)
+        write_json(self.path / DONE, result)
 
     def write_failed(self, result: dict) -> None:
-        _write_json(self.path / FAILED, result)
+        write_json(self.path / FAILED, result)
 
     def clear_failed(self) -> None:
         (self.path / FAILED).unlink(missing_ok=True)
@@ -136,8 +137,7 @@ class RunRecord:
             if (self.path / f).is_file():
                 (tmp / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.path / f, tmp / f)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        atomic_replace(tmp, dest)
 
 
 def read_summary(run_dir) -> dict:
@@ -149,13 +149,6 @@ def read_summary(run_dir) -> dict:
             "(RunSummary writes it; it is on unless --summary is disabled)"
         )
     return json.loads(path.read_text())
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def choose_lr(sweep: list[dict]) -> Optional[float]:

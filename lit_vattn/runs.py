@@ -30,6 +30,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from lit_vattn.io import atomic_replace, write_json
+
 
 class _AppendingWriter(ExperimentWriter):
     """Keeps an existing ``metrics.csv`` and appends to it (its header is read back first, so a new
@@ -75,18 +77,6 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
-
-
-def atomic_replace(tmp: Path, final: Path) -> None:
-    """Move a completed file or directory into place; the old one stays until the new one is there."""
-    if tmp.is_dir():  # sharded (FSDP) checkpoints are directories: swap through a backup name
-        backup = final.with_name(final.name + ".old")
-        if final.exists():
-            os.replace(final, backup)
-        os.replace(tmp, final)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -168,9 +158,7 @@ class RunLock:
             "command": " ".join(sys.argv),
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        tmp = self._holder.with_name(f".lock.holder.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(holder))
-        os.replace(tmp, self._holder)
+        write_json(self._holder, holder, indent=None)
         return self
 
     def release(self) -> None:

@@ -16,7 +16,6 @@ import csv
 import datetime
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Optional
 
 from lit_vattn.arch.registry import control_of, seed_methods
 from lit_vattn.curves import plot_budget, plot_curves
+from lit_vattn.io import atomic_path, write_text
 from lit_vattn.provenance import git_commit, hardware
 from lit_vattn.records import PROBES, UNIT, RunRecord, choose_lr
 
@@ -248,13 +248,11 @@ def write_tables(
         "device",
         "wall_seconds",
     ]
-    tmp = stem.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(stem.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in results:
             w.writerow(r)
-    os.replace(tmp, stem.with_suffix(".csv"))
 
     lr_head, lr_rows = lr_lines(results, sweep or [])
     in_table = {r["run_dir"] for r in results}
@@ -349,9 +347,7 @@ def write_tables(
         )
         + ".",
     ]
-    tmp = stem.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, stem.with_suffix(".md"))
+    write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     summary = {
         "table": stem.name + ".md",
         "modality": args.modality,
@@ -361,9 +357,7 @@ def write_tables(
         "columns": [[c.key, c.header] for c in columns],
         "rows": rows,
     }
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, stem.with_suffix(".json"))
+    write_text(stem.with_suffix(".json"), json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     plot_curves(results, stem.with_name(stem.name + "-loss.png"), f"{args.modality}, preset {args.preset}")
     return stem.with_suffix(".md"), stem.with_suffix(".csv")
 

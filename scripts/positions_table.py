@@ -29,7 +29,6 @@ import argparse
 import csv
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 from statistics import mean, stdev
@@ -40,6 +39,7 @@ from lit_vattn import stats
 from lit_vattn.analyze import _plt, _save_csv, _savefig
 from lit_vattn.arch.registry import default_request
 from lit_vattn.curves import method_style
+from lit_vattn.io import write_json, write_text
 from lit_vattn.provenance import git_commit, hardware
 from lit_vattn.records import RunRecord
 
@@ -76,9 +76,7 @@ def run_positions(run: Path, seq_lens: list[int], split: str, max_windows=None) 
         for T in missing:
             nll, count = analyze.position_nll(model, dm, T, split, max_windows)
             saved["lengths"][str(T)] = {"nll": nll.tolist(), "tokens": count.tolist()}
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved))
-        os.replace(tmp, cache)
+        write_json(cache, saved, indent=None)
     return saved
 
 
@@ -243,9 +241,7 @@ def main(argv=None) -> str:
     ]
     lines += [f"| {a} | " + " | ".join(cells[a]) + " |" for a in archs]
     text = "\n".join(lines) + "\n"
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out.with_suffix(".md"))
+    write_text(out.with_suffix(".md"), text)
     plot(out.with_suffix(".png"), data, archs, seeds, longest, T, bks, bucket_nll, str(runs))
     print(text)
     return text
