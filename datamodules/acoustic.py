@@ -27,6 +27,7 @@ from datamodules.audio_sources import (
     speech_clips,
 )
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
+from datamodules.modality import Modality
 from lit_vattn.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class AcousticDataModule(TokenDataModule):
     name = "acoustic"
-    unit = "second"
+    MODALITY = Modality("acoustic", unit="second", label="bits/s")
 
     def __init__(
         self,

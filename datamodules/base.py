@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules import shards
+from datamodules.modality import DataContract, Modality
 from datamodules.windows import EvalWindows, ResumableSampler, TrainWindows
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,27 @@ class StreamDataModule(pl.LightningDataModule):
     subclass's ``state_dict``)."""
 
     consumed: int = 0  # training samples this rank has taken from the stream
+    MODALITY: Optional[Modality] = None  # a DataModule of one modality declares it here
+
+    @classmethod
+    def modalities(cls) -> list[Modality]:
+        """Every modality this class can produce (``datamodules.modality.modalities`` collects them)."""
+        return [cls.MODALITY] if cls.__dict__.get("MODALITY") else []
+
+    @classmethod
+    def modality_for(cls, init_args: dict) -> Modality:
+        """The modality an instance built with ``init_args`` produces (for run names, before building it)."""
+        if cls.MODALITY is None:
+            raise TypeError(f"{cls.__name__} declares no MODALITY")
+        return cls.MODALITY
+
+    @property
+    def modality(self) -> Modality:
+        return self.modality_for({})
+
+    def contract(self) -> DataContract:
+        """What this data promises the model it feeds (read at the model's setup, after ``setup``)."""
+        raise NotImplementedError(f"{type(self).__name__} must declare its data contract")
 
     def check_sampler(self) -> None:
         """The streams slice themselves per rank: Lightning's distributed sampler must stay off."""
@@ -92,8 +114,15 @@ class StreamDataModule(pl.LightningDataModule):
 
 
 class TokenDataModule(StreamDataModule):
-    name = "tokens"
-    unit = "token"  # the comparable unit: byte / second / note
+    name = "tokens"  # the shard directory's prefix
+
+    @property
+    def unit(self) -> str:
+        """The comparable unit of the NLL: byte / second / note (``MODALITY``)."""
+        return self.modality.unit
+
+    def contract(self) -> DataContract:
+        return DataContract(self.seq_len, self.batch_size, self.unit, self.units_per_token, report_accuracy=False)
 
     def __init__(
         self,

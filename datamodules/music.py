@@ -16,6 +16,7 @@ import numpy as np
 
 from datamodules import shards
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
+from datamodules.modality import Modality
 from datamodules.music_sources import MIDI_SUFFIXES, abc_pieces, file_pieces, score_pieces
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ DEFAULT_TOKENIZER_OPTIONS = {
 
 class MusicDataModule(TokenDataModule):
     name = "music"
-    unit = "note"
+    MODALITY = Modality("music", unit="note", label="bits/note")
     FIX = "add MIDI files or raise data.val_fraction / data.test_fraction"
 
     def __init__(

@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import StreamDataModule
+from datamodules.modality import DataContract, Modality
 from datamodules.windows import IGNORE, ResumableSampler
 
 EVAL_SEED = 20231208  # the evaluation sets' seed: fixed, so every run is scored on the same examples
@@ -138,9 +139,23 @@ class ProbeExamples(Dataset):
 
 class ProbeDataModule(StreamDataModule):
     name = "probe"
-    unit = "token"
-    units_per_token = None  # no comparable unit: answers are tokens
-    report_accuracy = True  # the module scores top-1 accuracy on the answer positions
+    TASKS = ("mqar", "copy")
+
+    @classmethod
+    def modalities(cls) -> list[Modality]:
+        return [cls.modality_for({"task": t}) for t in cls.TASKS]
+
+    @classmethod
+    def modality_for(cls, init_args: dict) -> Modality:
+        # no comparable unit (answers are tokens); scored by top-1 accuracy on the answer positions
+        return Modality(init_args.get("task", "mqar"), unit="token", label="accuracy", probe=True)
+
+    @property
+    def modality(self) -> Modality:
+        return self.modality_for({"task": self.task})
+
+    def contract(self) -> DataContract:
+        return DataContract(self.seq_len, self.batch_size, "token", None, report_accuracy=True)
 
     def __init__(
         self,
@@ -197,7 +212,7 @@ class ProbeDataModule(StreamDataModule):
     def _check(self) -> None:
         """Every impossible setting refused at construction, naming the option that fixes it."""
         T, n = self.seq_len, self.num_kv_pairs
-        if self.task not in ("mqar", "copy"):
+        if self.task not in self.TASKS:
             raise ValueError(f"data.task={self.task!r}: choose 'mqar' or 'copy'")
         if T < 2 or self.batch_size < 1:
             raise ValueError(f"data.seq_len must be >= 2 and data.batch_size >= 1 (got {T}, {self.batch_size})")

@@ -14,13 +14,14 @@ import numpy as np
 
 from datamodules import shards
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped
+from datamodules.modality import Modality
 from datamodules.text_sources import embedded_documents, file_documents, hf_documents
 from datamodules.text_tokenizers import GPT2Tokenizer, TrainedBPE
 
 
 class TextDataModule(TokenDataModule):
     name = "text"
-    unit = "byte"
+    MODALITY = Modality("text", unit="byte", label="bits/byte")
 
     def __init__(
         self,

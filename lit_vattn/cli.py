@@ -241,7 +241,7 @@ def model_differences(options: dict, saved: dict, ignore: set) -> list[tuple[str
 
 
 def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
-    """``<modality>-<arch>`` (a probe's task for the modality: ``mqar-va``): the arch part is the stem of the method config(s) given from a
+    """``<modality>-<arch>`` (the data's declared modality; a probe's is its task: ``mqar-va``): the arch part is the stem of the method config(s) given from a
     ``configs/arch/`` folder (so a control such as ``va-frozen`` gets its own run directory),
     otherwise the reader names of the parsed model config."""
     import importlib
@@ -250,10 +250,11 @@ def default_run_name(data, model, configs: Optional[list[str]] = None) -> str:
         mod, _, name = path.rpartition(".")
         return getattr(importlib.import_module(mod), name)
 
-    data_cls = getattr(data, "class_path", "") or ""
-    modality = data_cls.rpartition(".")[2].removesuffix("DataModule").lower() or "run"
-    task = getattr(getattr(data, "init_args", None), "task", None)  # an in-context probe: its task (mqar, copy)
-    modality = task if isinstance(task, str) else modality
+    data_cls = getattr(data, "class_path", None)
+    init = getattr(data, "init_args", None)
+    init = init.as_dict() if hasattr(init, "as_dict") else dict(init or {})
+    data_type = cls(data_cls) if data_cls else None
+    modality = data_type.modality_for(init).name if hasattr(data_type, "modality_for") else "run"
     arch = getattr(getattr(model, "init_args", None), "arch", None) if model is not None else None
     readers = arch if isinstance(arch, list) else [arch] if arch is not None else []
     names = [

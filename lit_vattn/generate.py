@@ -331,13 +331,19 @@ class Acoustic(Modality):
 
 def run_modality(ckpt_path: str, config: Optional[str]) -> str:
     """The run's modality from its saved config, read before anything is loaded."""
+    import importlib
+
     import yaml
 
     from lit_vattn.analyze import run_config
 
     data = (yaml.safe_load(run_config(ckpt_path, config).read_text()) or {}).get("data") or {}
-    name = str(data.get("class_path", "")).rpartition(".")[2]
-    return {"TextDataModule": "text", "MusicDataModule": "music", "AcousticDataModule": "acoustic"}.get(name, name)
+    module, _, name = str(data.get("class_path", "")).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return cls.modality_for(data.get("init_args") or {}).name  # what the DataModule declares
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return name or "unknown"
 
 
 def check_prompt_file(kind: str, args) -> None:
@@ -378,14 +384,11 @@ def check_prompt_file(kind: str, args) -> None:
 
 
 def modality_of(dm, context: int) -> Modality:
-    from datamodules.acoustic import AcousticDataModule
-    from datamodules.music import MusicDataModule
-    from datamodules.text import TextDataModule
-
-    for cls, m in ((TextDataModule, Text), (MusicDataModule, Music), (AcousticDataModule, Acoustic)):
-        if isinstance(dm, cls):
-            return m(dm, context)
-    raise SystemExit(f"lit-vattn-generate knows text, music and acoustic runs, not {type(dm).__name__}")
+    """The prompt reader and sample writer of the data's declared modality."""
+    io = {m.kind: m for m in (Text, Music, Acoustic)}.get(getattr(getattr(dm, "modality", None), "name", None))
+    if io is None:
+        raise SystemExit(f"lit-vattn-generate knows text, music and acoustic runs, not {type(dm).__name__}")
+    return io(dm, context)
 
 
 # --- command ----------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from datamodules.modality import unit_metric
+
 LN2 = math.log(2.0)
-UNIT_METRIC = {"byte": "bits_per_byte", "second": "bits_per_second", "note": "bits_per_note", "token": "bits_per_unit"}
 
 
 class NonFiniteMetricError(ValueError):
@@ -60,7 +61,7 @@ class NLLMetrics(nn.Module):
         out = {"nll": mean, "bpt": mean / LN2, "ppl": torch.exp(mean)}
         units = self.units.compute() if self.units.update_called else 0  # data without a unit table has none
         if units > 0:
-            out[UNIT_METRIC.get(unit, f"bits_per_{unit}")] = nll / LN2 / units
+            out[unit_metric(unit)] = nll / LN2 / units
         if self.judged.update_called:  # only data that reports accuracy (computing an unused metric warns)
             out["acc"] = self.correct.compute() / self.judged.compute()
         out["tokens"] = n

@@ -73,16 +73,20 @@ class LanguageModel(pl.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:
-            if dm.seq_len > self.config.max_seq_len:
-                raise ValueError(
-                    f"data.seq_len={dm.seq_len} exceeds model config.max_seq_len={self.config.max_seq_len}"
+            if not callable(getattr(dm, "contract", None)):
+                raise TypeError(
+                    f"data: {type(dm).__name__} declares no contract(); subclass datamodules.base.StreamDataModule "
+                    "or define contract() returning a datamodules.modality.DataContract"
                 )
-            if getattr(dm, "units_per_token", None) is not None:
-                self.units_per_token = dm.units_per_token.float()
-                self.unit = dm.unit
-            self.report_accuracy = bool(getattr(dm, "report_accuracy", False))
+            c = dm.contract()
+            if c.seq_len > self.config.max_seq_len:
+                raise ValueError(f"data.seq_len={c.seq_len} exceeds model config.max_seq_len={self.config.max_seq_len}")
+            if c.units_per_token is not None:
+                self.units_per_token = c.units_per_token.float()
+                self.unit = c.unit
+            self.report_accuracy = c.report_accuracy
             # ThroughputMonitor reads this for FLOPs/s and MFU
-            self.flops_per_batch = self.net.flops_per_token(dm.seq_len) * dm.seq_len * dm.batch_size
+            self.flops_per_batch = self.net.flops_per_token(c.seq_len) * c.seq_len * c.batch_size
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.net.compile()
             self._compiled = True

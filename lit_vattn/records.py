@@ -26,17 +26,6 @@ FIT, TEST = "fit", "test"  # the version folders of a reproduce run: fit, then t
 CONFIG, SUMMARY = "config.yaml", "summary.json"  # what every lit-vattn run directory holds
 DONE, FAILED, COUNTS = "done.json", "failed.json", "counts.json"  # reproduce's: a run's outcome, a table's count rows
 FILES = (DONE, FAILED, f"{FIT}/{CONFIG}", f"{FIT}/{SUMMARY}", f"{TEST}/{SUMMARY}")
-# modality -> (the metric a table reports beside NLL, its unit); probes report accuracy instead
-UNIT = {
-    "text": ("bits_per_byte", "bits/byte"),
-    "music": ("bits_per_note", "bits/note"),
-    "acoustic": ("bits_per_second", "bits/s"),
-    "mqar": ("acc", "accuracy"),
-    "copy": ("acc", "accuracy"),
-}
-# the in-context probes (configs/data/{mqar,copy}.yaml): their tables test accuracy on the answers
-# (higher is better) instead of NLL, and have no count-model rows (a chance line instead)
-PROBES = ("mqar", "copy")
 
 
 class RunRecord:

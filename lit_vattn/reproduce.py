@@ -34,9 +34,10 @@ from typing import Optional
 
 import numpy as np
 
+from datamodules.modality import modalities
 from lit_vattn.arch.registry import arch_configs, config_path, default_request
 from lit_vattn.provenance import git_commit
-from lit_vattn.records import COUNTS, FIT, PROBES, TEST, UNIT, RunRecord, choose_lr
+from lit_vattn.records import COUNTS, FIT, TEST, RunRecord, choose_lr
 from lit_vattn.tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,7 @@ class Runner:
             print(f"[train] {what}", flush=True)
         self._call(fit, d / "fit.log")
         self._call(self._cmd("test", arch, seed, TEST, lr) + ["--ckpt_path", str(ckpt)], d / "test.log")
-        unit = UNIT[self.args.modality][0]
+        unit = modalities()[self.args.modality].metric
         fs, ts = run.fit_summary, run.test_summary  # written by the runs themselves (RunSummary)
         stats, val, test = fs["stats"], fs["val"][-1] if fs.get("val") else {}, ts.get("test", {})
         result = {
@@ -377,7 +378,7 @@ def parse_request(args, config_dir: Path) -> tuple[list[str], list[int]]:
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modality", required=True, choices=sorted(UNIT))
+    p.add_argument("--modality", required=True, choices=sorted(modalities()))
     p.add_argument("--preset", default="tiny", help="tiny (CPU), small (~20 M, GPU), base (GPT-2 small shape, GPU)")
     p.add_argument(
         "--archs",
@@ -470,7 +471,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             "every run failed; no table is written: "
             + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results)
         )
-    if not args.no_baselines and args.modality not in PROBES:  # a probe's floor is its chance line
+    if not args.no_baselines and not modalities()[args.modality].probe:  # a probe's floor is its chance line
         saved = runner.root / f"{args.modality}-{args.preset}" / COUNTS
         try:
             if saved.exists() and args.table_only:  # computed beside the runs, where their data is

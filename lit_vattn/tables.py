@@ -22,11 +22,12 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional
 
+from datamodules.modality import modalities
 from lit_vattn.arch.registry import control_of, seed_methods
 from lit_vattn.curves import plot_budget, plot_curves
 from lit_vattn.io import atomic_path, write_text
 from lit_vattn.provenance import git_commit, hardware
-from lit_vattn.records import PROBES, UNIT, RunRecord, choose_lr
+from lit_vattn.records import RunRecord, choose_lr
 
 
 def table_stem(args, results: list[dict]) -> str:
@@ -226,7 +227,8 @@ def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
 def write_tables(
     args, results: list[dict], wall: float, counts: Optional[list[dict]] = None, sweep: Optional[list[dict]] = None
 ) -> tuple[Path, Path]:
-    unit, unit_label = UNIT[args.modality]
+    modality = modalities()[args.modality]
+    unit, unit_label = modality.metric, modality.label
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / table_stem(args, results)
@@ -265,7 +267,7 @@ def write_tables(
     base = {r["seed"]: r for r in by.get("vanilla", [])}
     devices = sorted({r["device"] for r in results})
     hw = hardware(devices)
-    probe = args.modality in PROBES
+    probe = modality.probe
     runs_at = ", ".join(sorted({r.get("commit", "not recorded (see results/README.md)") for r in results}))
     provenance_line = f"commit: {git_commit()} (table); runs made at {runs_at}; date: {datetime.date.today().isoformat()}; hardware: {hw}"
     lines = [
