@@ -2,8 +2,8 @@
 
 ``Modality``: the name runs and tables use (``text``, ``music``, ``acoustic``, or a probe's task),
 the comparable unit its NLL is also reported in, and the metric a table shows beside NLL. Each
-DataModule class declares its own (``modality_of``), so run names, tables and metrics name no
-modality themselves.
+DataModule class declares its own (``MODALITY`` or ``modality_for``; ``datamodules.modalities()``
+collects them), so run names, tables and metrics name no modality themselves.
 
 ``DataContract``: what a DataModule tells the model it feeds, declared once and checked at setup
 (``LanguageModel.setup``): the window length, the unit, each token id's units, and whether
@@ -51,21 +51,3 @@ class DataContract:
     """(V,) units each token id stands for; None when the data has no unit besides the token."""
     report_accuracy: bool = False
     """Evaluation also scores top-1 accuracy on the scored targets."""
-
-
-def modality_of(data_class: type, init_args: Optional[dict] = None) -> Modality:
-    """The modality a DataModule class with these arguments produces, without building it."""
-    return data_class.modality_for(init_args or {})
-
-
-def modalities() -> dict[str, Modality]:
-    """Every modality the suite's DataModules produce (each class declares its own), by name."""
-    import datamodules  # noqa: F401  (every shipped DataModule class, so that each declares itself)
-    from datamodules.base import StreamDataModule
-
-    out, todo = {}, [StreamDataModule]
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        out.update({m.name: m for m in cls.modalities()})
-    return dict(sorted(out.items()))

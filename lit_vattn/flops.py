@@ -43,11 +43,9 @@ def flops_per_token(net, T: int) -> float:
     context length T; cached per (shape, architecture, switches, T)."""
     key = _key(net, T)
     if key not in _CACHE:
-        from lit_vattn.model import GPT
-
         cfg = replace(net.cfg, attn_backend="sdpa")  # one dense count, whatever backend trains
         with torch.device("meta"):
-            twin = GPT(cfg, net.vocab_size, net.arch.spawn())
+            twin = type(net)(cfg, net.vocab_size, net.arch.spawn())
         idx = torch.zeros(1, T, dtype=torch.long, device="meta")
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             twin(idx).float().sum().backward()

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from datamodules.modality import modalities
+from datamodules import modalities
 from lit_vattn.arch.registry import arch_configs, config_path, default_request
 from lit_vattn.provenance import git_commit
 from lit_vattn.records import COUNTS, FIT, TEST, RunRecord, choose_lr

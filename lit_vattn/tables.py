@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Optional
 
-from datamodules.modality import modalities
+from datamodules import modalities
 from lit_vattn.arch.registry import control_of, seed_methods
 from lit_vattn.curves import plot_budget, plot_curves
 from lit_vattn.io import atomic_path, write_text

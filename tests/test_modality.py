@@ -2,8 +2,8 @@
 
 import pytest
 
-from datamodules import ProbeDataModule, TextDataModule
-from datamodules.modality import DataContract, modalities
+from datamodules import ProbeDataModule, TextDataModule, modalities
+from datamodules.modality import DataContract
 
 
 def test_every_shipped_modality_is_declared_by_its_datamodule():

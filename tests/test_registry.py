@@ -12,6 +12,7 @@ import pytest
 from lit_vattn import reproduce
 from lit_vattn.arch import registry as reg
 from lit_vattn.cli import cli_main
+from lit_vattn.method_table import method_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def test_a_method_registered_outside_the_package_is_in_every_list(tmp_path, monk
     ):
         check("toy-gate")
     # the method table, and a run of its config named after it
-    assert "| **`toy-gate`** Toy embedding gate |" in reg.method_table()
+    assert "| **`toy-gate`** Toy embedding gate |" in method_table()
     monkeypatch.chdir(tmp_path)
     cli = cli_main(
         [
@@ -122,5 +123,5 @@ def test_a_second_method_under_a_taken_name_is_refused():
 
 def test_the_readme_method_table_is_the_registrys():
     readme = (ROOT / "README.md").read_text()
-    start, end = "<!-- method table: python -m lit_vattn.arch -->\n", "<!-- end of method table -->"
-    assert readme[readme.index(start) + len(start) : readme.index(end)] == reg.method_table()
+    start, end = "<!-- method table: python -m lit_vattn.method_table -->\n", "<!-- end of method table -->"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == method_table()
