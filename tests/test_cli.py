@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CPU, ROOT, TEXT, TINY
 from lightning.pytorch import Callback
 
 from lit_vattn.arch.registry import seed_methods
 from lit_vattn.callbacks import BudgetCurve
 from lit_vattn.cli import cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU = str(ROOT / "configs/trainer/cpu.yaml")
-TEXT = str(ROOT / "configs/data/text.yaml")
 DATA_YAMLS = sorted(glob.glob(str(ROOT / "configs/data/*.yaml")))
 ARCH_YAMLS = sorted(
     glob.glob(str(ROOT / "configs/arch/*.yaml")) + glob.glob(str(ROOT / "configs/arch/controls/*.yaml"))
@@ -26,18 +24,6 @@ PRESETS = sorted(
     for p in (ROOT / "configs/reproduce").glob("*.yaml")
     if p.stem.split("-")[0] not in {Path(d).stem for d in DATA_YAMLS}
 )
-TINY = [
-    "--model.init_args.config.n_layer",
-    "2",
-    "--model.init_args.config.n_head",
-    "2",
-    "--model.init_args.config.d_model",
-    "64",
-    "--data.init_args.seq_len",
-    "32",
-    "--data.init_args.batch_size",
-    "4",
-]
 
 
 @pytest.fixture

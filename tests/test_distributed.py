@@ -8,34 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+from helpers import CPU, QUIET, ROOT, TEXT
 
 pytestmark = pytest.mark.slow  # several processes each
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU = str(ROOT / "configs/trainer/cpu.yaml")
-TEXT = str(ROOT / "configs/data/text.yaml")
-TINY = [
-    "--config",
-    TEXT,
-    "--config",
-    CPU,
-    "--model.init_args.config.n_layer",
-    "2",
-    "--model.init_args.config.n_head",
-    "2",
-    "--model.init_args.config.d_model",
-    "64",
-    "--data.init_args.seq_len",
-    "32",
-    "--data.init_args.batch_size",
-    "4",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.log_every_n_steps",
-    "1",
-]
+TINY = ["--config", TEXT, "--config", CPU, *helpers.TINY, *QUIET, "--trainer.log_every_n_steps", "1"]
 B = 4
 
 

@@ -115,28 +115,17 @@ def test_hidden_files_are_not_data_and_on_bad_file_error_names_the_file(tmp_path
     for i in range(12):
         _midi_with_notes(d / f"good{i:02d}.mid", 20 + i)
     (d / ".hidden.mid").write_bytes(b"MThd not a midi file, and hidden")
-    dm = MusicDataModule(
-        source="files",
-        files=[str(d)],
-        val_fraction=0.2,
-        test_fraction=0.2,
-        seq_len=32,
-        on_bad_file="error",
-        cache_dir=str(tmp_path / "c"),
-    )
+
+    def strict():
+        kw = dict(val_fraction=0.2, test_fraction=0.2, seq_len=32, cache_dir=str(tmp_path / "c"))
+        return MusicDataModule(source="files", files=[str(d)], on_bad_file="error", **kw)
+
+    dm = strict()
     dm.prepare_data()  # the hidden file is never read, so "error" has nothing to object to
     dm.setup()
     assert dm.meta["skipped"] == 0 and sum(s["documents"] for s in dm.meta["splits"].values()) == 12
     (d / "corrupt.mid").write_bytes(b"MThd this is not a midi file")
-    dm = MusicDataModule(
-        source="files",
-        files=[str(d)],
-        val_fraction=0.2,
-        test_fraction=0.2,
-        seq_len=32,
-        on_bad_file="error",
-        cache_dir=str(tmp_path / "c"),
-    )
+    dm = strict()
     with pytest.raises(ValueError, match=r"corrupt\.mid.*data\.on_bad_file=skip"):
         dm.prepare_data()
 

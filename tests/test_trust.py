@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
+from helpers import CPU, QUIET, ROOT, TEXT
 from lightning.pytorch.loggers import Logger
 
 from datamodules import AcousticDataModule, MusicDataModule, TextDataModule, shards
@@ -23,23 +25,7 @@ from lit_vattn.callbacks import read_summary
 from lit_vattn.cli import cli_main
 from lit_vattn.metrics import NLLMetrics, NonFiniteMetricError
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU = str(ROOT / "configs/trainer/cpu.yaml")
-TEXT = str(ROOT / "configs/data/text.yaml")
-TINY = [
-    "--model.init_args.config.n_layer",
-    "2",
-    "--model.init_args.config.n_head",
-    "2",
-    "--model.init_args.config.d_model",
-    "64",
-    "--data.init_args.seq_len",
-    "32",
-    "--data.init_args.batch_size",
-    "4",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+TINY = [*helpers.TINY, *QUIET]
 
 
 @pytest.fixture
