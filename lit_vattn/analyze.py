@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_vattn.io import atomic_path
+from lit_vattn.records import CONFIG
 
 
 def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
@@ -45,7 +46,7 @@ def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (--ckpt_path)")
-    cfg = Path(config) if config else ckpt.parent.parent / "config.yaml"
+    cfg = Path(config) if config else ckpt.parent.parent / CONFIG
     if not cfg.is_file():
         raise FileNotFoundError(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
     return cfg

@@ -35,6 +35,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from lit_vattn.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
+from lit_vattn.records import CONFIG, SUMMARY
 from lit_vattn.runs import RunBusyError, RunCheckpoint, RunLock
 
 # model hyperparameters that a checkpoint's run may differ in: how it is computed, not what it is
@@ -83,7 +84,7 @@ class CLI(LightningCLI):
         sub = self.subcommand
         self.save_config_kwargs = {
             **self.save_config_kwargs,
-            "config_filename": "config.yaml" if sub in (None, "fit") else f"{sub}-config.yaml",
+            "config_filename": CONFIG if sub in (None, "fit") else f"{sub}-{CONFIG}",
         }
         cfg = self.config[sub] if sub else self.config
         logger = cfg.get("trainer", {}).get("logger")
@@ -95,7 +96,7 @@ class CLI(LightningCLI):
         if (
             own is not None
             and Path(ckpt).resolve().parent.name == "checkpoints"
-            and (own / "config.yaml").is_file()
+            and (own / CONFIG).is_file()
             and "save_dir" in init
         ):
             # a version (reproduce's fit/ and test/) is a folder of the run: <save_dir>/<name>/<version>/
@@ -162,7 +163,7 @@ class CLI(LightningCLI):
         elif ckpt is None and self.subcommand == "fit" and run_dir is not None and self.trainer.is_global_zero:
             # an attempt that never saved a checkpoint (it failed early): start its logs afresh, keep the old ones aside
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            for old in (run_dir / "metrics.csv", run_dir / "summary.json"):
+            for old in (run_dir / "metrics.csv", run_dir / SUMMARY):
                 if old.is_file():
                     old.rename(run_dir / f"{old.stem}-failed-attempt-{stamp}{old.suffix}")
 
@@ -175,7 +176,7 @@ class CLI(LightningCLI):
         ignore = RUNTIME_KEYS | (set() if self.subcommand == "fit" else TRAINING_KEYS)
         diffs = model_differences(dict(self.model.hparams), saved, ignore)
         if diffs:
-            config = ckpt.resolve().parent.parent / "config.yaml"
+            config = ckpt.resolve().parent.parent / CONFIG
             hint = f"--config {config}" if config.is_file() else "the options it was trained with"
             raise CheckpointMismatchError(
                 f"--ckpt_path {ckpt} holds another model than the options of this `lit-vattn {self.subcommand}` describe:\n"
