@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from lit_vattn.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
-from lit_vattn.records import CONFIG, SUMMARY
+from lit_vattn.records import CONFIG, FIT, SUMMARY, TEST
 from lit_vattn.runs import RunBusyError, RunCheckpoint, RunLock
 
 # model hyperparameters that a checkpoint's run may differ in: how it is computed, not what it is
@@ -99,8 +99,10 @@ class CLI(LightningCLI):
             and (own / CONFIG).is_file()
             and "save_dir" in init
         ):
-            # a version (reproduce's fit/ and test/) is a folder of the run: <save_dir>/<name>/<version>/
-            run = own.parent if init.get("version") not in (None, "") else own
+            # a checkpoint in a version folder (reproduce's fit/, Lightning's version_N/) belongs to the run above it
+            run = own.parent if own.name in (FIT, TEST) or own.name.startswith("version_") else own
+            if init.get("version") in (None, "") and run != own:
+                init["version"] = own.name
             init["save_dir"], init["name"] = str(run.parent), run.name
             return
         configs = [str(c) for c in (cfg.get("config") or [])]
