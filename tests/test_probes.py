@@ -274,7 +274,7 @@ def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monke
 
     from lit_vattn import generate  # a probe run is scored, not sampled: refused before it loads
 
-    with pytest.raises(SystemExit, match="this run's data is ProbeDataModule"):
+    with pytest.raises(SystemExit, match="this run's data is mqar"):
         generate.main(["--ckpt_path", str(run / "fit/checkpoints/last.ckpt")])
 
 

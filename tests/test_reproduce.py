@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_vattn import analyze, reproduce, tables
+from lit_vattn import analyze, records, reproduce, tables
 from lit_vattn.arch.registry import control_of, default_request
 
 SHORT = [
@@ -389,7 +389,7 @@ def test_records_carry_a_table_to_a_fresh_machine(table, tmp_path, capsys):
     kept = sorted(str(f.relative_to(rec)) for f in rec.rglob("*") if f.is_file())
     runs = [f"text-tiny/{a}/seed{s}" for a in ("va", "vanilla") for s in (0, 1)]
     assert kept == sorted(
-        ["text-tiny/counts.json"] + [f"{r}/{f}" for r in runs for f in reproduce.RECORD_FILES if f != "failed.json"]
+        ["text-tiny/counts.json"] + [f"{r}/{f}" for r in runs for f in records.FILES if f != "failed.json"]
     )
     assert sum(f.stat().st_size for f in rec.rglob("*") if f.is_file()) < 200_000
     md = (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()
