@@ -79,7 +79,10 @@ class StreamDataModule(pl.LightningDataModule):
 
     def contract(self) -> DataContract:
         """What this data promises the model it feeds (read at the model's setup, after ``setup``)."""
-        raise NotImplementedError(f"{type(self).__name__} must declare its data contract")
+        raise TypeError(
+            f"{type(self).__name__} declares no data contract: define contract() returning a "
+            "datamodules.modality.DataContract (TokenDataModule and ProbeDataModule do)"
+        )
 
     def check_sampler(self) -> None:
         """The streams slice themselves per rank: Lightning's distributed sampler must stay off."""
