@@ -28,7 +28,6 @@ The run's ``config.yaml`` (next to ``checkpoints/``) rebuilds the model and its 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 from pathlib import Path
 from typing import Optional
@@ -37,33 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lit_vattn.io import atomic_path
-from lit_vattn.records import CONFIG
-
-
-def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
-    """The YAML a checkpoint was trained with (default ``<run>/config.yaml``), both checked to exist."""
-    ckpt = Path(ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (--ckpt_path)")
-    cfg = Path(config) if config else ckpt.parent.parent / CONFIG
-    if not cfg.is_file():
-        raise FileNotFoundError(f"no config {cfg}: pass --config, the YAML the checkpoint was trained with")
-    return cfg
-
-
-def load(ckpt_path: str, config: Optional[str] = None):
-    from lit_vattn.cli import from_run_config
-
-    ckpt = Path(ckpt_path)
-    cli = from_run_config(run_config(ckpt_path, config))
-    model, dm = cli.model, cli.datamodule
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    dm.prepare_data()
-    dm.setup("validate")
-    return model, dm
+from lit_vattn.loader import load
+from lit_vattn.plotting import plt as pyplot
+from lit_vattn.plotting import save_csv, savefig
 
 
 def _batches(dm, n: int):
@@ -71,27 +46,6 @@ def _batches(dm, n: int):
         if i >= n:
             return
         yield b
-
-
-def _save_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
-def _savefig(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @torch.no_grad()
@@ -110,12 +64,12 @@ def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
     if not maps:
         print(f"{type(arch).__name__} reads no depth memory: no depth map")
         return []
-    plt = _plt()
+    plt = pyplot()
     written = []
     for name, dmap in maps.items():
         m = dmap.values.float().numpy()
         path, table = out / f"depth_{name}.png", out / f"depth_{name}.csv"
-        _save_csv(table, ["row"] + dmap.cols, [[dmap.rows[r]] + [f"{v:.6f}" for v in m[r]] for r in range(m.shape[0])])
+        save_csv(table, ["row"] + dmap.cols, [[dmap.rows[r]] + [f"{v:.6f}" for v in m[r]] for r in range(m.shape[0])])
         if m.shape[0] == 1:  # one row: bars per source
             fig, ax = plt.subplots(figsize=(1.5 + 0.5 * m.shape[1], 3.2))
             ax.bar(dmap.cols, m[0])
@@ -130,7 +84,7 @@ def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
             fig.colorbar(im, ax=ax, fraction=0.046, label=dmap.what)
         ax.set_title(f"{title}: {name}", fontsize=9)
         fig.tight_layout()
-        _savefig(fig, path)
+        savefig(fig, path)
         plt.close(fig)
         written += [path, table]
     return written
@@ -160,12 +114,12 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
         nll = np.array(rows_nll) if nll is None else nll + rows_nll
         agree = np.array(rows_agree) if agree is None else agree + rows_agree
         n += valid.sum().item()
-    _save_csv(
+    save_csv(
         out / "logit_lens.csv",
         ["state", "nll", "top1_agreement_with_output"],
         [[s, f"{a / n:.6f}", f"{g / n:.6f}"] for s, a, g in zip(labels, nll, agree)],
     )
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(labels, nll / n, "o-", label="next-token NLL (nats)")
     ax.set_ylabel("NLL (nats/token)")
@@ -178,7 +132,7 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
     ax.tick_params(axis="x", labelsize=7)
     fig.legend(loc="lower center", ncol=2, fontsize=7)
     fig.tight_layout(rect=(0, 0.07, 1, 1))  # keep the legend clear of the title and the curves
-    _savefig(fig, out / "logit_lens.png")
+    savefig(fig, out / "logit_lens.png")
     plt.close(fig)
     return [out / "logit_lens.png", out / "logit_lens.csv"]
 
@@ -224,8 +178,8 @@ def ablation(model, dm, batches: int, out: Path, title: str) -> list[Path]:
                 f"{nll - base:.6f}",
             ]
         )
-    _save_csv(out / "ablation.csv", ["removed", "nll", "delta_nll"], rows)
-    plt = _plt()
+    save_csv(out / "ablation.csv", ["removed", "nll", "delta_nll"], rows)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.bar([r[0] for r in rows[1:]], [float(r[2]) for r in rows[1:]], color="tab:red")
     ax.axhline(0, color="black", lw=0.8)
@@ -233,7 +187,7 @@ def ablation(model, dm, batches: int, out: Path, title: str) -> list[Path]:
     ax.set_title(f"{title}: ablation ({n:,} tokens; intact {base:.4f})", fontsize=9)
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    _savefig(fig, out / "ablation.png")
+    savefig(fig, out / "ablation.png")
     plt.close(fig)
     return [out / "ablation.png", out / "ablation.csv"]
 
@@ -293,8 +247,8 @@ def positions(
         nll, count = position_nll(model, dm, T, split, max_windows)
         curves[T] = nll / np.maximum(count, 1)
         rows += [[T, t + 1, f"{curves[T][t]:.6f}", int(count[t])] for t in range(T)]
-    _save_csv(out / "positions.csv", ["seq_len", "position", "nll", "tokens"], rows)
-    plt = _plt()
+    save_csv(out / "positions.csv", ["seq_len", "position", "nll", "tokens"], rows)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for T, c in curves.items():
         ax.plot(np.arange(1, T + 1), c, lw=1, label=f"windows of {T}")
@@ -305,7 +259,7 @@ def positions(
     ax.set_title(f"{title}: NLL by position", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _savefig(fig, out / "positions.png")
+    savefig(fig, out / "positions.png")
     plt.close(fig)
     return [out / "positions.png", out / "positions.csv"]
 

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from lit_vattn.io import atomic_path
+from lit_vattn.plotting import plt as pyplot
 from lit_vattn.records import RunRecord
 
 MARKERS = "os^vD<>ph*"
@@ -76,10 +77,7 @@ def plot_budget(
         w.writeheader()
         w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
     names = list(dict.fromkeys(r["arch"] for r in rows))
@@ -116,10 +114,7 @@ def plot_budget(
 
 
 def plot_curves(results: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arch in dict.fromkeys(r["arch"] for r in results):

@@ -142,16 +142,16 @@ def sample(
 
 
 def _finish_plot(fig, ax, stem: Path, xlabel: str, ylabel: str, title: str) -> Path:
-    """Label, lay out and write ``<stem>.png`` atomically (``analyze._savefig``); close the figure."""
-    from lit_vattn.analyze import _plt, _savefig
+    """Label, lay out and write ``<stem>.png`` atomically (``plotting.savefig``); close the figure."""
+    from lit_vattn.plotting import plt, savefig
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     png = stem.with_suffix(".png")
-    _savefig(fig, png)
-    _plt().close(fig)
+    savefig(fig, png)
+    plt().close(fig)
     return png
 
 
@@ -244,9 +244,9 @@ class Music(Modality):
     def write(self, ids: list[int], stem: Path) -> list[Path]:
         mid = self.dm.to_midi(ids, str(stem.with_suffix(".mid")))
         score = self.dm.decode(ids)
-        from lit_vattn.analyze import _plt
+        from lit_vattn.plotting import plt
 
-        fig, ax = _plt().subplots(figsize=(8, 3.2))
+        fig, ax = plt().subplots(figsize=(8, 3.2))
         tpq = score.ticks_per_quarter
         for c, track in enumerate(score.tracks):
             for n in track.notes:
@@ -316,9 +316,9 @@ class Acoustic(Modality):
         ids = [i for i in ids if i != self.separator]
         wav_path = self.dm.to_wav(ids, str(stem.with_suffix(".wav")))
         wav = self.dm.decode(ids)
-        from lit_vattn.analyze import _plt
+        from lit_vattn.plotting import plt
 
-        fig, ax = _plt().subplots(figsize=(8, 3.2))
+        fig, ax = plt().subplots(figsize=(8, 3.2))
         if len(wav) >= 256:
             ax.specgram(wav, NFFT=512, Fs=codec.SAMPLE_RATE, noverlap=384, cmap="magma")
         if self.boundary is not None:
@@ -335,7 +335,7 @@ def run_modality(ckpt_path: str, config: Optional[str]) -> str:
 
     import yaml
 
-    from lit_vattn.analyze import run_config
+    from lit_vattn.loader import run_config
 
     data = (yaml.safe_load(run_config(ckpt_path, config).read_text()) or {}).get("data") or {}
     module, _, name = str(data.get("class_path", "")).rpartition(".")
@@ -447,7 +447,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     check(args)
     check_prompt_file(run_modality(args.ckpt_path, args.config), args)
-    from lit_vattn.analyze import load
+    from lit_vattn.loader import load
 
     model, dm = load(args.ckpt_path, args.config)
     net = model.net.eval()

@@ -54,7 +54,7 @@ class LitVattnLM(LM):
         **_ignored,
     ):
         super().__init__()
-        from lit_vattn.analyze import load
+        from lit_vattn.loader import load
 
         model, dm = load(ckpt_path, config)
         if not hasattr(dm, "tokenizer") or not hasattr(dm.tokenizer, "encode_batch"):

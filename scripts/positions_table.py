@@ -36,10 +36,12 @@ from statistics import mean, stdev
 import numpy as np
 
 from lit_vattn import stats
-from lit_vattn.analyze import _plt, _save_csv, _savefig
 from lit_vattn.arch.registry import default_request
 from lit_vattn.curves import method_style
 from lit_vattn.io import write_json, write_text
+from lit_vattn.loader import load
+from lit_vattn.plotting import plt as pyplot
+from lit_vattn.plotting import save_csv, savefig
 from lit_vattn.provenance import git_commit, hardware
 from lit_vattn.records import RunRecord
 
@@ -72,7 +74,7 @@ def run_positions(run: Path, seq_lens: list[int], split: str, max_windows=None) 
         saved = {"key": key, "lengths": {}}
     missing = [T for T in seq_lens if str(T) not in saved["lengths"]]
     if missing:
-        model, dm = analyze.load(str(ckpt))
+        model, dm = load(str(ckpt))
         for T in missing:
             nll, count = analyze.position_nll(model, dm, T, split, max_windows)
             saved["lengths"][str(T)] = {"nll": nll.tolist(), "tokens": count.tolist()}
@@ -188,7 +190,7 @@ def main(argv=None) -> str:
             sd = per.std(0, ddof=1) if len(seeds) > 1 else np.zeros(L)
             tok = data[a][seeds[0]][L][1]
             rows += [[a, L, t + 1, f"{per[:, t].mean():.6f}", f"{sd[t]:.6f}", int(tok[t])] for t in range(L)]
-    _save_csv(out.with_suffix(".csv"), ["arch", "seq_len", "position", "nll_mean", "nll_std", "tokens"], rows)
+    save_csv(out.with_suffix(".csv"), ["arch", "seq_len", "position", "nll_mean", "nll_std", "tokens"], rows)
 
     # per bucket of the longest length: paired differences to vanilla over seeds
     bks = buckets(T, longest)
@@ -248,7 +250,7 @@ def main(argv=None) -> str:
 
 
 def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     edges = np.unique(np.round(np.geomspace(1, L + 1, 24)).astype(int))  # log-spaced position bins
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
     styles = [method_style(i, plt) for i in range(len(archs))]
@@ -286,7 +288,7 @@ def plot(path: Path, data, archs, seeds, L: int, T: int, bks, bucket_nll, title:
     bx.set_ylabel("Δ NLL vs vanilla (same seed), mean ± std")
     fig.suptitle(f"NLL by position: {title}", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, path)
+    savefig(fig, path)
     plt.close(fig)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_vattn import analyze, records, reproduce, tables
+from lit_vattn import analyze, loader, records, reproduce, tables
 from lit_vattn.arch.registry import control_of, default_request
 
 SHORT = [
@@ -321,7 +321,7 @@ def test_ablation_removes_each_source_and_scores_it_on_real_batches(table, tmp_p
     from lit_vattn.module import LanguageModel
 
     tmp, _, _ = table
-    _, dm = analyze.load(str(tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"))
+    _, dm = loader.load(str(tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"))
     cfg = GPTConfig(n_layer=4, n_head=4, d_model=32, max_seq_len=128)
     torch.manual_seed(0)
     sla = LanguageModel(cfg, SkipLayerAttention(), vocab_size=dm.vocab_size).eval()
@@ -460,7 +460,7 @@ def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_train
     all of its targets."""
     tmp, _, _ = table
     run = tmp / "runs/text-tiny/va/seed0"
-    model, dm = analyze.load(str(run / "fit/checkpoints/last.ckpt"))
+    model, dm = loader.load(str(run / "fit/checkpoints/last.ckpt"))
     T = dm.seq_len
     windows = json.loads((run / "test/summary.json").read_text())["test_windows"]
     n = len(windows["index"])  # limit_test_batches 4 x batch_size 8: a prefix of the split's windows
