@@ -16,19 +16,7 @@ from torch import Tensor, nn
 from lit_vattn.arch import as_reader
 from lit_vattn.arch.base import Arch, AttnInputs, DepthMemory, KVCache
 from lit_vattn.config import GPTConfig
-
-
-def rope_table(T: int, head_dim: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    ang = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv)  # (T, d/2)
-    return ang.cos(), ang.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: (B, H, T, d); rotate pairs (x1, x2) taken from the two halves of the head dim."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[: x.shape[2]], sin[: x.shape[2]]
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+from lit_vattn.rope import apply_rope, rope_table
 
 
 class Attention(nn.Module):
@@ -42,13 +30,6 @@ class Attention(nn.Module):
     def split_heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.n_head, self.head_dim)).transpose(1, 2)  # (B, H, T, d)
 
-    def project_kv(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """This layer's K/V projection (post-RoPE, same positions) applied to any input (B, T, D),
-        for readers that let a layer attend to states other than its own input."""
-        D = self.n_head * self.head_dim
-        k, v = F.linear(x, self.qkv.weight[D:]).chunk(2, dim=-1)
-        return apply_rope(self.split_heads(k), *rope), self.split_heads(v)
-
     def forward(self, xq: Tensor, xk: Tensor, xv: Tensor, l: int, rope, reader: Arch, mem: DepthMemory) -> Tensor:
         """Inputs already normalised, (B, T, D) each; one fused projection when they are one tensor."""
         if xk is xq and xv is xq:
@@ -58,8 +39,7 @@ class Attention(nn.Module):
             q, k, v = F.linear(xq, wq), F.linear(xk, wk), F.linear(xv, wv)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if l in mem.keep_kv:  # the layer's own K/V, before any reader changes them; decoding: of every position so far
-            mem.kv[l] = (k, v) if mem.cache is None else mem.cache.extend(("own", l), k, v)
+        mem.record_kv(l, k, v)  # the layer's own K/V, before any reader changes them, where a reader asked
         q, k, v = reader.qkv(l, q, k, v, mem)  # position-wise: the new positions only
         if mem.cache is not None:  # decoding: the attended keys and values of the earlier positions too
             k, v = mem.cache.extend(l, k, v)  # (B, H, pos + T, d)

@@ -19,7 +19,7 @@ from lit_vattn.arch import (
     Vanilla,
     VerticalAttention,
 )
-from lit_vattn.model import apply_rope, rope_table
+from lit_vattn.rope import apply_rope, rope_table
 
 CFG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=32)
 L, H, D = CFG["n_layer"], CFG["n_head"], CFG["d_model"]

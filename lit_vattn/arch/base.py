@@ -68,6 +68,12 @@ class DepthMemory:
     private: dict[str, Any] = field(default_factory=dict)  # one slot per reader, keyed by its name
     cache: Optional["KVCache"] = None  # incremental decoding: K/V of the positions before this pass
 
+    def record_kv(self, l: int, k: Tensor, v: Tensor) -> None:
+        """Keep layer ``l``'s own post-RoPE K/V (B, H, T, d) when a reader asked for it
+        (``Arch.kv_layers``); while decoding, of every position so far."""
+        if l in self.keep_kv:
+            self.kv[l] = (k, v) if self.cache is None else self.cache.extend(("own", l), k, v)
+
 
 @dataclass
 class KVCache:

@@ -31,12 +31,22 @@ from __future__ import annotations
 from typing import Literal, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vattn import attention
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.arch.registry import register
 from lit_vattn.config import GPTConfig
+from lit_vattn.rope import apply_rope
+
+
+def project_kv(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The final layer's K/V projection (post-RoPE, same positions) applied to a feature map (B, T, D):
+    how that layer attends to states other than its own input."""
+    D = attn.n_head * attn.head_dim
+    k, v = F.linear(x, attn.qkv.weight[D:]).chunk(2, dim=-1)
+    return apply_rope(attn.split_heads(k), *rope), attn.split_heads(v)
 
 
 @register(
@@ -146,7 +156,7 @@ class LayerwiseAttentionShortcuts(Arch):
             return attention.causal(q, k, v)
         ks, vs = [], []
         for s, f in zip(self.layers, self.features(mem)):  # in depth order
-            kf, vf = attn.project_kv(f, mem.rope)  # (B, H, T, d) each
+            kf, vf = project_kv(attn, f, mem.rope)  # (B, H, T, d) each
             if mem.cache is not None:  # decoding: the features' K/V of the earlier positions too
                 kf, vf = mem.cache.extend(("las", s), kf, vf)
             ks.append(kf)
