@@ -8,15 +8,15 @@
     <run>/fit/checkpoints/last.ckpt the model (never part of a record)
 
 A *record* is the first five files (~20 kB, no checkpoint, no log): committed beside a table, it
-rebuilds the table anywhere. Each file is read once per process (``RunRecord.at`` caches the
-object; its properties cache the files).
+rebuilds the table anywhere. Each file is read once per process while it is unchanged
+(``RunRecord.at`` caches the object; its properties cache the files).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +26,7 @@ FIT, TEST = "fit", "test"  # the version folders of a reproduce run: fit, then t
 CONFIG, SUMMARY = "config.yaml", "summary.json"  # what every lit-vattn run directory holds
 DONE, FAILED, COUNTS = "done.json", "failed.json", "counts.json"  # reproduce's: a run's outcome, a table's count rows
 FILES = (DONE, FAILED, f"{FIT}/{CONFIG}", f"{FIT}/{SUMMARY}", f"{TEST}/{SUMMARY}")
+_OPENED: dict[Path, tuple[tuple, "RunRecord"]] = {}  # RunRecord.at's cache: path -> (the files' mtimes, record)
 
 
 class RunRecord:
@@ -35,10 +36,15 @@ class RunRecord:
         self.path = Path(path)
 
     @staticmethod
-    @lru_cache(maxsize=None)
     def at(path) -> RunRecord:
-        """The record of ``path``, read at most once per process."""
-        return RunRecord(path)
+        """The record of ``path``, its files read once per process while they are unchanged (a run
+        resumed or re-tested in the same process is read afresh)."""
+        p = Path(path).resolve()
+        stamp = tuple((p / f).stat().st_mtime_ns if (p / f).is_file() else None for f in FILES)
+        hit = _OPENED.get(p)
+        if hit is None or hit[0] != stamp:
+            hit = _OPENED[p] = (stamp, RunRecord(p))
+        return hit[1]
 
     # --- where things are ----------------------------------------------------------------------
     @property
