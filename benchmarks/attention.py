@@ -3,7 +3,7 @@
 LAS's final layer (and SLA in concat mode) attends over keys gathered from m sources that hold the
 same T positions, under the block-causal mask ``kv % T <= q``. Its ideal cost is m causal
 attentions of one source each. This script times forward + backward of every backend in
-``lit_vattn.attention`` (compiled, as they run inside a compiled model) against that ideal, and
+``lit_vattn.model.attention`` (compiled, as they run inside a compiled model) against that ideal, and
 checks each against the float32 oracle on the same inputs before timing it:
 
     python benchmarks/attention.py --out results/attention-h100.md
@@ -21,8 +21,8 @@ import sys
 import torch
 from throughput import hardware
 
-from lit_vattn import attention
 from lit_vattn.io import write_text
+from lit_vattn.model import attention
 from lit_vattn.provenance import git_commit
 
 

@@ -1,7 +1,7 @@
 """Training FLOPs per token of every architecture, measured, beside the plain decoder's closed form.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward of a
-meta-device twin (``lit_vattn.flops``: matrix products and dense attention over every key a layer
+meta-device twin (``lit_vattn.model.flops``: matrix products and dense attention over every key a layer
 reads; elementwise work such as VA's weighted sums and norms is not counted). The closed form is
 PaLM's 6 N + 12 L D T for the shared decoder (N without the reader's own parameters); it must be
 within 1 % of the measured count for vanilla (a test holds it there), and the gap for every other

@@ -3,7 +3,7 @@
     python benchmarks/generate.py --out results/generate-cpu.md
     python benchmarks/generate.py --d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --out results/generate-h100.md
 
-Each method is the model ``lit_vattn.generate.sample`` draws from (random init: speed does not
+Each method is the model ``lit_vattn.tools.generate.sample`` draws from (random init: speed does not
 depend on the weights), at the shape given (default: the tiny preset's text model, vocabulary 8192),
 drawing ``--n`` samples of ``--new-tokens`` tokens from a ``--prompt``-token prompt; every step
 samples with temperature 1. When a sequence reaches the context the context restarts from its last
@@ -24,9 +24,9 @@ from throughput import hardware
 
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch.registry import registry
-from lit_vattn.generate import sample
 from lit_vattn.io import write_text
 from lit_vattn.provenance import git_commit
+from lit_vattn.tools.generate import sample
 
 
 def main(argv=None) -> str:

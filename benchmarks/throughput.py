@@ -6,7 +6,7 @@ precision) in the same process; the plain loop is the ceiling the Lightning path
 CLI's callbacks (tokens/s and MFU monitor, learning-rate monitor) and a CSV logger; checkpointing
 and validation are off so that only training steps are timed. Reports tokens/s, MFU, peak memory:
 
-- FLOPs per token are measured (``FlopCounterMode`` on a meta twin of the model, ``lit_vattn.flops``).
+- FLOPs per token are measured (``FlopCounterMode`` on a meta twin of the model, ``lit_vattn.model.flops``).
 - MFU is given against the bf16 (or fp32) matrix-multiply rate measured in the same process
   (``--matmul-peak``: an 8192^3 product on random data, median of CUDA-event timings) and against
   the datasheet rate Lightning knows for the GPU.
@@ -154,7 +154,7 @@ def lightning_path(args, dm, spec, device) -> dict:
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
-    from lit_vattn.callbacks import TokenThroughputMonitor
+    from lit_vattn.train.callbacks import TokenThroughputMonitor
 
     lm = build(args, dm, spec, compile=args.compile)
     last = args.warmup + args.steps

@@ -1,14 +1,17 @@
 """lit_vattn: Transformer LMs whose layers reach each other through attention across depth."""
 
-from lit_vattn.config import GPTConfig
-from lit_vattn.model import GPT
+from lit_vattn import _moved
+from lit_vattn.model.config import GPTConfig
+from lit_vattn.model.decoder import GPT
+
+_moved.install()  # configs and checkpoints saved by 0.2 name modules that have moved since
 
 __all__ = ["GPT", "GPTConfig", "LanguageModel"]
 
 
 def __getattr__(name):  # keep `import lit_vattn` light: Lightning loads only when asked for
     if name == "LanguageModel":
-        from lit_vattn.module import LanguageModel
+        from lit_vattn.train.module import LanguageModel
 
         return LanguageModel
     raise AttributeError(name)

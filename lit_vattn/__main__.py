@@ -1,3 +1,3 @@
-from lit_vattn.cli import cli_main
+from lit_vattn.train.cli import cli_main
 
 cli_main()

@@ -59,7 +59,7 @@ case $STEP in
     if [[ $MOD == acoustic && $DRY == 0 ]] && compgen -G ".carry/audio-whl/*.whl" >/dev/null; then
       pip install -q --no-index --no-deps .carry/audio-whl/*.whl
     fi
-    run python -m lit_vattn.reproduce --modality "$MOD" --preset small --seeds "$SEEDS" ${ARCHS:+--archs "$ARCHS"} \
+    run python -m lit_vattn.experiments.reproduce --modality "$MOD" --preset small --seeds "$SEEDS" ${ARCHS:+--archs "$ARCHS"} \
       --parallel 4 --runs runs/gpu --out /tmp/tables
     pack "runs-$MOD-small.tgz" "runs/gpu/$MOD-small"
     ;;
@@ -79,7 +79,7 @@ case $STEP in
     ;;
   mqar)
     PAIRS=${1:-4}
-    run python -m lit_vattn.reproduce --modality mqar --preset tiny --seeds 0,1,2 --parallel 4 \
+    run python -m lit_vattn.experiments.reproduce --modality mqar --preset tiny --seeds 0,1,2 --parallel 4 \
       --runs "runs/gpu/mqar-kv$PAIRS" --out /tmp/tables --override --trainer.accelerator gpu \
       --trainer.max_steps 20000 --trainer.val_check_interval 20000 --data.init_args.num_kv_pairs "$PAIRS"
     pack "runs-mqar-kv$PAIRS.tgz" "runs/gpu/mqar-kv$PAIRS/mqar-tiny"

@@ -11,7 +11,7 @@ import torch
 
 from datamodules import AcousticDataModule, codec, shards
 from datamodules.audio_sources import speech_clips
-from lit_vattn.metrics import NLLMetrics
+from lit_vattn.train.metrics import NLLMetrics
 
 
 @pytest.fixture(scope="module")

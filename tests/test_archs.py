@@ -147,7 +147,7 @@ def test_depth_maps_for_analysis():
 
 
 def test_las_norm_share_and_per_source_outputs_add_up():
-    from lit_vattn import attention
+    from lit_vattn.model import attention
 
     q, ks, vs = (
         torch.randn(2, 2, 8, 4),
@@ -199,7 +199,7 @@ def test_ablating_every_sla_skip_block_is_vanilla_with_the_same_weights():
 
 
 def test_sla_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):
-    from lit_vattn import attention
+    from lit_vattn.model import attention
 
     calls = []
     real = attention.causal
@@ -261,7 +261,7 @@ def test_the_flop_matched_vanilla_config_costs_what_las_costs_at_the_tiny_shape(
     """configs/arch/controls/vanilla-flops-las.yaml: the control a costlier method needs, matched by measurement."""
     import yaml
 
-    from lit_vattn.flops import flops_per_token
+    from lit_vattn.model.flops import flops_per_token
 
     root = Path(__file__).resolve().parents[1]
     tiny = yaml.safe_load((root / "configs/reproduce/tiny.yaml").read_text())["model"]["init_args"]["config"]

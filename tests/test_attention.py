@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_vattn import attention
+from lit_vattn.model import attention
 
 CUDA = torch.cuda.is_available()
 

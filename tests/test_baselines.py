@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_vattn import baselines
+from lit_vattn.experiments import baselines
 
 
 def test_bigram_is_a_distribution_for_seen_and_unseen_contexts():

@@ -11,8 +11,8 @@ from helpers import CPU, ROOT, TEXT, TINY
 from lightning.pytorch import Callback
 
 from lit_vattn.arch.registry import seed_methods
-from lit_vattn.callbacks import BudgetCurve
-from lit_vattn.cli import cli_main
+from lit_vattn.train.callbacks import BudgetCurve
+from lit_vattn.train.cli import cli_main
 
 DATA_YAMLS = sorted(glob.glob(str(ROOT / "configs/data/*.yaml")))
 ARCH_YAMLS = sorted(
@@ -134,7 +134,7 @@ def test_trainer_and_logger_presets_compose_with_a_data_config(preset, in_tmp, c
 @pytest.mark.parametrize("preset", PRESETS)
 def test_reproduce_presets_compose_with_every_modality(modality, preset, in_tmp, capsys):
     """The overlays lit-vattn-reproduce stacks on a model YAML (tiny runs end to end in test_reproduce)."""
-    from lit_vattn.reproduce import configs
+    from lit_vattn.experiments.reproduce import configs
 
     with pytest.raises(SystemExit) as e:
         cli_main(["fit", *configs(modality, "las", preset, ROOT / "configs"), "--print_config"])
@@ -339,7 +339,7 @@ def test_seq_len_beyond_the_model_context_is_rejected(in_tmp):
 
 
 def test_prepare_command_tokenizes_and_stops(in_tmp, capsys, bpe_text):
-    from lit_vattn.prepare import main
+    from lit_vattn.tools.prepare import main
 
     main(["--config", TEXT])
     out = capsys.readouterr().out

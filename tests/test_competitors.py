@@ -19,7 +19,7 @@ from lit_vattn.arch import (
     Vanilla,
     VerticalAttention,
 )
-from lit_vattn.rope import apply_rope, rope_table
+from lit_vattn.model.rope import apply_rope, rope_table
 
 CFG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=32)
 L, H, D = CFG["n_layer"], CFG["n_head"], CFG["d_model"]
@@ -179,7 +179,7 @@ def test_measured_flops_against_vanilla():
 
 
 def test_reader_parameters_get_their_groups(bpe_text):
-    from lit_vattn.module import LanguageModel
+    from lit_vattn.train.module import LanguageModel
 
     lm = LanguageModel(config=GPTConfig(**CFG), arch=LIMe(), vocab_size=V, lr=1e-3, mix_lr_mult=2.0)
     groups = lm.param_groups()

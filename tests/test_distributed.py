@@ -60,7 +60,7 @@ def ddp_run(tmp_path, bpe_text):
         "6",
         "--trainer.limit_val_batches",
         "1.0",
-        "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger",
+        "--trainer.callbacks+=lit_vattn.train.callbacks.BatchIndexLogger",
     )
     return tmp_path / "runs/text-vanilla"
 
@@ -96,7 +96,7 @@ def test_ddp_resume_continues_each_ranks_stream(ddp_run, tmp_path):
         "9",
         "--trainer.limit_val_batches",
         "0",
-        "--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger",
+        "--trainer.callbacks+=lit_vattn.train.callbacks.BatchIndexLogger",
         "--ckpt_path",
         str(ckpt),
     )

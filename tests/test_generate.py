@@ -11,8 +11,9 @@ import torch
 
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch import ValueResidual, VerticalAttention
-from lit_vattn.arch.base import Composed, KVCache
-from lit_vattn.generate import filter_logits, sample
+from lit_vattn.arch.base import Composed
+from lit_vattn.model.memory import KVCache
+from lit_vattn.tools.generate import filter_logits, sample
 
 V = 61
 READERS = {
@@ -92,8 +93,8 @@ from pathlib import Path  # noqa: E402
 
 from test_cli import CPU, ROOT, SMALL_DATA, TINY  # noqa: E402
 
-from lit_vattn.cli import cli_main  # noqa: E402
-from lit_vattn.generate import main as generate  # noqa: E402
+from lit_vattn.tools.generate import main as generate  # noqa: E402
+from lit_vattn.train.cli import cli_main  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

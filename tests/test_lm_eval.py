@@ -46,7 +46,7 @@ TASKS = {
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from lit_vattn.lm_eval_adapter import LitVattnLM
+    from lit_vattn.tools.lm_eval_adapter import LitVattnLM
 
     tmp = tmp_path_factory.mktemp("lm_eval")
     mp = pytest.MonkeyPatch()
@@ -129,7 +129,7 @@ def test_generate_until_is_the_greedy_continuation_cut_at_the_stop_string(evalua
 
 @pytest.mark.slow
 def test_a_non_text_run_is_refused(tmp_path, monkeypatch):
-    from lit_vattn.lm_eval_adapter import LitVattnLM
+    from lit_vattn.tools.lm_eval_adapter import LitVattnLM
 
     ckpt = tiny_run("music", tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="lm-eval scores text; this run's data is MusicDataModule"):

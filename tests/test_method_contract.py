@@ -19,8 +19,8 @@ from test_model import assert_causal
 
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch import Composed, methods
-from lit_vattn.arch.base import KVCache
 from lit_vattn.arch.registry import registry
+from lit_vattn.model.memory import KVCache
 
 CFG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=32)
 V = 61

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_vattn import GPT, GPTConfig
-from lit_vattn.metrics import NLLMetrics
+from lit_vattn.train.metrics import NLLMetrics
 
 
 def test_nll_bpt_ppl_and_bits_per_unit_match_hand_computation():

@@ -29,7 +29,7 @@ def test_the_contract_is_what_the_model_reads(bpe_text):
 def test_a_datamodule_without_a_contract_is_refused_by_name(bpe_text):
     import lightning.pytorch as pl
 
-    from lit_vattn.module import LanguageModel
+    from lit_vattn.train.module import LanguageModel
 
     class Foreign(pl.LightningDataModule):
         pass
@@ -43,7 +43,7 @@ def test_a_datamodule_without_a_contract_is_refused_by_name(bpe_text):
 def test_run_names_come_from_the_declared_modality():
     from jsonargparse import Namespace
 
-    from lit_vattn.cli import default_run_name
+    from lit_vattn.train.cli import default_run_name
 
     data = Namespace(class_path="datamodules.ProbeDataModule", init_args=Namespace(task="copy"))
     assert default_run_name(data, None) == "copy-vanilla"

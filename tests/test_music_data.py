@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datamodules import MusicDataModule, shards
-from lit_vattn.metrics import NLLMetrics
+from lit_vattn.train.metrics import NLLMetrics
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 
 from datamodules.probes import EVAL_SEED, ProbeDataModule, gap_probabilities
 from datamodules.windows import IGNORE
-from lit_vattn.metrics import NLLMetrics
+from lit_vattn.train.metrics import NLLMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,8 +191,8 @@ def test_resuming_with_other_probe_settings_is_refused():
 
 
 def test_accuracy_is_the_top1_rate_on_answers_and_nll_matches_the_fused_path():
-    from lit_vattn.config import GPTConfig
-    from lit_vattn.module import LanguageModel
+    from lit_vattn.model.config import GPTConfig
+    from lit_vattn.train.module import LanguageModel
 
     torch.manual_seed(0)
     dm = ProbeDataModule(val_examples=16, batch_size=8)
@@ -224,7 +224,7 @@ def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monke
     """A probe run logs val/acc, test/acc and every test example's hits (for paired tests)."""
     import json
 
-    from lit_vattn.cli import cli_main
+    from lit_vattn.train.cli import cli_main
 
     monkeypatch.chdir(tmp_path)
     base = [
@@ -286,7 +286,7 @@ def test_reproduce_builds_a_probe_table_on_test_accuracy(tmp_path):
     import csv
     import json
 
-    from lit_vattn import reproduce
+    from lit_vattn.experiments import reproduce
 
     short = [
         "--override",

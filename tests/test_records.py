@@ -2,8 +2,8 @@
 
 import os
 
+from lit_vattn.experiments.records import RunRecord
 from lit_vattn.io import write_json
-from lit_vattn.records import RunRecord
 
 
 def test_a_run_record_is_read_again_when_its_files_change(tmp_path):

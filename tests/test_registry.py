@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lit_vattn import reproduce
 from lit_vattn.arch import registry as reg
-from lit_vattn.cli import cli_main
-from lit_vattn.method_table import method_table
+from lit_vattn.arch.method_table import method_table
+from lit_vattn.experiments import reproduce
+from lit_vattn.train.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,5 +123,5 @@ def test_a_second_method_under_a_taken_name_is_refused():
 
 def test_the_readme_method_table_is_the_registrys():
     readme = (ROOT / "README.md").read_text()
-    start, end = "<!-- method table: python -m lit_vattn.method_table -->\n", "<!-- end of method table -->"
+    start, end = "<!-- method table: python -m lit_vattn.arch.method_table -->\n", "<!-- end of method table -->"
     assert readme[readme.index(start) + len(start) : readme.index(end)] == method_table()

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_vattn import analyze, loader, records, reproduce, tables
 from lit_vattn.arch.registry import control_of, default_request
+from lit_vattn.experiments import records, reproduce, tables
+from lit_vattn.tools import analyze, loader
 
 SHORT = [
     "--override",
@@ -254,13 +255,13 @@ def test_console_scripts_exit_zero(table):
     toml = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     section = toml.split("[project.scripts]")[1].split("\n[")[0]
     scripts = dict(re.findall(r'^(\S+) = "(\S+)"', section, re.M))
-    assert scripts["lit-vattn-reproduce"] == "lit_vattn.reproduce:console" and len(scripts) == 6
+    assert scripts["lit-vattn-reproduce"] == "lit_vattn.experiments.reproduce:console" and len(scripts) == 6
     for name, target in scripts.items():
         module, func = target.split(":")
         ret = inspect.signature(getattr(importlib.import_module(module), func)).return_annotation
         assert ret in (None, "None"), f"{name} -> {target} returns {ret}"
     tmp, args, _ = table
-    code = f"import sys; from lit_vattn.reproduce import console; sys.argv = ['lit-vattn-reproduce', *{args!r}]; sys.exit(console())"
+    code = f"import sys; from lit_vattn.experiments.reproduce import console; sys.argv = ['lit-vattn-reproduce', *{args!r}]; sys.exit(console())"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("[skip]") == 4
@@ -318,7 +319,7 @@ def test_ablation_removes_each_source_and_scores_it_on_real_batches(table, tmp_p
     ablation's "all" row equals that model's NLL on the same batches."""
     from lit_vattn import GPTConfig
     from lit_vattn.arch import SkipLayerAttention
-    from lit_vattn.module import LanguageModel
+    from lit_vattn.train.module import LanguageModel
 
     tmp, _, _ = table
     _, dm = loader.load(str(tmp / "runs/text-tiny/vanilla/seed0/fit/checkpoints/last.ckpt"))
@@ -340,7 +341,7 @@ def test_a_multi_gpu_fsdp_run_config_loads_on_one_cpu_for_analysis(table, tmp_pa
     across nodes must load on a login node's CPU (Lightning refuses FSDP without a GPU)."""
     import yaml
 
-    from lit_vattn.cli import from_run_config
+    from lit_vattn.train.cli import from_run_config
 
     runs, _, _ = table
     cfg = yaml.safe_load((runs / "runs/text-tiny/vanilla/seed0/fit/config.yaml").read_text())
@@ -494,7 +495,7 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
 
     tmp, _, _ = table
     spec = importlib.util.spec_from_file_location(
-        "positions_table", Path(__file__).parents[1] / "scripts/positions_table.py"
+        "positions_table", Path(__file__).parents[1] / "lit_vattn/experiments/positions_table.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -523,7 +524,7 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
 
     tmp, _, _ = table
     spec = importlib.util.spec_from_file_location(
-        "positions_table", Path(__file__).parents[1] / "scripts/positions_table.py"
+        "positions_table", Path(__file__).parents[1] / "lit_vattn/experiments/positions_table.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -549,11 +550,11 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
 
 def test_method_table_in_the_findings_and_results_is_the_one_the_committed_tables_give(capsys):
     """The findings' "method x modality" table and results/methods-tiny.md are copies of what
-    scripts/methods_table.py builds from the committed per-modality tables: none can drift."""
+    lit_vattn/experiments/methods_table.py builds from the committed per-modality tables: none can drift."""
     import importlib.util
 
     root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location("methods_table", root / "scripts/methods_table.py")
+    spec = importlib.util.spec_from_file_location("methods_table", root / "lit_vattn/experiments/methods_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
 
@@ -577,7 +578,7 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     import importlib.util
 
     root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location("methods_table", root / "scripts/methods_table.py")
+    spec = importlib.util.spec_from_file_location("methods_table", root / "lit_vattn/experiments/methods_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
 
@@ -648,7 +649,7 @@ def test_gpu_steps_name_requests_that_resolve(tmp_path):
         ).stdout
         for line in out.splitlines():
             argv = shlex.split(line.removeprefix("+ "))
-            if argv[:3] != ["python", "-m", "lit_vattn.reproduce"]:
+            if argv[:3] != ["python", "-m", "lit_vattn.experiments.reproduce"]:
                 continue
             argv = argv[3:]
             cut = argv.index("--override") if "--override" in argv else len(argv)
@@ -670,7 +671,7 @@ def _runner(tmp_path):
     return reproduce.Runner(
         argparse.Namespace(
             runs=str(tmp_path / "runs"),
-            config_dir=str(reproduce.ROOT / "configs"),
+            config_dir=str(reproduce.CONFIG_DIR),
             parallel=1,
             modality="text",
             preset="tiny",
@@ -712,7 +713,7 @@ def test_a_signal_leaves_the_run_resumable_and_the_same_command_finishes_it(
     cmd = [
         sys.executable,
         "-m",
-        "lit_vattn.reproduce",
+        "lit_vattn.experiments.reproduce",
         "--modality",
         "text",
         "--archs",

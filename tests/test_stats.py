@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lit_vattn.stats import holm, paired_t, t_two_sided_p, verdict
+from lit_vattn.experiments.stats import holm, paired_t, t_two_sided_p, verdict
 
 
 @pytest.mark.parametrize("t", [0.1, 1.0, 2.5, 4.3027, 10.0])
@@ -38,7 +38,7 @@ def test_holm_step_down_and_verdicts():
 def test_paired_bootstrap_separates_a_shift_from_noise():
     import numpy as np
 
-    from lit_vattn.stats import paired_bootstrap, verdict2
+    from lit_vattn.experiments.stats import paired_bootstrap, verdict2
 
     rng = np.random.default_rng(0)
     tokens = [128] * 200

@@ -21,9 +21,9 @@ from helpers import CPU, QUIET, ROOT, TEXT
 from lightning.pytorch.loggers import Logger
 
 from datamodules import AcousticDataModule, MusicDataModule, TextDataModule, shards
-from lit_vattn.callbacks import read_summary
-from lit_vattn.cli import cli_main
-from lit_vattn.metrics import NLLMetrics, NonFiniteMetricError
+from lit_vattn.train.callbacks import read_summary
+from lit_vattn.train.cli import cli_main
+from lit_vattn.train.metrics import NLLMetrics, NonFiniteMetricError
 
 TINY = [*helpers.TINY, *QUIET]
 
@@ -321,7 +321,7 @@ def test_a_different_bpe_of_the_same_size_is_refused_by_test_and_resume(in_tmp):
     ],
 )
 def test_reproduce_rejects_bad_archs_and_seeds_in_one_line(archs, seeds, match, tmp_path):
-    from lit_vattn.reproduce import main
+    from lit_vattn.experiments.reproduce import main
 
     with pytest.raises(SystemExit, match=match):
         main(
@@ -333,7 +333,7 @@ def test_reproduce_rejects_bad_archs_and_seeds_in_one_line(archs, seeds, match, 
 def test_a_partial_request_never_takes_the_canonical_table_name():
     from types import SimpleNamespace
 
-    from lit_vattn.tables import table_stem
+    from lit_vattn.experiments.tables import table_stem
 
     args = SimpleNamespace(modality="text", preset="tiny")
     full = [{"arch": a, "seed": s} for a in ("vanilla", "va", "las", "sla") for s in (0, 1, 2)]
@@ -419,7 +419,7 @@ ARCH = ROOT / "configs/arch"
 )
 def test_test_refuses_a_checkpoint_of_another_model_and_scores_nothing(options, key, trained):
     run, ckpt = trained
-    from lit_vattn.cli import CheckpointMismatchError
+    from lit_vattn.train.cli import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError, match=re.escape(key)):
         cli_main(["test", "--config", TEXT, "--config", CPU, *TINY, *options, "--ckpt_path", str(ckpt)])
@@ -436,7 +436,7 @@ def test_a_checkpoint_file_scores_into_its_own_run_and_its_config_reproduces_it(
     assert read_summary(run)["test"]["nll"] > 0
     assert (run / "test-config.yaml").is_file()
     # resuming with another optimiser is another run too; the refusal is exit status 2 with the keys named
-    from lit_vattn import cli
+    from lit_vattn.train import cli
 
     monkeypatch.setattr(
         sys,
@@ -475,7 +475,7 @@ def test_the_readme_path_fit_test_generate_analyze_lm_eval(trained, in_tmp):
     """Each tool reads the run's training config, which `test` leaves as trained."""
     import yaml
 
-    from lit_vattn import analyze, generate
+    from lit_vattn.tools import analyze, generate
 
     run, ckpt = trained
     config = (run / "config.yaml").read_text()
@@ -488,21 +488,21 @@ def test_the_readme_path_fit_test_generate_analyze_lm_eval(trained, in_tmp):
     assert samples and all(p.exists() for p in samples)
     assert analyze.main(["logit-lens", "--ckpt_path", str(ckpt), "--batches", "1", "--out", str(in_tmp / "a")])
     pytest.importorskip("lm_eval")
-    from lit_vattn.lm_eval_adapter import LitVattnLM
+    from lit_vattn.tools.lm_eval_adapter import LitVattnLM
 
     lm = LitVattnLM(ckpt_path=str(ckpt), batch_size=1, device="cpu")
     assert lm.encode("In the beginning")
 
 
 def test_a_busy_run_is_refused_with_its_holder_and_a_dead_holders_lock_is_taken_over(in_tmp):
-    from lit_vattn.runs import RunBusyError
+    from lit_vattn.train.runs import RunBusyError
 
     run = in_tmp / "runs/text-vanilla"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from lit_vattn.runs import RunLock; "
+            "import sys, time; from lit_vattn.train.runs import RunLock; "
             f"lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)",
         ],
         stdout=subprocess.PIPE,
@@ -524,12 +524,12 @@ def test_a_busy_run_is_refused_with_its_holder_and_a_dead_holders_lock_is_taken_
 
 
 def test_data_errors_come_before_the_model_is_built(in_tmp, monkeypatch):
-    import lit_vattn.module
+    import lit_vattn.train.module
 
     def no_model(*a, **k):
         raise AssertionError("the model was built before the data was checked")
 
-    monkeypatch.setattr(lit_vattn.module, "GPT", no_model)
+    monkeypatch.setattr(lit_vattn.train.module, "GPT", no_model)
     (in_tmp / "empty").mkdir()
     (in_tmp / "one").mkdir()
     (in_tmp / "one" / "only.txt").write_text("a single document")

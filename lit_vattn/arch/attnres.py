@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.arch.registry import register
-from lit_vattn.config import GPTConfig
+from lit_vattn.model.config import GPTConfig
 
 
 @register(

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_vattn import attention
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.arch.registry import register
-from lit_vattn.config import GPTConfig
-from lit_vattn.rope import apply_rope
+from lit_vattn.model import attention
+from lit_vattn.model.config import GPTConfig
+from lit_vattn.model.rope import apply_rope
 
 
 def project_kv(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ each against its method. Reproduce's default request, the tables' controls, the 
 contract tests and the README's method table all derive from ``methods()``, so adding a method
 touches its reader file, its config and (optionally) its own test file. Reader modules in this
 package are found by ``pkgutil``; a method defined elsewhere registers when its module is imported.
-The README's method table is ``lit_vattn.method_table``.
+The README's method table is ``lit_vattn.arch.method_table``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "configs"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "configs"
+# the shipped configs: a checkout's configs/, or the copy an installed wheel carries in lit_vattn/configs/
+CONFIG_DIR = _CHECKOUT if _CHECKOUT.is_dir() else Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from lit_vattn import attention
 from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
 from lit_vattn.arch.registry import register
-from lit_vattn.config import GPTConfig
+from lit_vattn.model import attention
+from lit_vattn.model.config import GPTConfig
 
 
 @register(

@@ -4,7 +4,7 @@ length and beyond it, paired against vanilla on the same seeds.
 For every (architecture, seed) run of one ``lit-vattn-reproduce`` table (``--runs`` holds
 ``<arch>/seed<s>/fit/checkpoints/last.ckpt``; for a table with per-method learning rates,
 ``--lrs-from`` its CSV picks ``<arch>/lr<lr>/seed<s>``, the runs that table scored),
-``lit_vattn.analyze.position_nll`` scores every
+``lit_vattn.tools.analyze.position_nll`` scores every
 window of the test split at each length of ``--seq-lens`` (default: the trained length T and 2T;
 past T, RoPE is extrapolated, the only part of these models whose size depends on T). Per run the
 sums are cached in ``<run>/positions.json`` (keyed by the checkpoint's size and mtime), so an
@@ -20,7 +20,7 @@ methods of that bucket, verdict), ``.csv`` (per arch, length and position: mean 
 of the NLL, tokens scored) and ``.png`` (NLL by position at the longest length; difference to
 vanilla by bucket).
 
-    python scripts/positions_table.py --runs runs/reproduce/text-tiny --out results/positions-text-tiny
+    python -m lit_vattn.experiments.positions_table --runs runs/reproduce/text-tiny --out results/positions-text-tiny
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from statistics import mean, stdev
 
 import numpy as np
 
-from lit_vattn import stats
 from lit_vattn.arch.registry import default_request
-from lit_vattn.curves import method_style
+from lit_vattn.experiments import stats
+from lit_vattn.experiments.curves import method_style
+from lit_vattn.experiments.records import RunRecord
 from lit_vattn.io import write_json, write_text
-from lit_vattn.loader import load
 from lit_vattn.plotting import plt as pyplot
 from lit_vattn.plotting import save_csv, savefig
 from lit_vattn.provenance import git_commit, hardware
-from lit_vattn.records import RunRecord
+from lit_vattn.tools.loader import load
 
 
 def buckets(T: int, longest: int) -> list[tuple[int, int]]:
@@ -61,7 +61,7 @@ def buckets(T: int, longest: int) -> list[tuple[int, int]]:
 
 def run_positions(run: Path, seq_lens: list[int], split: str, max_windows=None) -> dict:
     """{seq_len: (nll sums, token counts)} for one run, from its cache or computed (and cached)."""
-    from lit_vattn import analyze
+    from lit_vattn.tools import analyze
 
     ckpt = RunRecord(run).checkpoint
     if not ckpt.is_file():
@@ -142,7 +142,7 @@ def main(argv=None) -> str:
                     f"{run_dir(a, s)}: no finished run (done.json); run lit-vattn-reproduce "
                     f"first or leave it out with --archs / --seeds"
                 )
-    from lit_vattn.cli import from_run_config
+    from lit_vattn.train.cli import from_run_config
 
     T = from_run_config(RunRecord(run_dir("vanilla", seeds[0])).config_path).datamodule.seq_len  # trained length
     try:
@@ -212,7 +212,7 @@ def main(argv=None) -> str:
             word = stats.verdict(mean(d), p_h).replace("no detectable difference", "n.d.")
             cells[a].append(f"{mean(d):+.4f}{sd} (p {p_h:.3f}) {word}" if p_h is not None else f"{mean(d):+.4f}{sd}")
 
-    cmd = "python scripts/positions_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python -m lit_vattn.experiments.positions_table " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"# NLL by position: `{runs}`",
         "",

@@ -37,8 +37,8 @@ from typing import Callable, Optional
 
 import torch
 
-from lit_vattn.arch.base import KVCache
 from lit_vattn.io import write_json, write_text
+from lit_vattn.model.memory import KVCache
 
 # --- sampling ---------------------------------------------------------------------------------------
 
@@ -335,7 +335,7 @@ def run_modality(ckpt_path: str, config: Optional[str]) -> str:
 
     import yaml
 
-    from lit_vattn.loader import run_config
+    from lit_vattn.tools.loader import run_config
 
     data = (yaml.safe_load(run_config(ckpt_path, config).read_text()) or {}).get("data") or {}
     module, _, name = str(data.get("class_path", "")).rpartition(".")
@@ -447,7 +447,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     check(args)
     check_prompt_file(run_modality(args.ckpt_path, args.config), args)
-    from lit_vattn.loader import load
+    from lit_vattn.tools.loader import load
 
     model, dm = load(args.ckpt_path, args.config)
     net = model.net.eval()

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lit_vattn.loader import load
 from lit_vattn.plotting import plt as pyplot
 from lit_vattn.plotting import save_csv, savefig
+from lit_vattn.tools.loader import load
 
 
 def _batches(dm, n: int):
@@ -196,7 +196,7 @@ def extend_context(net, T: int) -> None:
     """Let ``net`` (a ``GPT``) run sequences of T tokens: a longer RoPE table and ``max_seq_len``.
     RoPE is the only part of the model whose size depends on T, so this is extrapolation of the
     trained model, not a change of it; it never shortens the table."""
-    from lit_vattn.rope import rope_table
+    from lit_vattn.model.rope import rope_table
 
     if T <= net.cfg.max_seq_len:
         return

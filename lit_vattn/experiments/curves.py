@@ -11,9 +11,9 @@ from typing import Optional
 
 import numpy as np
 
+from lit_vattn.experiments.records import RunRecord
 from lit_vattn.io import atomic_path
 from lit_vattn.plotting import plt as pyplot
-from lit_vattn.records import RunRecord
 
 MARKERS = "os^vD<>ph*"
 

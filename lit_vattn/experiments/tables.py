@@ -5,7 +5,7 @@ rule, tests; one row per method: params, tokens, val/test NLL mean ± std over s
 on the same seed, the paired t over seeds and the paired bootstrap over test windows, each
 Holm-corrected across the table, the verdict, tokens/s, memory; the count-model floors; each
 control against its own method; the lr sweep), ``<stem>.csv`` (one row per run) and the loss and
-budget curves. It reads only what a run's record holds (``lit_vattn.records.RunRecord``), so a table is
+budget curves. It reads only what a run's record holds (``lit_vattn.experiments.records.RunRecord``), so a table is
 rebuilt from committed records with ``--table-only``. The verdict words are defined here:
 "better"/"worse" when both Holm p < 0.05, else "no detectable difference".
 """
@@ -24,10 +24,10 @@ from typing import Optional
 
 from datamodules import modalities
 from lit_vattn.arch.registry import control_of, seed_methods
-from lit_vattn.curves import plot_budget, plot_curves
+from lit_vattn.experiments.curves import plot_budget, plot_curves
+from lit_vattn.experiments.records import RunRecord, choose_lr
 from lit_vattn.io import atomic_path, write_text
 from lit_vattn.provenance import git_commit, hardware
-from lit_vattn.records import RunRecord, choose_lr
 
 
 def table_stem(args, results: list[dict]) -> str:
@@ -111,7 +111,7 @@ def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tup
 
 def significance(archs: list[str], by: dict, base: dict, probe: bool = False) -> dict[str, tuple]:
     """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
-    seeds both finished (``lit_vattn.stats``): on test NLL (lower is better), or for a probe on
+    seeds both finished (``lit_vattn.experiments.stats``): on test NLL (lower is better), or for a probe on
     test accuracy (higher is better; the bootstrap over test examples of their top-1 hits)."""
     return paired_tests([(a, by[a], base) for a in archs if a != "vanilla" and by.get(a)], probe)
 
@@ -120,7 +120,7 @@ def paired_tests(items: list[tuple[str, list[dict], dict]], probe: bool = False)
     """name -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) of each (name, runs,
     reference runs by seed): the runs against the reference on the seeds both finished, Holm over
     the items."""
-    from lit_vattn.stats import holm, paired_bootstrap, paired_t, verdict2
+    from lit_vattn.experiments.stats import holm, paired_bootstrap, paired_t, verdict2
 
     key, field, sign = ("test_acc", "correct", -1.0) if probe else ("test_nll", "nll", 1.0)
     diffs = [[r[key] - ref[r["seed"]][key] for r in rs if r["seed"] in ref] for _, rs, ref in items]
@@ -299,13 +299,13 @@ def write_tables(
             "seed: training noise) and (2) a paired bootstrap over the test examples of the seed-mean Δ of their hits (10,000 "
             'resamples: test-set noise), each Holm-corrected across the architectures of this table; verdict "better" '
             '(higher accuracy)/"worse" when both Holm p < 0.05, otherwise "no detectable difference" at this scale '
-            "(`lit_vattn/stats.py`)"
+            "(`lit_vattn/experiments/stats.py`)"
             if probe
             else "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
             "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
             "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
             'architectures of this table; verdict "better"/"worse" when both Holm p < 0.05 (the seed test alone for runs '
-            'without per-window NLLs), otherwise "no detectable difference" at this scale (`lit_vattn/stats.py`)'
+            'without per-window NLLs), otherwise "no detectable difference" at this scale (`lit_vattn/experiments/stats.py`)'
         ),
     ]
     if failed:
@@ -321,7 +321,7 @@ def write_tables(
         lines += [
             "",
             "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
-            "scored on the same val/test targets as the runs (`lit_vattn/baselines.py`).",
+            "scored on the same val/test targets as the runs (`lit_vattn/experiments/baselines.py`).",
         ]
     lines += control_lines(by, probe)
     lines += lr_rows

@@ -2,7 +2,7 @@
 
     lit-vattn-lm-eval --model lit-vattn --model_args ckpt_path=runs/text-va/checkpoints/last.ckpt \\
         --tasks hellaswag,lambada_openai,arc_easy,piqa --batch_size 16 --device cuda
-    # from Python: import lit_vattn.lm_eval_adapter, then lm_eval.simple_evaluate(model="lit-vattn", ...)
+    # from Python: import lit_vattn.tools.lm_eval_adapter, then lm_eval.simple_evaluate(model="lit-vattn", ...)
 
 ``lm_eval`` discovers models only through its own registry, so ``lit-vattn-lm-eval`` is the harness's
 own command line (every flag of ``lm_eval``) with this module imported first, which registers
@@ -22,7 +22,7 @@ The three request types, as the harness defines them:
 - ``loglikelihood_rolling(text)``: the text's summed log-probability over disjoint windows of
   ``max_length`` (the harness's rolling windows; the first token conditions on end-of-text).
 - ``generate_until(context, gen_kwargs)``: greedy (or sampled, with ``do_sample`` and
-  ``temperature``) continuation through ``lit_vattn.generate.sample`` with the KV cache, cut at the
+  ``temperature``) continuation through ``lit_vattn.tools.generate.sample`` with the KV cache, cut at the
   first ``until`` string, at most ``max_gen_toks`` tokens; requests whose contexts have the same
   token length and settings are generated in one batch.
 """
@@ -39,7 +39,7 @@ try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as e:  # the harness is an optional extra
-    raise ImportError('lit_vattn.lm_eval_adapter needs lm-evaluation-harness: pip install -e ".[eval]"') from e
+    raise ImportError('lit_vattn.tools.lm_eval_adapter needs lm-evaluation-harness: pip install -e ".[eval]"') from e
 
 
 @register_model("lit-vattn")
@@ -54,7 +54,7 @@ class LitVattnLM(LM):
         **_ignored,
     ):
         super().__init__()
-        from lit_vattn.loader import load
+        from lit_vattn.tools.loader import load
 
         model, dm = load(ckpt_path, config)
         if not hasattr(dm, "tokenizer") or not hasattr(dm.tokenizer, "encode_batch"):
@@ -136,7 +136,7 @@ class LitVattnLM(LM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from lit_vattn.generate import sample
+        from lit_vattn.tools.generate import sample
 
         out: list[Optional[str]] = [None] * len(requests)
         groups: dict = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from lit_vattn.cli import cli_main
+from lit_vattn.train.cli import cli_main
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 
+from lit_vattn.experiments.records import SUMMARY, read_summary  # noqa: F401  (read_summary: the public reader of what RunSummary writes)
 from lit_vattn.io import write_json
-from lit_vattn.records import SUMMARY, read_summary  # noqa: F401  (read_summary: the public reader of what RunSummary writes)
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
@@ -69,7 +69,7 @@ class TokenThroughputMonitor(ThroughputMonitor):
 class BatchIndexLogger(Callback):
     """Writes the training sample numbers each rank consumed to
     ``<log_dir>/batch_indices_rank<r>.json``: to check that ranks draw disjoint windows and that a
-    resumed run continues the same stream (``--trainer.callbacks+=lit_vattn.callbacks.BatchIndexLogger``)."""
+    resumed run continues the same stream (``--trainer.callbacks+=lit_vattn.train.callbacks.BatchIndexLogger``)."""
 
     def __init__(self):
         self.indices: list[int] = []
@@ -283,7 +283,7 @@ class BudgetCurve(Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict:
-        from lit_vattn.metrics import NLLMetrics
+        from lit_vattn.train.metrics import NLLMetrics
 
         metrics = NLLMetrics().to(pl_module.device)
         was_training = pl_module.training

@@ -8,9 +8,9 @@ width, depth, optimizer and schedule are equal across architectures. A run that 
 SIGTERM stops the command: the running runs are stopped, reported as interrupted (never failed) and
 resumed by the next invocation, no other run starts, no table is written, and it exits 130 (143);
 only a run that itself failed (divergence, an error) is marked failed (``failed.json``). With
-``--records`` each run's record (``lit_vattn.records``) is kept beside the table, and a recorded run
+``--records`` each run's record (``lit_vattn.experiments.records``) is kept beside the table, and a recorded run
 counts as finished on a fresh machine. ``--lrs`` tunes each method's lr on the first seed
-(``choose_lr``). Then ``lit_vattn.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
+(``choose_lr``). Then ``lit_vattn.experiments.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
 with the tests) and ``.csv`` (one row per run) with the command, commit, date, hardware and wall
 time, plus the loss and budget curves.
 
@@ -35,12 +35,10 @@ from typing import Optional
 import numpy as np
 
 from datamodules import modalities
-from lit_vattn.arch.registry import arch_configs, config_path, default_request
+from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
+from lit_vattn.experiments.records import COUNTS, FIT, TEST, RunRecord, choose_lr
+from lit_vattn.experiments.tables import write_tables
 from lit_vattn.provenance import git_commit
-from lit_vattn.records import COUNTS, FIT, TEST, RunRecord, choose_lr
-from lit_vattn.tables import write_tables
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str]:
@@ -320,12 +318,12 @@ def failure_reason(log_tail: str) -> str:
 def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> list[dict]:
     """Unigram and bigram count models of the training split, scored on the targets the runs were
     scored on (their DataModule, their limit_{val,test}_batches, each rank's slice when the runs
-    used several processes); see lit_vattn/baselines.py."""
+    used several processes); see lit_vattn/experiments/baselines.py."""
     from torch.utils.data import DataLoader
 
     from datamodules.windows import EvalWindows
-    from lit_vattn import baselines
-    from lit_vattn.cli import from_run_config
+    from lit_vattn.experiments import baselines
+    from lit_vattn.train.cli import from_run_config
 
     cli = from_run_config(RunRecord.at(results[0]["run_dir"]).config_path)
     dm, trainer = cli.datamodule, cli.trainer
@@ -413,7 +411,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "recorded there and absent under --runs counts as finished, so a sweep that outlasts one machine "
         "continues from the committed records on a fresh one",
     )
-    p.add_argument("--config-dir", default=str(ROOT / "configs"))
+    p.add_argument("--config-dir", default=str(CONFIG_DIR))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
     p.add_argument(
         "--table-only",

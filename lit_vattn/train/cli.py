@@ -4,8 +4,8 @@ Lightning's own CLI.
 
 The YAML names the LightningModule and the DataModule (subclass mode); the vocabulary size is
 linked from the data to the model; the resolved config, the metrics (CSV by default; any Lightning
-logger), the run summary tables read (``summary.json``, ``lit_vattn.callbacks.RunSummary``) and
-checkpoints land in one run directory per run name, ``runs/<name>/`` (``lit_vattn.runs``): a resumed ``fit`` and ``test`` of the
+logger), the run summary tables read (``summary.json``, ``lit_vattn.train.callbacks.RunSummary``) and
+checkpoints land in one run directory per run name, ``runs/<name>/`` (``lit_vattn.train.runs``): a resumed ``fit`` and ``test`` of the
 same run write there too. ``--ckpt_path last`` means ``runs/<name>/checkpoints/last.ckpt`` and is an
 error when that file does not exist; a fresh ``fit`` into a run directory that already has a last
 checkpoint is refused (resume it with ``--ckpt_path last``, or choose another name); ``test`` and
@@ -18,7 +18,7 @@ any difference, naming each key and both values (``CheckpointMismatchError``); a
 run directory, given without a run name, writes its results into that run. Only ``fit`` writes the
 run's ``config.yaml``; the other commands write ``<command>-config.yaml`` beside it, so every tool
 that reads a run reads the configuration it was trained with. One command at a time per run
-directory (``lit_vattn.runs.RunLock``).
+directory (``lit_vattn.train.runs.RunLock``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
-from lit_vattn.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
-from lit_vattn.records import CONFIG, FIT, SUMMARY, TEST
-from lit_vattn.runs import RunBusyError, RunCheckpoint, RunLock
+from lit_vattn.experiments.records import CONFIG, FIT, SUMMARY, TEST
+from lit_vattn.train.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
+from lit_vattn.train.runs import RunBusyError, RunCheckpoint, RunLock
 
 # model hyperparameters that a checkpoint's run may differ in: how it is computed, not what it is
 RUNTIME_KEYS = {"compile", "config.attn_backend"}
@@ -305,7 +305,7 @@ def cli_main(args=None, run: bool = True) -> CLI:
             "check_val_every_n_epoch": None,
             "log_every_n_steps": 10,
             "gradient_clip_val": 1.0,
-            "logger": {"class_path": "lit_vattn.runs.RunCSVLogger", "init_args": {"save_dir": "runs"}},
+            "logger": {"class_path": "lit_vattn.train.runs.RunCSVLogger", "init_args": {"save_dir": "runs"}},
             "callbacks": [LearningRateMonitor(logging_interval="step")],
         },
         args=args,

@@ -8,7 +8,7 @@ learning rate per method, the chosen one; a modality whose table lacks an archit
 run on one modality only) says so. Nothing is recomputed, so this table can never disagree with the tables
 it summarises.
 
-    python scripts/methods_table.py --preset tiny --out results/methods-tiny.md
+    python -m lit_vattn.experiments.methods_table --preset tiny --out results/methods-tiny.md
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from lit_vattn.arch.registry import default_request
 
 MODALITIES = ("text", "music", "acoustic")
 METHODS = default_request()  # the compared methods and the default controls; any other row is a control or a reading
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(path: Path) -> tuple[dict[str, dict[str, str]], dict]:
@@ -34,7 +33,7 @@ def load(path: Path) -> tuple[dict[str, dict[str, str]], dict]:
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--results", default=str(ROOT / "results"))
+    p.add_argument("--results", default="results")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     tables = {m: Path(args.results) / f"{m}-{args.preset}.json" for m in MODALITIES}
@@ -49,7 +48,7 @@ def main(argv=None) -> str:
     lines = [
         f"# Every method against vanilla, preset `{args.preset}`",
         "",
-        f"- command: `python scripts/methods_table.py --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
+        f"- command: `python -m lit_vattn.experiments.methods_table --preset {args.preset}{' --out ' + args.out if args.out else ''}`",
         "- cell: paired difference in test NLL to vanilla on the same seeds (nats per token; negative = lower "
         "NLL than vanilla), mean ± std over seeds, [finished seeds], and the verdict of the test stated in "
         "that table's header (n.d. = no detectable difference at this scale); tables made since the "

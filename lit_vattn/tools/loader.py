@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from lit_vattn.records import CONFIG
+from lit_vattn.experiments.records import CONFIG
 
 
 def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
@@ -24,7 +24,7 @@ def run_config(ckpt_path: str, config: Optional[str] = None) -> Path:
 
 
 def load(ckpt_path: str, config: Optional[str] = None):
-    from lit_vattn.cli import from_run_config
+    from lit_vattn.train.cli import from_run_config
 
     ckpt = Path(ckpt_path)
     cli = from_run_config(run_config(ckpt_path, config))

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vattn.arch import as_reader
-from lit_vattn.arch.base import Arch, AttnInputs, DepthMemory, KVCache
-from lit_vattn.config import GPTConfig
-from lit_vattn.rope import apply_rope, rope_table
+from lit_vattn.arch.base import Arch, AttnInputs
+from lit_vattn.model.config import GPTConfig
+from lit_vattn.model.memory import DepthMemory, KVCache
+from lit_vattn.model.rope import apply_rope, rope_table
 
 
 class Attention(nn.Module):
@@ -175,9 +176,9 @@ class GPT(nn.Module):
 
     def flops_per_token(self, T: int) -> float:
         """Training FLOPs per token (forward + backward), measured with FlopCounterMode on a meta
-        twin of this model (``lit_vattn.flops``): matmuls and dense attention over every key the
+        twin of this model (``lit_vattn.model.flops``): matmuls and dense attention over every key the
         architecture reads; used for MFU and tables."""
-        from lit_vattn.flops import flops_per_token
+        from lit_vattn.model.flops import flops_per_token
 
         return flops_per_token(self, T)
 

@@ -1,4 +1,4 @@
-"""The README's method table, from the registry: ``python -m lit_vattn.method_table``."""
+"""The README's method table, from the registry: ``python -m lit_vattn.arch.method_table``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ def method_table() -> str:
     shape, measured on a meta-device twin) and whether it starts as vanilla."""
     import torch
 
-    from lit_vattn.config import GPTConfig
-    from lit_vattn.model import GPT
+    from lit_vattn.model.config import GPTConfig
+    from lit_vattn.model.decoder import GPT
 
     cfg, vocab, T = GPTConfig(n_layer=12, n_head=12, d_model=768, max_seq_len=1024), 50257, 1024
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_vattn.arch.base import Arch
-from lit_vattn.config import GPTConfig
-from lit_vattn.metrics import NLLMetrics
-from lit_vattn.model import GPT
+from lit_vattn.model.config import GPTConfig
+from lit_vattn.model.decoder import GPT
+from lit_vattn.train.metrics import NLLMetrics
 
 
 class DivergedError(RuntimeError):
