@@ -64,7 +64,7 @@ case $STEP in
     pack "runs-$MOD-small.tgz" "runs/gpu/$MOD-small"
     ;;
   tests)
-    run python -m pytest tests/test_attention.py tests/test_model.py tests/test_archs.py -k "not real_text" -rfEs -q \
+    run python -m pytest tests/model tests/arch -k "not real_text" -rfEs -q \
       -p no:cacheprovider
     ;;
   generate)

@@ -58,3 +58,11 @@ def train_on(bpe_text):
         return losses
 
     return run
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, bpe_text):
+    """A test that runs the CLI in a fresh working directory (its runs/ land there), with the shared
+    shard cache prepared."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

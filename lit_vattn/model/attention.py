@@ -33,7 +33,7 @@ from torch import Tensor
 
 BACKENDS = ("auto", "oracle", "sdpa", "flex", "merge")
 # torch 2.11 traced the merge's autograd.Function on CPU tensors (aot_eager) into wrong gradients;
-# 2.13 is the first version seen correct (results/cuda-tests-h100.txt; tests/test_attention.py)
+# 2.13 is the first version seen correct (results/cuda-tests-h100.txt; tests/model/test_attention.py)
 MERGE_CPU_COMPILE_MIN_TORCH = "2.13"
 
 

@@ -5,20 +5,20 @@ import json
 
 import numpy as np
 import pytest
-import test_archs
-import test_competitors
 import torch
+from helpers import CFG, declared_settings
 
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch import ValueResidual, VerticalAttention
 from lit_vattn.arch.base import Composed
+from lit_vattn.arch.registry import registry
 from lit_vattn.model.memory import KVCache
 from lit_vattn.tools.generate import filter_logits, sample
 
 V = 61
 READERS = {
-    **test_archs.SETTINGS,
-    **test_competitors.SETTINGS,
+    **registry(),
+    **declared_settings(),
     "va+value-residual": lambda: Composed([VerticalAttention(), ValueResidual()]),
 }
 
@@ -27,7 +27,7 @@ def trained_like(make, seed=0, **cfg):
     """A model whose every parameter is moved off its init, so zero-init branches (DenseFormer,
     MUDD, LAuReL, ...) take part in what the cache must reproduce."""
     torch.manual_seed(seed)
-    net = GPT(GPTConfig(**{**test_archs.CFG, **cfg}), V, make())
+    net = GPT(GPTConfig(**{**CFG, **cfg}), V, make())
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -91,37 +91,11 @@ def test_a_sample_ends_at_the_stop_token_and_respects_the_mask():
 
 from pathlib import Path  # noqa: E402
 
-from test_cli import CPU, ROOT, SMALL_DATA, TINY  # noqa: E402
+from helpers import tiny_run  # noqa: E402
 
 from lit_vattn.tools.generate import main as generate  # noqa: E402
-from lit_vattn.train.cli import cli_main  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def tiny_run(modality: str, tmp_path, monkeypatch) -> Path:
-    """Two training steps of a tiny vanilla model on the modality's embedded data (context 64)."""
-    monkeypatch.chdir(tmp_path)
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / f"configs/data/{modality}.yaml"),
-            "--config",
-            CPU,
-            *TINY,
-            *SMALL_DATA.get(modality, []),
-            "--model.init_args.config.max_seq_len",
-            "64",
-            "--trainer.max_steps",
-            "2",
-            "--trainer.limit_val_batches",
-            "2",
-            "--trainer.val_check_interval",
-            "2",
-        ]
-    )
-    return tmp_path / f"runs/{modality}-vanilla/checkpoints/last.ckpt"
 
 
 def run(ckpt, out, *args) -> dict:

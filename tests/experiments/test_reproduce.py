@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from lit_vattn.arch.registry import control_of, default_request
 from lit_vattn.experiments import records, reproduce, tables
@@ -194,7 +195,7 @@ def test_controls_are_tested_against_their_own_method(tmp_path):
     control whose method is absent from the table has no row. Every pair names shipped configs."""
     from scipy import stats as sps
 
-    arch_dir = Path(__file__).parents[1] / "configs/arch"
+    arch_dir = ROOT / "configs/arch"
     assert all(
         (arch_dir / "controls" / f"{c}.yaml").is_file() and (arch_dir / f"{m}.yaml").is_file()
         for c, m in control_of().items()
@@ -252,7 +253,7 @@ def test_console_scripts_exit_zero(table):
     import subprocess
     import sys
 
-    toml = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    toml = (ROOT / "pyproject.toml").read_text()
     section = toml.split("[project.scripts]")[1].split("\n[")[0]
     scripts = dict(re.findall(r'^(\S+) = "(\S+)"', section, re.M))
     assert scripts["lit-vattn-reproduce"] == "lit_vattn.experiments.reproduce:console" and len(scripts) == 6
@@ -278,7 +279,7 @@ def test_unfinished_run_resumes_from_its_checkpoint(table, capsys):
 
 
 def test_unknown_arch_or_preset_fails_before_training(tmp_path):
-    arch = Path(__file__).parents[1] / "configs/arch"
+    arch = ROOT / "configs/arch"
     stems = sorted(p.stem for p in [*arch.glob("*.yaml"), *arch.glob("controls/*.yaml")])
     with pytest.raises(SystemExit, match="unknown nope.*choose from: " + ", ".join(stems) + "$"):
         reproduce.main(["--modality", "text", "--archs", "vanilla,nope", "--runs", str(tmp_path)])
@@ -345,9 +346,7 @@ def test_a_multi_gpu_fsdp_run_config_loads_on_one_cpu_for_analysis(table, tmp_pa
 
     runs, _, _ = table
     cfg = yaml.safe_load((runs / "runs/text-tiny/vanilla/seed0/fit/config.yaml").read_text())
-    cfg["trainer"].update(
-        yaml.safe_load((Path(__file__).parents[1] / "configs/trainer/fsdp.yaml").read_text())["trainer"]
-    )
+    cfg["trainer"].update(yaml.safe_load((ROOT / "configs/trainer/fsdp.yaml").read_text())["trainer"])
     cfg["trainer"]["num_nodes"] = 4
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -416,7 +415,7 @@ def test_committed_tables_are_the_runs_their_records_hold(tmp_path, capsys):
     progress, with no table made from them yet, are not a table.)"""
     import shlex
 
-    root = Path(__file__).parents[1]
+    root = ROOT
     texts = {md.stem: md.read_text() for md in (root / "results").glob("*.md")}
     commands = {
         stem: shlex.split(t.split("- command: `lit-vattn-reproduce ", 1)[1].split("`", 1)[0])
@@ -445,7 +444,7 @@ def test_committed_tables_are_the_runs_their_records_hold(tmp_path, capsys):
 def test_each_committed_tables_data_renders_its_markdown_table():
     """A table's JSON (what the method x modality table reads) holds the rows its markdown shows,
     cell for cell, so no summary is built from markdown and none can drift from it."""
-    root = Path(__file__).parents[1]
+    root = ROOT
     saved = sorted((root / "results").glob("*.json"))
     assert {t.stem for t in saved} >= {"text-tiny", "music-tiny", "acoustic-tiny"}
     for t in saved:
@@ -494,9 +493,7 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
     import importlib.util
 
     tmp, _, _ = table
-    spec = importlib.util.spec_from_file_location(
-        "positions_table", Path(__file__).parents[1] / "lit_vattn/experiments/positions_table.py"
-    )
+    spec = importlib.util.spec_from_file_location("positions_table", ROOT / "lit_vattn/experiments/positions_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp / "results/positions-text-tiny"
@@ -523,9 +520,7 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
     import shutil
 
     tmp, _, _ = table
-    spec = importlib.util.spec_from_file_location(
-        "positions_table", Path(__file__).parents[1] / "lit_vattn/experiments/positions_table.py"
-    )
+    spec = importlib.util.spec_from_file_location("positions_table", ROOT / "lit_vattn/experiments/positions_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     lrs = {("vanilla", 0): 0.0015, ("vanilla", 1): 0.0015, ("va", 0): 0.00075, ("va", 1): 0.00075}
@@ -553,7 +548,7 @@ def test_method_table_in_the_findings_and_results_is_the_one_the_committed_table
     lit_vattn/experiments/methods_table.py builds from the committed per-modality tables: none can drift."""
     import importlib.util
 
-    root = Path(__file__).parents[1]
+    root = ROOT
     spec = importlib.util.spec_from_file_location("methods_table", root / "lit_vattn/experiments/methods_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -577,7 +572,7 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     "not run" where a modality's table lacks them."""
     import importlib.util
 
-    root = Path(__file__).parents[1]
+    root = ROOT
     spec = importlib.util.spec_from_file_location("methods_table", root / "lit_vattn/experiments/methods_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -633,7 +628,7 @@ def test_gpu_steps_name_requests_that_resolve(tmp_path):
     import shlex
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "scripts/gpu_steps.sh"
+    script = ROOT / "scripts/gpu_steps.sh"
     steps = [
         ["small", "text", "0,1,2", "vanilla,va,sla,las,elc-bert"],
         ["small", "music"],

@@ -4,27 +4,13 @@ import math
 
 import pytest
 import torch
+from helpers import assert_causal
 
 from lit_vattn import GPT, GPTConfig
 
 
 def small(**kw):
     return GPTConfig(**{"n_layer": 3, "n_head": 4, "d_model": 64, "max_seq_len": 32, **kw})
-
-
-def assert_causal(net: GPT, V: int, T: int = 24, seed: int = 0):
-    """Changing token t+1 leaves the logits at positions <= t unchanged, for every t."""
-    torch.manual_seed(seed)
-    net.eval()
-    x = torch.randint(0, V, (2, T))
-    with torch.no_grad():
-        ref = net(x)
-        for t in range(T - 1):
-            x2 = x.clone()
-            x2[:, t + 1] = (x2[:, t + 1] + 1 + torch.randint(0, V - 1, (1,))) % V
-            out = net(x2)
-            torch.testing.assert_close(out[:, : t + 1], ref[:, : t + 1], atol=1e-5, rtol=1e-5)
-            assert not torch.allclose(out[:, t + 1 :], ref[:, t + 1 :])
 
 
 def test_vanilla_is_causal():

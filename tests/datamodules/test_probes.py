@@ -5,17 +5,14 @@ settings are refused naming the option, and the module's accuracy is the top-1 r
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT  # noqa: E402
 
 from datamodules.probes import EVAL_SEED, ProbeDataModule, gap_probabilities
 from datamodules.windows import IGNORE
 from lit_vattn.train.metrics import NLLMetrics
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def batches(loader, n):

@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model import assert_causal
+from helpers import assert_causal
 from torch import nn
 
 from lit_vattn import GPT, GPTConfig

@@ -5,16 +5,14 @@ import argparse
 import importlib
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT  # noqa: E402
 
 from lit_vattn.arch import registry as reg
 from lit_vattn.arch.method_table import method_table
 from lit_vattn.experiments import reproduce
 from lit_vattn.train.cli import cli_main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TOY = '''
 """A toy method outside the package: after each block, lam_l x0 (the embedding) is added; lam zero at init."""

@@ -21,8 +21,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "reference"))
 import numerics
+from helpers import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 REF_COMMIT = "75553594292b2c0c4f28ad5e0b8dc9637d2a0d18"
 COMMITTED = json.loads((Path(__file__).parent / "reference" / "numerics.json").read_text())
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CPU, ROOT, TEXT, TINY
+from helpers import CPU, ROOT, SMALL_DATA, TEXT, TINY
 from lightning.pytorch import Callback
 
 from lit_vattn.arch.registry import seed_methods
@@ -24,40 +24,6 @@ PRESETS = sorted(
     for p in (ROOT / "configs/reproduce").glob("*.yaml")
     if p.stem.split("-")[0] not in {Path(d).stem for d in DATA_YAMLS}
 )
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch, bpe_text):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-# The shipped YAMLs prepare the whole embedded corpus of their modality; CI shrinks the music and
-# audio data (same settings as the DataModule tests, so the shards are built once per test run).
-SMALL_DATA = {
-    "music": [
-        "--data.init_args.max_pieces",
-        "1000",
-        "--data.init_args.val_fraction",
-        "0.1",
-        "--data.init_args.test_fraction",
-        "0.1",
-    ],
-    "acoustic": [
-        "--data.init_args.seconds",
-        "150",
-        "--data.init_args.kmeans_seconds",
-        "60",
-        "--data.init_args.bandwidth",
-        "3.0",
-        "--data.init_args.codec_weights",
-        "random",
-        "--data.init_args.val_fraction",
-        "0.15",
-        "--data.init_args.test_fraction",
-        "0.15",
-    ],
-}
 
 
 CORE = tuple(seed_methods())

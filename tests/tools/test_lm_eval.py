@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from test_generate import tiny_run  # noqa: E402
+from helpers import tiny_run  # noqa: E402
 
 DOCS = [
     {

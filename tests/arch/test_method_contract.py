@@ -1,38 +1,24 @@
 """The contract every registered method obeys, checked for each one (``lit_vattn.arch.registry``)
 and for the switch settings a method's own test file declares (a module-level ``SETTINGS`` dict of
-name -> reader factory in any tests/test_*.py): causal, a finite loss and a gradient in every parameter, the same base
-weights as vanilla for the same seed, its registered init claim (exactly vanilla or not), the KV
-cache giving the full forward, the logit lens reading only states the output depends on, and its
-switches being exactly its constructor's arguments. A method registered anywhere is checked here
-without editing this file."""
+name -> reader factory in any tests/**/test_*.py): causal, a finite loss and a gradient in every
+parameter, the same base weights as vanilla for the same seed, its registered init claim (exactly
+vanilla or not), the KV cache giving the full forward, the logit lens reading only states the output
+depends on, labelled depth maps, its switches being exactly its constructor's arguments, and (slow)
+learning real text. A method registered anywhere is checked here without editing this file."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model import assert_causal
+from helpers import CFG, V, assert_causal, declared_settings
 
 from lit_vattn import GPT, GPTConfig
 from lit_vattn.arch import Composed, methods
 from lit_vattn.arch.registry import registry
 from lit_vattn.model.memory import KVCache
-
-CFG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=32)
-V = 61
-
-
-def declared_settings() -> dict:
-    """The ``SETTINGS`` of every test file that declares them."""
-    out = {}
-    for path in sorted(Path(__file__).parent.glob("test_*.py")):
-        if "\nSETTINGS = " in path.read_text():
-            out.update(importlib.import_module(path.stem).SETTINGS)
-    return out
 
 
 def cases() -> dict:
@@ -139,3 +125,22 @@ def test_switches_are_exactly_the_constructor_arguments(name):
     assert list(reader.switches()) == params
     assert reader.spawn().switches() == reader.switches()
     assert reader.name == name  # one name: the class's, the registry's, its config's
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_depth_maps_are_labelled(name):
+    net = build(CASES[name])
+    net.arch.record_maps = True
+    net(torch.randint(0, V, (2, 16)))
+    for key, m in net.arch.depth_map().items():
+        assert m.values.shape == (len(m.rows), len(m.cols)), key
+        assert torch.isfinite(m.values).all(), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(methods()))
+def test_loss_decreases_on_real_text(name, bpe_text, train_on):
+    torch.manual_seed(0)
+    losses = train_on(GPT(GPTConfig(**CFG), bpe_text.vocab_size, registry()[name]()))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, (first, last)

@@ -1,0 +1,37 @@
+"""Hyper-Connections: vanilla at init up to the final norm's eps, its budget, and the switches it
+refuses. ``SETTINGS``: the switch settings the shared contract checks too."""
+
+import pytest
+import torch
+from helpers import D, L, V, tiny_gpt
+
+from lit_vattn.arch import HyperConnections, Vanilla
+
+SETTINGS = {"hc-static-n2": lambda: HyperConnections(n=2, dynamic=False)}
+
+
+def test_equal_to_vanilla_at_init_up_to_the_final_norms_eps():
+    """n identical streams summed at the readout: n x the vanilla state, which the final RMSNorm
+    maps back exactly but for its eps; with a negligible eps the logits agree."""
+    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(3))
+    for make in (HyperConnections, lambda: HyperConnections(n=3, dynamic=False)):
+        torch.testing.assert_close(
+            tiny_gpt(make, norm_eps=1e-12)(x), tiny_gpt(Vanilla, norm_eps=1e-12)(x), atol=2e-5, rtol=1e-4
+        )
+    # one stream with static connections is the plain residual decoder, whatever the eps
+    torch.testing.assert_close(
+        tiny_gpt(lambda: HyperConnections(n=1, dynamic=False))(x), tiny_gpt(Vanilla)(x), atol=2e-6, rtol=1e-5
+    )
+
+
+def test_parameter_and_flop_budget_against_vanilla():
+    base, T, n = tiny_gpt(Vanilla), 32, 4
+    extra = tiny_gpt(HyperConnections).num_params() - base.num_params()
+    assert extra == 2 * L * (n * (n + 1) + n + D * (n + 1) + D + D + 2)
+    assert tiny_gpt(SETTINGS["hc-static-n2"]).num_params() - base.num_params() == 2 * L * (2 * 3 + 2)
+    assert tiny_gpt(HyperConnections).flops_per_token(T) > base.flops_per_token(T)
+
+
+def test_impossible_switches_fail_at_construction():
+    with pytest.raises(ValueError, match=r"HyperConnections.n=0 must be >= 1"):
+        tiny_gpt(lambda: HyperConnections(n=0))
