@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from datamodules import codec, shards
+from datamodules.acoustic_samples import AcousticSamples
 from datamodules.audio_sources import (
     AUDIO_SUFFIXES,
     file_clips,
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class AcousticDataModule(TokenDataModule):
     name = "acoustic"
-    MODALITY = Modality("acoustic", unit="second", label="bits/s")
+    MODALITY = Modality("acoustic", unit="second", label="bits/s", samples=AcousticSamples)
 
     def __init__(
         self,

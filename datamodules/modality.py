@@ -1,7 +1,8 @@
 """What a modality is to the rest of the suite, and what a DataModule promises the model.
 
 ``Modality``: the name runs and tables use (``text``, ``music``, ``acoustic``, or a probe's task),
-the comparable unit its NLL is also reported in, and the metric a table shows beside NLL. Each
+the comparable unit its NLL is also reported in, the metric a table shows beside NLL, and how
+``lit-vattn-generate`` reads its prompts and writes its samples. Each
 DataModule class declares its own (``MODALITY`` or ``modality_for``; ``datamodules.modalities()``
 collects them), so run names, tables and metrics name no modality themselves.
 
@@ -32,6 +33,8 @@ class Modality:
     """How tables head the metric, e.g. "bits/byte"."""
     probe: bool = False
     """Scored by top-1 accuracy on answers (higher is better) instead of NLL: an in-context probe."""
+    samples: Optional[type] = None
+    """Its prompt reader and sample writer (a ``datamodules.samples.Samples``); None: not sampled."""
 
     @property
     def metric(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from datamodules import shards
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped, require
 from datamodules.modality import Modality
+from datamodules.music_samples import MusicSamples
 from datamodules.music_sources import MIDI_SUFFIXES, abc_pieces, file_pieces, score_pieces
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ DEFAULT_TOKENIZER_OPTIONS = {
 
 class MusicDataModule(TokenDataModule):
     name = "music"
-    MODALITY = Modality("music", unit="note", label="bits/note")
+    MODALITY = Modality("music", unit="note", label="bits/note", samples=MusicSamples)
     FIX = "add MIDI files or raise data.val_fraction / data.test_fraction"
 
     def __init__(
@@ -159,6 +160,10 @@ class MusicDataModule(TokenDataModule):
             yield from score_pieces(
                 self.cache_dir / "music21-midi", self.kern_timeout, skipped=skipped, max_files=n_scores
             )
+
+    def encode_score(self, score) -> list[int]:
+        """A ``symusic.Score``'s token ids, as the training data's pieces were encoded."""
+        return self._ids(self.tokenizer, score)
 
     @staticmethod
     def _ids(tok, score) -> list[int]:

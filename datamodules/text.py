@@ -15,13 +15,14 @@ import numpy as np
 from datamodules import shards
 from datamodules.base import SkippedFiles, TokenDataModule, report_skipped
 from datamodules.modality import Modality
+from datamodules.text_samples import TextSamples
 from datamodules.text_sources import embedded_documents, file_documents, hf_documents
 from datamodules.text_tokenizers import GPT2Tokenizer, TrainedBPE
 
 
 class TextDataModule(TokenDataModule):
     name = "text"
-    MODALITY = Modality("text", unit="byte", label="bits/byte")
+    MODALITY = Modality("text", unit="byte", label="bits/byte", samples=TextSamples)
 
     def __init__(
         self,

@@ -18,9 +18,10 @@ import json
 import sys
 from pathlib import Path
 
+from datamodules import modalities
 from lit_vattn.arch.registry import default_request
 
-MODALITIES = ("text", "music", "acoustic")
+MODALITIES = tuple(n for n, m in modalities().items() if not m.probe)  # the NLL modalities, by name
 METHODS = default_request()  # the compared methods and the default controls; any other row is a control or a reading
 
 

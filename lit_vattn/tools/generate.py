@@ -29,7 +29,6 @@ context restarts from its last half (re-encoded once, then cached again), in bot
 
 from __future__ import annotations
 
-import abc
 import argparse
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Callable, Optional
 
 import torch
 
-from lit_vattn.io import write_json, write_text
+from lit_vattn.io import write_json
 from lit_vattn.model.memory import KVCache
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -138,257 +137,32 @@ def sample(
     return [seq[i, P : P + (ends[i] or seq.shape[1] - P)].tolist() for i in range(n)]
 
 
-# --- modalities -------------------------------------------------------------------------------------
+# --- the run's modality -----------------------------------------------------------------------------
 
 
-def _finish_plot(fig, ax, stem: Path, xlabel: str, ylabel: str, title: str) -> Path:
-    """Label, lay out and write ``<stem>.png`` atomically (``plotting.savefig``); close the figure."""
-    from lit_vattn.plotting import plt, savefig
-
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    png = stem.with_suffix(".png")
-    savefig(fig, png)
-    plt().close(fig)
-    return png
-
-
-class Modality(abc.ABC):
-    """How one modality's prompts become ids and ids become files."""
-
-    kind: str
-    separator: int  # the token between documents / pieces / clips: an unconditional sample starts after it
-    boundary: Optional[float] = None  # where the prompt ends, in the plot's time unit
-
-    def __init__(self, dm, context: int):
-        self.dm, self.context = dm, context
-
-    @abc.abstractmethod
-    def prompt(self, args) -> list[int]:
-        """The prompt's ids, starting with the separator."""
-
-    def allowed(self) -> Optional[Callable[[int], Optional[torch.Tensor]]]:
-        """A mask of the ids each position may hold, for ``sample``; None = every id."""
-        return None
-
-    @abc.abstractmethod
-    def write(self, ids: list[int], stem: Path) -> list[Path]:
-        """Write the sample ``ids`` (prompt included) as ``stem.*`` files; return their paths."""
-
-
-class Text(Modality):
-    kind = "text"
-
-    def __init__(self, dm, context: int):
-        super().__init__(dm, context)
-        self.separator = dm.tokenizer.eot_id
-
-    def prompt(self, args) -> list[int]:
-        if args.prompt is None:
-            return [self.separator]
-        text = args.prompt
-        if Path(text).suffix == ".txt" and Path(text).is_file():
-            text = Path(text).read_text(encoding="utf-8")
-        ids = self.dm.tokenizer.encode_batch([text])[0]
-        back = self.dm.tokenizer.decode(ids)
-        if back != text:  # e.g. characters outside a trained vocabulary, or the separator's own spelling
-            i = next((j for j, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
-            raise SystemExit(
-                f"--prompt: the run's tokenizer ({self.dm.tokenizer.spec()}) cannot encode the prompt "
-                f"from {text[i : i + 24]!r} on (it decodes back as {back[i : i + 24]!r}); remove or "
-                "replace those characters"
-            )
-        return [self.separator, *ids]  # a document starts after the separator, as in training
-
-    def write(self, ids: list[int], stem: Path) -> list[Path]:
-        out = stem.with_suffix(".txt")
-        write_text(out, self.dm.decode([i for i in ids if i != self.separator]))
-        return [out]
-
-
-class Music(Modality):
-    kind = "music"
-
-    def __init__(self, dm, context: int):
-        super().__init__(dm, context)
-        tok = dm.tokenizer
-        self.separator, self.eos = tok.vocab["BOS_None"], tok.vocab["EOS_None"]
-        self.never = [tok.vocab[s] for s in ("PAD_None", "BOS_None") if s in tok.vocab]  # not inside a piece
-
-    def prompt(self, args) -> list[int]:
-        if args.prompt is None:
-            return [self.separator]
-        import symusic
-
-        path = Path(args.prompt)  # readable: check_prompt_file
-        score = symusic.Score(str(path))
-        tpq = score.ticks_per_quarter
-        ts = score.time_signatures[0] if len(score.time_signatures) else None
-        bar = int(round(tpq * 4 * (ts.numerator / ts.denominator if ts else 1.0)))
-        score = score.clip(0, bar * args.prompt_bars, clip_end=True)
-        from datamodules.music import MusicDataModule
-
-        ids = MusicDataModule._ids(self.dm.tokenizer, score)
-        if not ids:
-            raise SystemExit(f"--prompt {path}: the first {args.prompt_bars} bar(s) hold no notes; raise --prompt_bars")
-        self.boundary = bar * args.prompt_bars / tpq  # in quarter notes, for the piano roll
-        return [self.separator, *ids]
-
-    def allowed(self):
-        mask = torch.ones(self.dm.vocab_size, dtype=torch.bool)
-        mask[self.never] = False
-        return lambda i: mask
-
-    def write(self, ids: list[int], stem: Path) -> list[Path]:
-        mid = self.dm.to_midi(ids, str(stem.with_suffix(".mid")))
-        score = self.dm.decode(ids)
-        from lit_vattn.plotting import plt
-
-        fig, ax = plt().subplots(figsize=(8, 3.2))
-        tpq = score.ticks_per_quarter
-        for c, track in enumerate(score.tracks):
-            for n in track.notes:
-                ax.broken_barh([(n.time / tpq, max(n.duration, 1) / tpq)], (n.pitch - 0.4, 0.8), color=f"C{c % 10}")
-        if self.boundary is not None:
-            ax.axvline(self.boundary, color="grey", ls="--", lw=0.8, label="end of prompt")
-            ax.legend(fontsize=7, loc="upper right")
-        png = _finish_plot(
-            fig,
-            ax,
-            stem,
-            "time (quarter notes)",
-            "MIDI pitch",
-            f"{stem.name}: {sum(len(t.notes) for t in score.tracks)} notes",
-        )
-        return [mid, png]
-
-
-class Acoustic(Modality):
-    kind = "acoustic"
-
-    def __init__(self, dm, context: int):
-        super().__init__(dm, context)
-        self.separator = dm.eos_id
-
-    def prompt(self, args) -> list[int]:
-        if args.prompt is None:
-            return [self.separator]
-        import soundfile as sf
-
-        from datamodules import codec
-
-        path = Path(args.prompt)  # readable, at the codec's rate or --resample: check_prompt_file
-        wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        from datamodules.audio_sources import to_24k_mono
-
-        seconds = args.prompt_seconds
-        if seconds is None:  # whole frames filling half the model's context
-            seconds = (self.context // 2 // self.dm.n_q) / codec.FRAME_RATE
-        wav = to_24k_mono(wav.mean(1), sr)[: int(seconds * codec.SAMPLE_RATE)]
-        if len(wav) < codec.SAMPLE_RATE // codec.FRAME_RATE:
-            raise SystemExit(
-                f"--prompt {path}: shorter than one codec frame ({1000 / codec.FRAME_RATE:.1f} ms); "
-                "raise --prompt_seconds or use a longer file"
-            )
-        codes = codec.encode(self.dm.codec, [wav], torch.device("cpu"))[0]  # (n_q, frames)
-        self.boundary = codes.shape[1] / codec.FRAME_RATE  # seconds, for the spectrogram
-        return [self.separator, *codec.flatten(codes).tolist()]
-
-    def allowed(self):
-        """Position i (after the leading separator) holds codebook (i - 1) % n_q; the end-of-clip
-        token only where a frame would begin."""
-        from datamodules import codec
-
-        n_q, V = self.dm.n_q, self.dm.vocab_size
-        masks = []
-        for k in range(n_q):
-            m = torch.zeros(V, dtype=torch.bool)
-            m[k * codec.BINS : (k + 1) * codec.BINS] = True
-            m[self.dm.eos_id] = k == 0
-            masks.append(m)
-        return lambda i: masks[(i - 1) % n_q]
-
-    def write(self, ids: list[int], stem: Path) -> list[Path]:
-        from datamodules import codec
-
-        ids = [i for i in ids if i != self.separator]
-        wav_path = self.dm.to_wav(ids, str(stem.with_suffix(".wav")))
-        wav = self.dm.decode(ids)
-        from lit_vattn.plotting import plt
-
-        fig, ax = plt().subplots(figsize=(8, 3.2))
-        if len(wav) >= 256:
-            ax.specgram(wav, NFFT=512, Fs=codec.SAMPLE_RATE, noverlap=384, cmap="magma")
-        if self.boundary is not None:
-            ax.axvline(self.boundary, color="white", ls="--", lw=0.8)
-        png = _finish_plot(
-            fig, ax, stem, "time (s)", "frequency (Hz)", f"{stem.name}: {len(wav) / codec.SAMPLE_RATE:.2f} s"
-        )
-        return [wav_path, png]
-
-
-def run_modality(ckpt_path: str, config: Optional[str]) -> str:
-    """The run's modality from its saved config, read before anything is loaded."""
+def run_modality(ckpt_path: str, config: Optional[str]):
+    """The run's declared modality (``datamodules.modality.Modality``), from its saved config, read
+    before anything is loaded; refused when it cannot be sampled."""
     import importlib
 
     import yaml
 
+    from datamodules import modalities
     from lit_vattn.tools.loader import run_config
 
     data = (yaml.safe_load(run_config(ckpt_path, config).read_text()) or {}).get("data") or {}
     module, _, name = str(data.get("class_path", "")).rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
-        return cls.modality_for(data.get("init_args") or {}).name  # what the DataModule declares
+        mod = getattr(importlib.import_module(module), name).modality_for(data.get("init_args") or {})
     except (ImportError, AttributeError, ValueError, TypeError):
-        return name or "unknown"
-
-
-def check_prompt_file(kind: str, args) -> None:
-    """A run this command cannot sample, or a prompt file that cannot work, refused before the
-    checkpoint and data are loaded."""
-    if kind not in ("text", "music", "acoustic"):
+        mod = None
+    if mod is None or mod.samples is None:
+        known = ", ".join(m.name for m in modalities().values() if m.samples)
         raise SystemExit(
-            f"lit-vattn-generate samples text, music and acoustic runs; this run's data is {kind} "
-            "(an in-context probe is scored on its answers with `lit-vattn test`)"
+            f"lit-vattn-generate samples {known} runs; this run's data is {mod.name if mod else name or 'unknown'}"
+            + (" (an in-context probe is scored on its answers with `lit-vattn test`)" if mod and mod.probe else "")
         )
-    if args.prompt is None or kind == "text":
-        return
-    path = Path(args.prompt)
-    what = "MIDI" if kind == "music" else "audio"
-    if not path.is_file():
-        raise SystemExit(f"--prompt {path}: no such {what} file (a {kind} run takes a {what} file as its prompt)")
-    if kind == "music":
-        import symusic
-
-        try:
-            symusic.Score(str(path))
-        except Exception as e:  # symusic raises RuntimeError/ValueError with the parser's words
-            raise SystemExit(f"--prompt {path}: not a readable MIDI file ({e})") from None
-    elif kind == "acoustic":
-        import soundfile as sf
-
-        from datamodules import codec
-
-        try:
-            sr = sf.info(str(path)).samplerate
-        except Exception as e:  # soundfile.LibsndfileError: unknown format, truncated file
-            raise SystemExit(f"--prompt {path}: not a readable audio file ({e})") from None
-        if sr != codec.SAMPLE_RATE and not args.resample:
-            raise SystemExit(
-                f"--prompt {path} is sampled at {sr} Hz but the run's codec takes {codec.SAMPLE_RATE} Hz: "
-                f"pass --resample to convert it (soxr), or resample the file yourself"
-            )
-
-
-def modality_of(dm, context: int) -> Modality:
-    """The prompt reader and sample writer of the data's declared modality."""
-    io = {m.kind: m for m in (Text, Music, Acoustic)}.get(getattr(getattr(dm, "modality", None), "name", None))
-    if io is None:
-        raise SystemExit(f"lit-vattn-generate knows text, music and acoustic runs, not {type(dm).__name__}")
-    return io(dm, context)
+    return mod
 
 
 # --- command ----------------------------------------------------------------------------------------
@@ -446,12 +220,13 @@ def check(args) -> None:
 def main(argv: Optional[list[str]] = None) -> list[Path]:
     args = parser().parse_args(argv)
     check(args)
-    check_prompt_file(run_modality(args.ckpt_path, args.config), args)
+    modality = run_modality(args.ckpt_path, args.config)
+    modality.samples.check_prompt(args)
     from lit_vattn.tools.loader import load
 
     model, dm = load(args.ckpt_path, args.config)
     net = model.net.eval()
-    mod = modality_of(dm, net.cfg.max_seq_len)
+    mod = modality.samples(dm, net.cfg.max_seq_len)
     prompt = mod.prompt(args)
     if len(prompt) > net.cfg.max_seq_len:
         raise SystemExit(
@@ -480,7 +255,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
         written += mod.write(prompt + s, out / f"sample{i}")
     record = {
         "ckpt_path": str(args.ckpt_path),
-        "modality": mod.kind,
+        "modality": modality.name,
         "settings": vars(args),
         "prompt_tokens": len(prompt),
         "new_tokens": [len(s) for s in samples],

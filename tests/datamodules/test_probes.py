@@ -269,7 +269,7 @@ def test_probe_fit_and_test_record_accuracy_and_per_example_hits(tmp_path, monke
     assert w["index"] == list(range(20)) and all(t == 8 for t in w["tokens"])
     assert abs(sum(w["correct"]) / sum(w["tokens"]) - test["test"]["acc"]) < 1e-6
 
-    from lit_vattn import generate  # a probe run is scored, not sampled: refused before it loads
+    from lit_vattn.tools import generate  # a probe run is scored, not sampled: refused before it loads
 
     with pytest.raises(SystemExit, match="this run's data is mqar"):
         generate.main(["--ckpt_path", str(run / "fit/checkpoints/last.ckpt")])

@@ -490,12 +490,9 @@ def test_nll_by_position_adds_up_to_the_runs_test_nll_and_extends_past_the_train
 
 
 def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
-    import importlib.util
+    from lit_vattn.experiments import positions_table as mod
 
     tmp, _, _ = table
-    spec = importlib.util.spec_from_file_location("positions_table", ROOT / "lit_vattn/experiments/positions_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp / "results/positions-text-tiny"
     md = mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1", "--max-windows", "16", "--out", str(out)])
     assert "| vanilla |" in md and "| va |" in md and "positions 129-256" in md and "Holm" in md
@@ -516,13 +513,11 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
 def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
     """--lrs-from: each (arch, seed) from <arch>/lr<lr>/seed<s> as that table's CSV says; the same
     runs give the same table as read from <arch>/seed<s>; a run the CSV lacks is refused."""
-    import importlib.util
     import shutil
 
+    from lit_vattn.experiments import positions_table as mod
+
     tmp, _, _ = table
-    spec = importlib.util.spec_from_file_location("positions_table", ROOT / "lit_vattn/experiments/positions_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     lrs = {("vanilla", 0): 0.0015, ("vanilla", 1): 0.0015, ("va", 0): 0.00075, ("va", 1): 0.00075}
     for (a, s), lr in lrs.items():  # the fixture's runs, laid out as a sweep's
         shutil.copytree(tmp / f"runs/text-tiny/{a}/seed{s}", tmp_path / f"runs/{a}/lr{lr:g}/seed{s}")
@@ -546,12 +541,9 @@ def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
 def test_method_table_in_the_findings_and_results_is_the_one_the_committed_tables_give(capsys):
     """The findings' "method x modality" table and results/methods-tiny.md are copies of what
     lit_vattn/experiments/methods_table.py builds from the committed per-modality tables: none can drift."""
-    import importlib.util
+    from lit_vattn.experiments import methods_table as mod
 
     root = ROOT
-    spec = importlib.util.spec_from_file_location("methods_table", root / "lit_vattn/experiments/methods_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
 
     def rows(text):
         return [line for line in text.splitlines() if line.startswith("| ")]
@@ -570,12 +562,7 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     """Where a modality's table chose a learning rate per method (--lrs), each cell says which; a
     table with one shared lr adds nothing; controls come after the compared methods and are
     "not run" where a modality's table lacks them."""
-    import importlib.util
-
-    root = ROOT
-    spec = importlib.util.spec_from_file_location("methods_table", root / "lit_vattn/experiments/methods_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from lit_vattn.experiments import methods_table as mod
 
     def table(modality, provenance, lr, rows):
         cells = ("arch", "runs", "lr", "delta", "verdict")
@@ -612,9 +599,9 @@ def test_method_table_names_each_methods_chosen_lr_and_puts_controls_last(tmp_pa
     )
     text = mod.main(["--preset", "tiny", "--results", str(tmp_path)])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
-    assert rows == [
-        "| vanilla | — | — (lr 0.003) | not run |",
-        "| va | -0.1 ± 0.01 [3] n.d. | -0.2 ± 0.02 [3] better (lr 0.006) | not run |",
+    assert rows == [  # columns: acoustic, music, text
+        "| vanilla | not run | — (lr 0.003) | — |",
+        "| va | not run | -0.2 ± 0.02 [3] better (lr 0.006) | -0.1 ± 0.01 [3] n.d. |",
         "| va-frozen | not run | -0.1 ± 0.01 [3] better (lr 0.006) | not run |",
     ]
     assert "music-tiny.md` (commit: abc; learning rate: each method's own" in text
