@@ -38,7 +38,7 @@ import numpy as np
 from lit_vattn.arch.registry import default_request
 from lit_vattn.experiments import stats
 from lit_vattn.experiments.curves import method_style
-from lit_vattn.experiments.records import RunRecord
+from lit_vattn.experiments.records import DONE, SUMMARY, TEST, RunRecord
 from lit_vattn.io import write_json, write_text
 from lit_vattn.plotting import plt as pyplot
 from lit_vattn.plotting import save_csv, savefig
@@ -139,7 +139,7 @@ def main(argv=None) -> str:
         for s in seeds:
             if not RunRecord(run_dir(a, s)).is_done:
                 raise SystemExit(
-                    f"{run_dir(a, s)}: no finished run (done.json); run lit-vattn-reproduce "
+                    f"{run_dir(a, s)}: no finished run ({DONE}); run lit-vattn-reproduce "
                     f"first or leave it out with --archs / --seeds"
                 )
     from lit_vattn.train.cli import from_run_config
@@ -219,7 +219,7 @@ def main(argv=None) -> str:
         f"- command: `{cmd}`",
         f"- commit: {git_commit()} (table); checkpoints: `{runs}/<arch>/{'lr<lr>/' if lrs else ''}seed<s>/fit/checkpoints/last.ckpt` "
         + (f"(each method's lr from `{args.lrs_from}`) " if lrs else "")
-        + f"(commits in their done.json); date: {datetime.date.today().isoformat()}; hardware: "
+        + f"(commits in their {DONE}); date: {datetime.date.today().isoformat()}; hardware: "
         f"{hardware()} for this scoring",
         f"- scored: every target of the {args.split} split once"
         + (f" (the first {args.max_windows} windows of each length only)" if args.max_windows else "")
@@ -227,7 +227,7 @@ def main(argv=None) -> str:
         f"(stride = length); trained length T = {T}; past T the RoPE table is extrapolated",
         (
             f"- check: at T the token-weighted mean over positions equals the run's own test NLL (its per-window "
-            f"NLLs in test/summary.json) within {check:.2e} nats"
+            f"NLLs in {TEST}/{SUMMARY}) within {check:.2e} nats"
             if check is not None
             else "- check: not made"
         )

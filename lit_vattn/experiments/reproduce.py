@@ -36,7 +36,7 @@ import numpy as np
 
 from datamodules import modalities
 from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
-from lit_vattn.experiments.records import COUNTS, FIT, TEST, RunRecord, choose_lr
+from lit_vattn.experiments.records import COUNTS, DONE, FIT, TEST, RunRecord, choose_lr
 from lit_vattn.experiments.tables import write_tables
 from lit_vattn.provenance import git_commit
 
@@ -188,7 +188,7 @@ class Runner:
         if not run.is_done:
             raise SystemExit(
                 f"--table-only: {arch} seed {seed}{'' if lr is None else f' lr {lr:g}'} has no finished "
-                f"summary {d / 'done.json'}; run it first (without --table-only) or copy its run directory under --runs"
+                f"summary {d / DONE}; run it first (without --table-only) or copy its run directory under --runs"
             )
         self.keep(arch, seed, lr)
         return {**run.done, "run_dir": str(d)}
@@ -235,7 +235,7 @@ class Runner:
             print(f"[skip] {what}: recorded ({kept['run_dir']})", flush=True)
             return kept
         if run.is_done:
-            print(f"[skip] {what}: finished ({d / 'done.json'})", flush=True)
+            print(f"[skip] {what}: finished ({d / DONE})", flush=True)
             self.keep(arch, seed, lr)
             return run.done
         run.clear_failed()  # a new attempt
