@@ -50,14 +50,24 @@ def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(T, 1, q.device, t))
 
 
-@lru_cache(maxsize=64)
 def block_causal_mask(T: int, m: int, device: torch.device, t: Optional[int] = None) -> Tensor:
     """(t, m*T) bool, True = visible: key j is visible to query i iff j % T <= i + T - t (the t
-    queries are the last t of the T positions; t = T, the default, is the whole sequence)."""
+    queries are the last t of the T positions; t = T, the default, is the whole sequence). Cached
+    per shape in eager mode; a compiled graph builds it once inside the graph (dynamo does not
+    trace through a cache)."""
+    if torch.compiler.is_compiling():
+        return _block_causal_mask(T, m, device, t)
+    return _cached_block_causal_mask(T, m, device, t)
+
+
+def _block_causal_mask(T: int, m: int, device: torch.device, t: Optional[int]) -> Tensor:
     t = T if t is None else t
     q = torch.arange(T - t, T, device=device)[:, None]
     kv = torch.arange(m * T, device=device)[None, :]
     return (kv % T) <= q
+
+
+_cached_block_causal_mask = lru_cache(maxsize=64)(_block_causal_mask)
 
 
 def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "auto") -> Tensor:

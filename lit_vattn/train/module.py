@@ -274,7 +274,11 @@ class LanguageModel(pl.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def configure_optimizers(self):
-        fused = self.device.type == "cuda" and self._grad_scaler() is None
+        # one fused kernel per step wherever torch has one (CUDA, CPU, ...): the same update, faster;
+        # an fp16 grad scaler unscales through the unfused path (configure_gradient_clipping)
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        fused = self.device.type in _get_fused_kernels_supported_devices() and self._grad_scaler() is None
         opt = torch.optim.AdamW(self.param_groups(), betas=tuple(self.hparams.betas), fused=fused)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = int(total) if math.isfinite(total) else 10**9
