@@ -93,6 +93,24 @@ class StreamDataModule(pl.LightningDataModule):
                 "disjoint training windows and unpadded evaluation slices (Lightning's sampler would pad)"
             )
 
+    def stream_state(self) -> dict:
+        """Where this rank is in the training stream, for the checkpoint."""
+        return {"consumed": self.consumed, "world_size": self._rank_world[1]}
+
+    def restore_stream(self, state: dict) -> None:
+        """Continue the stream a checkpoint left. Rank r of W draws windows r, r + W, r + 2W, ...,
+        so a per-rank count means the same place in the stream only under the same number of
+        processes: another number is refused, naming both (a checkpoint written before the world
+        size was saved is taken to match)."""
+        saved, now = int(state.get("world_size", self._rank_world[1])), self._rank_world[1]
+        if saved != now:
+            raise ValueError(
+                f"the checkpoint was trained by {saved} process(es) and this run has {now}: the data stream "
+                "(rank r of W takes windows r, r + W, ...) continues exactly only under the same number; resume with "
+                f"--trainer.devices x --trainer.num_nodes = {saved}, or start a new run"
+            )
+        self.consumed = int(state.get("consumed", 0))
+
     @property
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
@@ -252,7 +270,7 @@ class TokenDataModule(StreamDataModule):
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "consumed": self.consumed,
+            **self.stream_state(),
             "seed": self.seed,
             "seq_len": self.seq_len,
             "vocab_size": self.vocab_size,
@@ -264,7 +282,7 @@ class TokenDataModule(StreamDataModule):
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed or state.get("seq_len", self.seq_len) != self.seq_len:
             log.warning("resuming with a different data seed or seq_len: the training stream changes")
-        self.consumed = int(state.get("consumed", 0))
+        self.restore_stream(state)
 
     def decode(self, ids) -> str:
         raise NotImplementedError

@@ -335,7 +335,7 @@ class ProbeDataModule(StreamDataModule):
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "consumed": self.consumed,
+            **self.stream_state(),
             "seed": self.seed,
             "seq_len": self.seq_len,
             "vocab_size": self.vocab_size,
@@ -348,7 +348,7 @@ class ProbeDataModule(StreamDataModule):
                 f"resuming a probe run with other data settings ({state.get('settings')}, seed {state.get('seed')}) than "
                 f"the checkpoint's; now {self.settings()}, seed {self.seed}: use the run's own data settings"
             )
-        self.consumed = int(state.get("consumed", 0))
+        self.restore_stream(state)
 
     def decode(self, ids) -> str:
         return " ".join(str(int(i)) for i in ids)

@@ -2,10 +2,13 @@
 causality check, and the switch settings the method test files declare."""
 
 import importlib.util
+import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lit_vattn import GPT, GPTConfig
 
@@ -109,3 +112,15 @@ def text_folder(d: Path, n: int) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         (d / f"doc{i:02d}.txt").write_text(f"Document {i} tells the story of town {i} and its river. " * 20)
+
+
+class SignalAtStep(Callback):
+    """Sends this process ``signal`` (a name, e.g. ``SIGUSR1``) once the optimiser step ``step`` is
+    done, as a scheduler does before preempting a job."""
+
+    def __init__(self, step: int = 3, signal: str = "SIGUSR1"):
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))

@@ -36,7 +36,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_vattn.experiments.records import CONFIG, FIT, SUMMARY, TEST
 from lit_vattn.train.callbacks import BudgetCurve, RunSummary, TokenThroughputMonitor
-from lit_vattn.train.runs import RunBusyError, RunCheckpoint, RunLock
+from lit_vattn.train.runs import RunBusyError, RunCheckpoint, RunLock, newest_checkpoint
 
 # model hyperparameters that a checkpoint's run may differ in: how it is computed, not what it is
 RUNTIME_KEYS = {"compile", "config.attn_backend"}
@@ -87,6 +87,10 @@ class CLI(LightningCLI):
             "config_filename": CONFIG if sub in (None, "fit") else f"{sub}-{CONFIG}",
         }
         cfg = self.config[sub] if sub else self.config
+        self._name_run(cfg)
+        own_root_dir(cfg)
+
+    def _name_run(self, cfg) -> None:
         logger = cfg.get("trainer", {}).get("logger")
         init = getattr(logger, "init_args", None)
         if init is None or "name" not in init or init.get("name") is not None:
@@ -151,23 +155,32 @@ class CLI(LightningCLI):
                 f"`lit-vattn {self.subcommand}` needs --ckpt_path (a checkpoint file, or 'last' for "
                 f"{last if last is not None else 'this run'}): without it the model's random initial weights would be scored"
             )
-        elif (
-            ckpt is None
-            and self.subcommand == "fit"
-            and last is not None
-            and last.is_file()
-            and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0")
-        ):  # a requeued job resumes by itself
+        elif ckpt is None and self.subcommand == "fit" and run_dir is not None and requeued():
+            # SLURM started this job again (a preemption's SIGUSR1 requeue, or a failed node): continue the
+            # run from its newest checkpoint, whichever kind wrote it, or start it if it never saved one
+            newest = newest_checkpoint(run_dir)
+            if newest is None:
+                self._set_failed_attempt_aside(run_dir)
+            else:
+                cfg["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = str(newest)
+                check_checkpoint_file(newest)
+                self._check_model(newest, run_dir)
+        elif ckpt is None and self.subcommand == "fit" and last is not None and last.is_file():
             raise FileExistsError(
                 f"run directory {run_dir} already holds a trained run ({last}): continue it with --ckpt_path last, "
                 "or start a new run under another --trainer.logger.init_args.name (or delete that directory)"
             )
-        elif ckpt is None and self.subcommand == "fit" and run_dir is not None and self.trainer.is_global_zero:
-            # an attempt that never saved a checkpoint (it failed early): start its logs afresh, keep the old ones aside
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for old in (run_dir / "metrics.csv", run_dir / SUMMARY):
-                if old.is_file():
-                    old.rename(run_dir / f"{old.stem}-failed-attempt-{stamp}{old.suffix}")
+        elif ckpt is None and self.subcommand == "fit" and run_dir is not None:
+            self._set_failed_attempt_aside(run_dir)
+
+    def _set_failed_attempt_aside(self, run_dir: Path) -> None:
+        """An attempt that never saved a checkpoint (it failed early): start its logs afresh, keep the old ones aside."""
+        if not self.trainer.is_global_zero:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for old in (run_dir / "metrics.csv", run_dir / SUMMARY):
+            if old.is_file():
+                old.rename(run_dir / f"{old.stem}-failed-attempt-{stamp}{old.suffix}")
 
     def _check_model(self, ckpt: Path, run_dir) -> None:
         import torch
@@ -201,6 +214,32 @@ class CLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._resolve_ckpt_path(required=True)
+
+
+def requeued() -> bool:
+    """This process belongs to a SLURM job that SLURM started again (``scontrol requeue``)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
+def own_root_dir(cfg) -> None:
+    """The run directory is the trainer's ``default_root_dir`` (unless that is set): what Lightning
+    writes there by itself, a SLURM requeue's ``hpc_ckpt_N.ckpt``, lands in the run it belongs to
+    rather than in the job's working directory."""
+    trainer = cfg.get("trainer") or {}
+    logger = trainer.get("logger")
+    init = getattr(logger, "init_args", None)
+    if (
+        trainer.get("default_root_dir") is not None
+        or not str(getattr(logger, "class_path", "")).endswith(".RunCSVLogger")
+        or init is None
+        or not init.get("name")
+    ):
+        return
+    run = Path(init.get("save_dir") or "runs") / init["name"]
+    version = init.get("version")
+    if version not in (None, ""):
+        run = run / (version if isinstance(version, str) else f"version_{version}")
+    trainer["default_root_dir"] = str(run)
 
 
 def _plain(x):

@@ -11,6 +11,7 @@
   $TMPDIR and a copy when that is another filesystem).
 - ``RunLock``: one process at a time per run directory (``fit``, ``test``, ``validate``), so two
   commands never interleave one run's logs and checkpoints.
+- ``newest_checkpoint``: where a requeued SLURM job continues its run.
 """
 
 from __future__ import annotations
@@ -165,3 +166,18 @@ class RunLock:
         if self._lock.is_locked:
             self._holder.unlink(missing_ok=True)
             self._lock.release()
+
+
+def newest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The run's checkpoint at the latest step: its ``checkpoints/last.ckpt`` or a SLURM requeue's
+    ``hpc_ckpt_N.ckpt`` in the run directory. Lightning alone would always take the highest
+    ``hpc_ckpt_N``, which is older than ``last.ckpt`` when the job later ran on and then failed."""
+    import torch
+
+    candidates = [p for p in [Path(run_dir) / "checkpoints" / "last.ckpt", *Path(run_dir).glob("hpc_ckpt_*.ckpt")]]
+    steps = {}
+    for p in candidates:
+        if p.is_file():
+            state = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+            steps[p] = (state.get("global_step", -1), p.stat().st_mtime)
+    return max(steps, key=steps.get) if steps else None

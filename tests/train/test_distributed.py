@@ -107,6 +107,29 @@ def test_ddp_resume_continues_each_ranks_stream(ddp_run, tmp_path):
     assert state["global_step"] == 9
 
 
+def refused(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode != 0, p.stdout[-2000:]
+    return p.stderr
+
+
+def test_resume_on_fewer_processes_is_refused_naming_both(ddp_run, tmp_path):
+    ckpt = ddp_run / "checkpoints/last.ckpt"
+    args = [sys.executable, "-m", "lit_vattn", "fit", *TINY, "--trainer.max_steps", "9", "--ckpt_path", str(ckpt)]
+    p = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "trained by 2 process(es) and this run has 1" in refused(p)
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 6  # nothing trained
+
+
+def test_resume_on_more_processes_is_refused_naming_both(tmp_path, bpe_text):
+    lit_vattn(tmp_path, "fit", *TINY, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0")
+    os.environ["MASTER_PORT"] = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    args = ["fit", *TINY, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4"]
+    cmd = [sys.executable, "-m", "lit_vattn", *args, "--ckpt_path", "last"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "trained by 1 process(es) and this run has 2" in refused(p)
+
+
 def test_torchrun_two_nodes_one_process_each(tmp_path, bpe_text):
     port = str(free_port())
     args = [
