@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -66,6 +67,8 @@ class Runner:
         self.stop_signal: Optional[int] = None  # set by SIGINT/SIGTERM: no run starts after it
         self._procs: set[subprocess.Popen] = set()
         self._procs_lock = threading.Lock()
+        self._slot = threading.local()  # which of the --parallel slots this thread's run occupies
+        self.gpus = visible_gpus() if args.parallel > 1 else []
 
     @contextmanager
     def stopping_on_signals(self):
@@ -147,7 +150,27 @@ class Runner:
         env = dict(os.environ)
         if self.args.parallel > 1 and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.args.parallel))
+        slot = getattr(self._slot, "index", None)
+        if self.gpus and slot is not None:  # slot k runs on GPU k mod N: concurrent runs spread over the GPUs
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         return env
+
+    def run_all(self, jobs: list[tuple]) -> list[dict]:
+        """Every job through ``one``, --parallel at a time; each run holds one slot while it trains."""
+        slots: queue.SimpleQueue = queue.SimpleQueue()
+        for k in range(max(1, self.args.parallel)):
+            slots.put(k)
+
+        def job(j: tuple) -> dict:
+            self._slot.index = slots.get()
+            try:
+                return self.one(*j)
+            finally:
+                slots.put(self._slot.index)
+                self._slot.index = None
+
+        with ThreadPoolExecutor(max_workers=max(1, self.args.parallel)) as pool:
+            return list(pool.map(job, jobs))
 
     def _call(self, cmd: list[str], log: Path) -> None:
         """One ``lit-vattn`` command; ``RunInterrupted`` when a signal stopped it (or the command),
@@ -279,6 +302,17 @@ class Runner:
         return result
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs runs may use: the entries of CUDA_VISIBLE_DEVICES where it is set (ids or UUIDs),
+    otherwise every device torch counts; none on a machine without CUDA."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
 def parse_lrs(text: Optional[str]) -> list[float]:
     """--lrs: distinct positive floats, ascending; [] when not given."""
     if not text:
@@ -401,7 +435,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "<arch>/lr<lr>/seed<s>; the table lists the choice and every value's validation NLL. Without it "
         "every method trains at the preset's lr",
     )
-    p.add_argument("--parallel", type=int, default=1, help="runs at once (several small runs can share one GPU)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at once; with N GPUs visible, the run in slot k gets GPU k mod N alone (CUDA_VISIBLE_DEVICES), "
+        "so 8 slots on 8 GPUs is one run per GPU and 16 is two; on the CPU each run gets cores / slots threads",
+    )
     p.add_argument(
         "--records",
         default=None,
@@ -439,8 +479,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     def run(jobs: list[tuple]) -> list[dict]:
         if args.table_only:  # summaries made here or on other machines, copied under --runs
             return [runner.summary(*job) for job in jobs]
-        with runner.stopping_on_signals(), ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            results = list(pool.map(lambda job: runner.one(*job), jobs))
+        with runner.stopping_on_signals():
+            results = runner.run_all(jobs)
         stopped = [r for r in results if r.get("interrupted")]
         if stopped or runner.stop_signal is not None:
             sig = runner.stop_signal or signal.SIGINT

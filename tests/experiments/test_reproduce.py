@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -744,3 +745,46 @@ def test_a_signal_leaves_the_run_resumable_and_the_same_command_finishes_it(
     assert f"[resume] vanilla seed 0 from {ckpt}" in again.stdout
     done = json.loads((d / "done.json").read_text())
     assert done["resumed"] and done["steps"] == step + 2 and done["test_nll"] > 0
+
+
+# --- many GPUs ---------------------------------------------------------------------------------------
+
+
+def _gpus_of_concurrent_runs(tmp_path, monkeypatch, parallel: int, n_jobs: int) -> list[list[str]]:
+    """The CUDA_VISIBLE_DEVICES each run would start with, grouped by the rounds that run together."""
+    runner = _runner(tmp_path)
+    runner.args.parallel = parallel
+    runner.gpus = reproduce.visible_gpus()
+    together = threading.Barrier(parallel)
+    seen = []
+
+    def one(arch, seed, lr=None):
+        seen.append((seed, runner.env["CUDA_VISIBLE_DEVICES"]))
+        together.wait(timeout=10)  # every slot is busy at once, as when runs train side by side
+        return {"arch": arch, "seed": seed}
+
+    monkeypatch.setattr(runner, "one", one)
+    assert [r["seed"] for r in runner.run_all([("vanilla", s) for s in range(n_jobs)])] == list(range(n_jobs))
+    gpus = [g for _, g in seen]
+    return [sorted(gpus[k : k + parallel]) for k in range(0, n_jobs, parallel)]
+
+
+def test_parallel_runs_go_round_robin_over_the_visible_gpus(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert reproduce.visible_gpus() == ["0", "1"]
+    # two at once on two GPUs: never the same GPU; four at once: two runs per GPU
+    assert _gpus_of_concurrent_runs(tmp_path, monkeypatch, 2, 6) == [["0", "1"]] * 3
+    assert _gpus_of_concurrent_runs(tmp_path, monkeypatch, 4, 8) == [["0", "0", "1", "1"]] * 2
+
+
+def test_parallel_runs_use_only_the_gpus_they_are_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert _gpus_of_concurrent_runs(tmp_path, monkeypatch, 2, 4) == [["3", "5"]] * 2
+
+
+def test_one_run_at_a_time_leaves_the_devices_to_its_trainer(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    runner = _runner(tmp_path)  # parallel=1: a DDP preset may use every GPU
+    assert runner.gpus == [] and "CUDA_VISIBLE_DEVICES" not in runner.env
