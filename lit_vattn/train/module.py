@@ -70,6 +70,14 @@ class LanguageModel(pl.LightningModule):
         self.report_accuracy = False  # set from the DataModule (the in-context probes score top-1 accuracy)
 
     # --- setup -------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under ``lit_vattn.train.fsdp.FSDP2Strategy`` (which sets a device mesh): shard the network."""
+        if getattr(self, "_device_mesh", None) is not None and not getattr(self, "_sharded", False):
+            from lit_vattn.train.fsdp import shard
+
+            shard(self.net, self._device_mesh)
+            self._sharded = True
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:
