@@ -51,3 +51,12 @@ def test_paired_bootstrap_separates_a_shift_from_noise():
     assert paired_bootstrap(list(noise), tokens) == paired_bootstrap(list(noise), tokens)
     assert verdict2(-0.1, 0.01, 0.2) == "no detectable difference"
     assert verdict2(-0.1, 0.01, 0.01) == "better" and verdict2(0.1, 0.01, None) == "worse"
+
+
+def test_paired_t_is_scipys_paired_test_on_the_two_methods_nlls():
+    from scipy.stats import ttest_rel
+
+    method, vanilla = [3.91, 3.88, 3.95, 3.90], [3.97, 3.93, 3.96, 3.99]
+    t, p = paired_t([m - v for m, v in zip(method, vanilla)])
+    ref = ttest_rel(method, vanilla)
+    assert t == pytest.approx(ref.statistic, rel=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-12)
