@@ -35,6 +35,9 @@ BACKENDS = ("auto", "oracle", "sdpa", "flex", "merge")
 # torch 2.11 traced the merge's autograd.Function on CPU tensors (aot_eager) into wrong gradients;
 # 2.13 is the first version seen correct (results/cuda-tests-h100.txt; tests/model/test_attention.py)
 MERGE_CPU_COMPILE_MIN_TORCH = "2.13"
+# the merge calls private aten flash-attention ops, whose signatures may change in any release: it runs
+# on the torch versions its tests passed on, and says so on a newer one (the other backends run on any)
+MERGE_TESTED_BELOW_TORCH = "2.14"
 
 
 def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -92,6 +95,12 @@ def multi_source(q: Tensor, ks: list[Tensor], vs: list[Tensor], backend: str = "
     if backend == "oracle":
         return oracle(q, ks, vs).to(q.dtype)
     if backend == "merge":
+        if torch.__version__ >= MERGE_TESTED_BELOW_TORCH:
+            raise RuntimeError(
+                f"attn_backend='merge' calls private flash-attention ops of torch, tested up to torch < "
+                f"{MERGE_TESTED_BELOW_TORCH}; this is torch {torch.__version__}: use attn_backend 'flex' (GPU) or 'sdpa' "
+                f"(same attention, tested on every torch), or install torch<{MERGE_TESTED_BELOW_TORCH} for 'merge'"
+            )
         if not q.is_cuda and torch.compiler.is_compiling() and torch.__version__ < MERGE_CPU_COMPILE_MIN_TORCH:
             raise RuntimeError(  # a known-broken combination, refused rather than trained wrong
                 f"attn_backend='merge' on the CPU inside torch.compile gives wrong gradients with torch {torch.__version__} "

@@ -127,3 +127,15 @@ def test_cuda_fast_paths_match_oracle_bf16(backend, T, m):
     g_out = torch.autograd.grad(out, [q, *ks, *vs], gout)
     for a, b in zip(g_out, g_ref):
         assert (a.float() - b).norm() / b.norm() < 2e-2
+
+
+def test_merge_names_the_torch_versions_it_was_tested_on_and_the_backends_that_run_on_any(monkeypatch):
+    from torch.torch_version import TorchVersion
+
+    q = k = v = torch.randn(1, 2, 8, 16)
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.15.0"))
+    with pytest.raises(RuntimeError, match=r"torch 2\.15\.0: use attn_backend 'flex' \(GPU\) or 'sdpa'"):
+        attention.multi_source(q, [k, k], [v, v], backend="merge")
+    for backend in ("sdpa", "auto"):  # the rest of the suite does not depend on the version
+        out = attention.multi_source(q, [k, k], [v, v], backend=backend)
+        torch.testing.assert_close(out, attention.oracle(q, [k, k], [v, v]))
