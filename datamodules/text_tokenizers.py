@@ -72,6 +72,21 @@ class GPT2Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids if int(i) != self.eot_id])
 
+    def to_transformers(self):
+        """The same BPE as a ``transformers`` fast tokenizer (ids equal; built from the same files)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        enc_json, merges = _gpt2_files()
+        with open(enc_json, encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(merges, encoding="utf-8") as f:
+            pairs = [tuple(line.split()) for line in f.read().splitlines()[1:] if line.strip()]
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, bos_token=EOT, unk_token=EOT)
+
     def token_bytes(self) -> np.ndarray:
         out = np.zeros(self.vocab_size)
         for i in range(self.vocab_size):
@@ -125,6 +140,12 @@ class TrainedBPE:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def to_transformers(self):
+        """This trained BPE as a ``transformers`` fast tokenizer (the same ``tokenizers`` object)."""
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_object=self.tok, eos_token=EOT, bos_token=EOT, unk_token=EOT)
 
     def token_bytes(self) -> np.ndarray:
         dec = {c: b for b, c in _bytes_to_unicode().items()}

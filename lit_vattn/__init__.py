@@ -6,6 +6,18 @@ from lit_vattn.model.decoder import GPT
 
 _moved.install()  # configs and checkpoints saved by 0.2 name modules that have moved since
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lit-vattn")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "unknown"
+
+
+__version__ = _version()
+
 __all__ = ["GPT", "GPTConfig", "LanguageModel"]
 
 
