@@ -100,10 +100,12 @@ class StreamDataModule(pl.LightningDataModule):
     def restore_stream(self, state: dict) -> None:
         """Continue the stream a checkpoint left. Rank r of W draws windows r, r + W, r + 2W, ...,
         so a per-rank count means the same place in the stream only under the same number of
-        processes: another number is refused, naming both (a checkpoint written before the world
-        size was saved is taken to match)."""
+        processes: resuming training under another number is refused, naming both (a checkpoint
+        written before the world size was saved is taken to match). Evaluation reads no training
+        stream: ``validate`` and ``test`` run a checkpoint on any number."""
         saved, now = int(state.get("world_size", self._rank_world[1])), self._rank_world[1]
-        if saved != now:
+        t = self.trainer
+        if saved != now and t is not None and t.state.fn == "fit":
             raise ValueError(
                 f"the checkpoint was trained by {saved} process(es) and this run has {now}: the data stream "
                 "(rank r of W takes windows r, r + W, ...) continues exactly only under the same number; resume with "
