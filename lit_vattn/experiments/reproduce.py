@@ -1,7 +1,7 @@
 """``lit-vattn-reproduce``: one NLL table per modality, every architecture under the same budget.
 
 Each (architecture, seed) is trained and tested through the same ``lit-vattn fit``/``test``
-commands a user runs, composing ``configs/data/<modality>.yaml`` and ``configs/arch/<arch>.yaml`` with the preset
+commands a user runs (in one process, ``fit_then_test``; ``--two-processes`` for two), composing ``configs/data/<modality>.yaml`` and ``configs/arch/<arch>.yaml`` with the preset
 ``configs/reproduce/<preset>.yaml`` (and ``<modality>-<preset>.yaml`` if present), so data, tokens,
 width, depth, optimizer and schedule are equal across architectures. A run that finished
 (``done.json``) is skipped; one that stopped early resumes from its ``last.ckpt``. Ctrl-C or
@@ -271,8 +271,13 @@ class Runner:
             fit += ["--ckpt_path", str(ckpt)]
         else:
             print(f"[train] {what}", flush=True)
-        self._call(fit, d / "fit.log")
-        self._call(self._cmd("test", arch, seed, TEST, lr) + ["--ckpt_path", str(ckpt)], d / "test.log")
+        test = self._cmd("test", arch, seed, TEST, lr) + ["--ckpt_path", str(ckpt)]
+        if getattr(self.args, "two_processes", False):
+            self._call(fit, d / "fit.log")
+            self._call(test, d / "test.log")
+        else:  # the same two commands in one process (``fit_then_test``): one start-up, identical records
+            both = [sys.executable, "-m", "lit_vattn.experiments.fit_then_test", *fit[4:], "--then", *test[4:]]
+            self._call(both, d / "run.log")
         unit = modalities()[self.args.modality].metric
         fs, ts = run.fit_summary, run.test_summary  # written by the runs themselves (RunSummary)
         stats, val, test = fs["stats"], fs["val"][-1] if fs.get("val") else {}, ts.get("test", {})
@@ -451,6 +456,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "recorded there and absent under --runs counts as finished, so a sweep that outlasts one machine "
         "continues from the committed records on a fresh one",
     )
+    p.add_argument(
+        "--two-processes",
+        action="store_true",
+        help="run each run's `lit-vattn fit` and `lit-vattn test` as two processes (logs fit.log, test.log) "
+        "instead of one (run.log); the records are the same either way",
+    )
     p.add_argument("--config-dir", default=str(CONFIG_DIR))
     p.add_argument("--no-baselines", action="store_true", help="leave out the unigram/bigram count rows")
     p.add_argument(
@@ -472,6 +483,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         archs.remove("vanilla")
         archs.insert(0, "vanilla")
     runner = Runner(args)
+    threads = runner.env.get("OMP_NUM_THREADS")
+    print(
+        f"[threads] {args.parallel} run(s) at once, each with "
+        f"{threads + ' intra-op thread(s) (OMP_NUM_THREADS)' if threads else 'torch default intra-op threads'}",
+        flush=True,
+    )
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
     t0 = time.time()

@@ -246,6 +246,28 @@ def test_rerun_skips_finished_runs(table, capsys):
     assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
 
 
+def test_fit_and_test_in_one_process_record_what_two_processes_record(table, tmp_path):
+    tmp, args, results = table
+    again = reproduce.main(
+        ["--modality", "text", "--preset", "tiny", "--archs", "va", "--seeds", "1", "--two-processes"]
+        + ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), *SHORT]
+    )
+    first = next(r for r in results if r["arch"] == "va" and r["seed"] == 1)
+    keys = ("val_nll", "test_nll", "params", "tokens_seen", "steps")
+    assert {k: again[0][k] for k in keys} == {k: first[k] for k in keys}
+    run = tmp_path / "runs/text-tiny/va/seed1"
+    assert (run / "fit.log").is_file() and (run / "test.log").is_file()
+    assert (tmp / "runs/text-tiny/va/seed1/run.log").is_file()
+
+
+def test_fit_then_test_needs_exactly_one_separator():
+    from lit_vattn.experiments.fit_then_test import split
+
+    assert split(["--config", "a.yaml", "--then", "--ckpt_path", "x"]) == (["--config", "a.yaml"], ["--ckpt_path", "x"])
+    with pytest.raises(SystemExit, match="exactly one --then"):
+        split(["--config", "a.yaml"])
+
+
 def test_console_scripts_exit_zero(table):
     """setuptools' wrapper does sys.exit(func()): a returned list would exit 1 after a success."""
     import importlib
@@ -257,7 +279,7 @@ def test_console_scripts_exit_zero(table):
     toml = (ROOT / "pyproject.toml").read_text()
     section = toml.split("[project.scripts]")[1].split("\n[")[0]
     scripts = dict(re.findall(r'^(\S+) = "(\S+)"', section, re.M))
-    assert scripts["lit-vattn-reproduce"] == "lit_vattn.experiments.reproduce:console" and len(scripts) == 6
+    assert scripts["lit-vattn-reproduce"] == "lit_vattn.experiments.reproduce:console" and len(scripts) == 7
     for name, target in scripts.items():
         module, func = target.split(":")
         ret = inspect.signature(getattr(importlib.import_module(module), func)).return_annotation
