@@ -92,7 +92,11 @@ def build(args, dm, spec: str, **kw) -> LanguageModel:
 def plain_loop(args, dm, spec, device, profile_dir: Path | None = None) -> dict:
     lm = build(args, dm, spec)
     net = lm.net.to(device)
-    opt = torch.optim.AdamW(lm.param_groups(), betas=(0.9, 0.95), fused=device.type == "cuda")
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    # fused wherever torch has the kernel, as the LightningModule's optimizer (configure_optimizers)
+    fused = device.type in _get_fused_kernels_supported_devices()
+    opt = torch.optim.AdamW(lm.param_groups(), betas=(0.9, 0.95), fused=fused)
     if args.compile:
         net.compile()
     dtype = torch.bfloat16 if args.precision == "bf16-mixed" else None
@@ -344,7 +348,7 @@ def main():
         "shape": (
             f"d={args.d_model}, L={args.n_layer}, H={args.n_head}, T={args.seq_len}, batch {args.batch_size}, "
             f"vocab {dm.vocab_size} ({args.tokenizer}), precision {args.precision}, compile {args.compile}, "
-            f"AdamW (fused on CUDA), grad clip 1.0; {args.steps} timed steps after {args.warmup} warm-up steps"
+            f"AdamW (fused where torch has the kernel), grad clip 1.0; {args.steps} timed steps after {args.warmup} warm-up steps"
         ),
         "matmul_peak": matmul_peak(dtype) if device.type == "cuda" else None,
         "datasheet_peak": get_available_flops(device, dtype) if device.type == "cuda" else None,

@@ -23,10 +23,18 @@
 #   generate                            sampling speed at the GPT-2-small shape, KV cache vs recompute
 #   throughput <archs>                  training throughput rows, e.g. vanilla,sla (after a change to SLA)
 #   mqar [num_kv_pairs]                 the MQAR probe table at a budget that leaves the 1/n plateau
+#   acceptance                          what any user with one GPU runs to check the suite on it, in one
+#                                       bounded call (<= 9 min on an H100/H200): the tests that skip without a
+#                                       GPU, the throughput of every registered method (bf16, compiled), and a
+#                                       small text comparison (vanilla, VA, SLA, LAS, one seed); compact results
+#                                       (tables, JSON rows, run records without checkpoints) in $OUT
 # --dry-run (first argument) prints the commands without running them.
+# --cpu-dry-run (first argument) runs them on this CPU at a scale of seconds (same code paths, same
+#   outputs in $OUT): the rehearsal before a GPU call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DRY=0; if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; fi
+DRY=0; CPU=0
+if [[ ${1:-} == --dry-run ]]; then DRY=1; shift; elif [[ ${1:-} == --cpu-dry-run ]]; then CPU=1; shift; fi
 STEP=${1:?"a step: small | tests | generate | throughput | mqar (see the header)"}; shift
 OUT=${OUT:-/tmp/out}; LIMIT=${LIMIT:-530}   # seconds for the step itself, packing excluded
 export LIT_VATTN_CACHE=${LIT_VATTN_CACHE:-$PWD/.carry/regen-cache}
@@ -48,9 +56,11 @@ run() {  # the step's command, time-limited; a run cut off by the limit starts a
 
 if [[ $DRY == 0 ]]; then
   mkdir -p "$OUT"
-  if compgen -G ".whl/*.whl" >/dev/null; then pip install -q --no-index --no-deps .whl/*.whl; fi
-  pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "(no editable install: running from the source tree)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  if [[ $CPU == 0 ]]; then
+    if compgen -G ".whl/*.whl" >/dev/null; then pip install -q --no-index --no-deps .whl/*.whl; fi
+    pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "(no editable install: running from the source tree)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  fi
 fi
 
 case $STEP in
@@ -84,6 +94,28 @@ case $STEP in
       --trainer.max_steps 20000 --trainer.val_check_interval 20000 --data.init_args.num_kv_pairs "$PAIRS"
     pack "runs-mqar-kv$PAIRS.tgz" "runs/gpu/mqar-kv$PAIRS/mqar-tiny"
     ;;
-  *) echo "unknown step '$STEP': small | tests | generate | throughput | mqar" >&2; exit 2 ;;
+  acceptance)
+    ALL=$(python -c 'from lit_vattn.arch.registry import methods; print(",".join(methods()))')
+    if [[ $CPU == 1 ]]; then  # the same three parts at a CPU scale of seconds
+      TESTS=(tests/model/test_attention.py); SHAPE=(--d-model 64 --n-layer 2 --n-head 2 --seq-len 64 --batch-size 2)
+      SPEED=(--precision 32-true --warmup 1 --steps 2 --num-workers 0); PRESET=tiny; DEV=(); LIM=(120 240 240)
+      CMP=(--trainer.max_steps 4 --trainer.val_check_interval 4 --trainer.limit_val_batches 2 --trainer.limit_test_batches 2)
+    else
+      TESTS=(tests/model tests/arch tests/train/test_gpu_preset_on_cpu.py); SHAPE=(--d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --batch-size 32)
+      SPEED=(--precision bf16-mixed --compile --warmup 5 --steps 10 --num-workers 4); PRESET=small; DEV=(--parallel 4); LIM=(150 210 150)
+      CMP=(--trainer.max_steps 300 --trainer.val_check_interval 300)
+    fi
+    LIMIT=${LIM[0]} run python -m pytest "${TESTS[@]}" -k "not real_text" -rfEs -q -p no:cacheprovider \
+      --junitxml "$OUT/acceptance-tests.xml"
+    LIMIT=${LIM[1]} run python benchmarks/throughput.py "${SHAPE[@]}" "${SPEED[@]}" --archs "$ALL" \
+      --json-dir "$OUT/throughput" --out "$OUT/throughput.md"
+    if [[ ! -f $OUT/throughput.md ]] && compgen -G "$OUT/throughput/*.json" >/dev/null; then  # cut off: the rows measured
+      run python benchmarks/throughput.py --from-json "$OUT"/throughput/*.json --out "$OUT/throughput.md"
+    fi
+    LIMIT=${LIM[2]} run python -m lit_vattn.experiments.reproduce --modality text --preset "$PRESET" --seeds 0 \
+      --archs vanilla,va,sla,las "${DEV[@]}" --runs "${RUNS:-runs/acceptance}" --out "$OUT/tables" --no-baselines --override "${CMP[@]}"
+    pack "runs-acceptance.tgz" "${RUNS:-runs/acceptance}/text-$PRESET"
+    ;;
+  *) echo "unknown step '$STEP': small | tests | generate | throughput | mqar | acceptance" >&2; exit 2 ;;
 esac
 [[ $DRY == 1 ]] || { ls -la "$OUT"; find /tmp/tables -name '*.md' -exec tail -n 25 {} \; 2>/dev/null || true; }

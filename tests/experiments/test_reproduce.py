@@ -646,6 +646,7 @@ def test_gpu_steps_name_requests_that_resolve(tmp_path):
         ["tests"],
         ["generate"],
         ["throughput", "vanilla,sla"],
+        ["acceptance"],
     ]
     requests = 0
     for step in steps:
@@ -662,9 +663,43 @@ def test_gpu_steps_name_requests_that_resolve(tmp_path):
             with pytest.raises(SystemExit, match="--table-only: vanilla seed 0 has no finished summary"):
                 reproduce.main(argv)
             requests += 1
-    assert requests == 3
+    assert requests == 4
     bad = subprocess.run(["bash", str(script), "--dry-run", "bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_one_gpu_acceptance_command_rehearses_on_the_cpu(tmp_path, shard_cache):
+    """``gpu_steps.sh --cpu-dry-run acceptance`` runs the GPU call's three parts at a CPU scale and
+    leaves what the GPU call would bring back: the test report, a throughput row per registered
+    method, the comparison's table and its run records without checkpoints."""
+    import subprocess
+    import tarfile
+    import xml.etree.ElementTree as ET
+
+    from lit_vattn.arch.registry import methods
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "RUNS": str(tmp_path / "runs")}
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts/gpu_steps.sh"), "--cpu-dry-run", "acceptance"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert p.returncode == 0 and "cut off" not in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    report = ET.parse(out / "acceptance-tests.xml").getroot().find("testsuite")
+    assert int(report.get("tests")) > 0 and report.get("failures") == report.get("errors") == "0"
+    rows = [
+        line.split("|")[1].strip()
+        for line in (out / "throughput.md").read_text().splitlines()[2:]
+        if line.startswith("| ")
+    ]
+    assert set(methods()) <= set(rows)
+    assert len(list((out / "tables").glob("text-tiny-vanilla-va-sla-las-seeds0.md"))) == 1
+    names = tarfile.open(out / "runs-acceptance.tgz").getnames()
+    assert sum(n.endswith("done.json") for n in names) == 4 and not any(n.endswith(".ckpt") for n in names)
 
 
 # --- interruptions ---------------------------------------------------------------------------------
