@@ -34,7 +34,6 @@ class LitVattnForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "net"
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
-    _supports_cache_class = False
 
     def __init__(self, config: LitVattnConfig):
         super().__init__(config)

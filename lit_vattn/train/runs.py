@@ -174,9 +174,8 @@ def newest_checkpoint(run_dir: Path) -> Optional[Path]:
     ``hpc_ckpt_N``, which is older than ``last.ckpt`` when the job later ran on and then failed."""
     import torch
 
-    candidates = [p for p in [Path(run_dir) / "checkpoints" / "last.ckpt", *Path(run_dir).glob("hpc_ckpt_*.ckpt")]]
     steps = {}
-    for p in candidates:
+    for p in [Path(run_dir) / "checkpoints" / "last.ckpt", *Path(run_dir).glob("hpc_ckpt_*.ckpt")]:
         if p.is_file():
             state = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
             steps[p] = (state.get("global_step", -1), p.stat().st_mtime)
