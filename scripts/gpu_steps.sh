@@ -98,7 +98,7 @@ case $STEP in
     ALL=$(python -c 'from lit_vattn.arch.registry import methods; print(",".join(methods()))')
     if [[ $CPU == 1 ]]; then  # the same three parts at a CPU scale of seconds
       TESTS=(tests/model/test_attention.py); SHAPE=(--d-model 64 --n-layer 2 --n-head 2 --seq-len 64 --batch-size 2)
-      SPEED=(--precision 32-true --warmup 1 --steps 2 --num-workers 0); PRESET=tiny; DEV=(); LIM=(120 240 240)
+      SPEED=(--precision 32-true --warmup 1 --steps 1 --num-workers 0); PRESET=tiny; DEV=(); LIM=(120 240 240)
       CMP=(--trainer.max_steps 4 --trainer.val_check_interval 4 --trainer.limit_val_batches 2 --trainer.limit_test_batches 2)
     else
       TESTS=(tests/model tests/arch tests/train/test_gpu_preset_on_cpu.py); SHAPE=(--d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --batch-size 32)

@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT
 from test_reproduce import SHORT
 
-pytestmark = pytest.mark.slow  # four tiny runs in subprocesses
+pytestmark = pytest.mark.slow  # tiny runs in subprocesses
 
 SBATCH = r"""#!{python}
 import json, os, subprocess, sys
@@ -60,7 +60,7 @@ def submit(tmp_path, archs: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_one_array_task_per_method_then_the_table_of_them_all(tmp_path, bpe_text):
-    p = submit(tmp_path, "vanilla,va", "--seeds", "0,1", "--out", str(tmp_path / "results"), *SHORT)
+    p = submit(tmp_path, "vanilla,va", "--seeds", "0", "--out", str(tmp_path / "results"), *SHORT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 run tasks (job 100), then the table (job 101)" in p.stdout
     jobs = json.loads((tmp_path / "sbatch.json").read_text())
@@ -73,9 +73,9 @@ def test_one_array_task_per_method_then_the_table_of_them_all(tmp_path, bpe_text
     done = {
         (arch, seed): json.loads((tmp_path / f"runs/text-tiny/{arch}/seed{seed}/done.json").read_text())
         for arch in ("vanilla", "va")
-        for seed in (0, 1)
+        for seed in (0,)
     }
-    table = tmp_path / "results/text-tiny-vanilla-va-seeds0-1.csv"  # a table of fewer methods names them
+    table = tmp_path / "results/text-tiny-vanilla-va-seeds0.csv"  # a table of fewer methods names them
     rows = {(r["arch"], int(r["seed"])): r for r in csv.DictReader(open(table))}
     assert rows.keys() == done.keys()
     assert all(float(rows[k]["test_nll"]) == pytest.approx(done[k]["test_nll"], rel=1e-6) for k in done)
