@@ -97,6 +97,7 @@ def model_card(ckpt: Path, readers: list[dict], modality: str, params: int, max_
         ),
         ("steps", str(stats.get("global_step", "not recorded"))),
         ("trained on", str(stats.get("device", "not recorded"))),
+        ("commit", str(stats.get("commit", "not recorded"))),
     ]
     scored = {k: v for k, v in test.items() if k != "step"}
     rows += [(f"test {k}", f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in sorted(scored.items())]

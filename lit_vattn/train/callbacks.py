@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 
 from lit_vattn.experiments.records import SUMMARY, read_summary  # noqa: F401  (read_summary: the public reader of what RunSummary writes)
 from lit_vattn.io import write_json
+from lit_vattn.provenance import git_commit
 
 
 class TokenThroughputMonitor(ThroughputMonitor):
@@ -192,6 +193,7 @@ class RunSummary(Callback):
             "peak_memory_gib": peak_memory_gib(pl_module.device),
             "device": torch.cuda.get_device_name(pl_module.device) if pl_module.device.type == "cuda" else "cpu",
             "world_size": trainer.world_size,
+            "commit": git_commit(),  # the code that trained it (an exported model's card names it)
             # the training split's size, so tables can say how many epochs a run saw
             "train_tokens": int(dm.meta["splits"]["train"]["tokens"])
             if dm is not None and getattr(dm, "meta", None)

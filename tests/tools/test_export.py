@@ -87,6 +87,7 @@ def test_the_model_card_names_the_method_its_paper_and_its_scores(exported):
     assert "# Vertical Attention on text" in card and "openreview.net/forum?id=A6uabXKiXc" in card
     assert f"| test nll | {summary['test']['nll']:.4f} |" in card
     assert f"| tokens seen | {summary['stats']['tokens_seen']:,} |" in card
+    assert f"| commit | {summary['stats']['commit']} |" in card
     config = json.loads((d / "config.json").read_text())
     assert config["readers"][0]["class_path"].endswith("VerticalAttention") and config["model_type"] == "lit_vattn"
 
