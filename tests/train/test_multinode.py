@@ -54,7 +54,7 @@ def two_hosts():
 
 def kill_host(ns: str) -> None:
     """What a node failure does: every process of that host dies at once (torchrun's workers run in
-    sessions of their own, so killing torchrun's process group would leave them running)."""
+    process groups of their own (setsid), so killing torchrun's group would leave them running)."""
     pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
     for pid in pids:
         try:
