@@ -98,20 +98,28 @@ class HyperConnections(Arch):
         return x0.unsqueeze(-2).expand(*x0.shape[:-1], self.n, x0.shape[-1])  # (B, T, n, D)
 
     def _connections(self, k: int, H: Tensor) -> tuple[Tensor, Tensor]:
-        """A (B, T, n, n+1) or (n, n+1), beta (B, T, n) or (n,) of sub-layer k."""
+        """A (B, T, n, n+1) or (n, n+1), beta (B, T, n) or (n,) of sub-layer k.
+
+        The dynamic terms read RMSNorm_k(H) through one (D, n+2) projection; since the norm scales
+        each stream's row by one number, tanh(RMSNorm(H) W) = tanh((H (g * W)) / rms(H)): the gain g is
+        folded into W and the division applied to the n+2 outputs, so no normalised copy of the n-stream
+        state is written or read back (forward or backward)."""
         A, beta = self.static_alpha[k].to(H.dtype), self.static_beta[k].to(H.dtype)
         if not self.dynamic:
             return A, beta
-        Hn = H * torch.rsqrt(H.float().pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps).to(H.dtype)
-        Hn = Hn * self.norm_weight[k].to(H.dtype)  # (B, T, n, D)
-        A = A + self.alpha_scale[k].to(H.dtype) * torch.tanh(Hn @ self.dyn_alpha[k].to(H.dtype))  # (B, T, n, n+1)
-        beta = beta + self.beta_scale[k].to(H.dtype) * torch.tanh(Hn @ self.dyn_beta[k].to(H.dtype))  # (B, T, n)
+        n = self.n
+        W = torch.cat([self.dyn_alpha[k], self.dyn_beta[k].unsqueeze(-1)], -1) * self.norm_weight[k].unsqueeze(-1)
+        acc = torch.promote_types(H.dtype, torch.float32)  # the mean square in at least float32
+        ms = torch.linalg.vector_norm(H, dim=-1, keepdim=True, dtype=acc).square() / H.shape[-1]  # (B, T, n, 1)
+        dyn = torch.tanh((H @ W.to(H.dtype)) * torch.rsqrt(ms + self.cfg.norm_eps).to(H.dtype))  # (B, T, n, n+2)
+        A = A + self.alpha_scale[k].to(H.dtype) * dyn[..., : n + 1]  # (B, T, n, n+1)
+        beta = beta + self.beta_scale[k].to(H.dtype) * dyn[..., n + 1]  # (B, T, n)
         return A, beta
 
     def inputs(self, l: int, s: str, stream: Tensor, mem: DepthMemory) -> Tensor:
         k = 2 * l + (s == "mlp")
         A, beta = self._connections(k, stream)
-        mixed = torch.einsum("...ij,...id->...jd", A, stream)  # (B, T, n+1, D)
+        mixed = torch.einsum("...ij,...id->...jd", A, stream)  # (B, T, n+1, D): one batched product
         self.slot(mem)["pending"] = (mixed[..., 1:, :], beta)  # H', beta for this sub-layer's update
         if self.record_maps:
             self._record(k, A, beta)
@@ -119,7 +127,7 @@ class HyperConnections(Arch):
 
     def update(self, l: int, s: str, stream: Tensor, out: Tensor, mem: DepthMemory) -> Tensor:
         carried, beta = self.slot(mem).pop("pending")
-        return carried + beta.unsqueeze(-1) * out.unsqueeze(-2)  # (B, T, n, D)
+        return torch.addcmul(carried, beta.unsqueeze(-1), out.unsqueeze(-2))  # (B, T, n, D), one pass
 
     def readout(self, stream: Tensor, mem: DepthMemory) -> Tensor:
         return stream.sum(-2)  # (B, T, D)

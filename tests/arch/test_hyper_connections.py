@@ -35,3 +35,36 @@ def test_parameter_and_flop_budget_against_vanilla():
 def test_impossible_switches_fail_at_construction():
     with pytest.raises(ValueError, match=r"HyperConnections.n=0 must be >= 1"):
         tiny_gpt(lambda: HyperConnections(n=0))
+
+
+class _Literal(HyperConnections):
+    """The connections as the paper writes them: RMSNorm_k(H) materialised, then W_a and w_b."""
+
+    def _connections(self, k, H):
+        A, beta = self.static_alpha[k], self.static_beta[k]
+        Hn = H * torch.rsqrt(H.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps) * self.norm_weight[k]
+        A = A + self.alpha_scale[k] * torch.tanh(Hn @ self.dyn_alpha[k])
+        return A, beta + self.beta_scale[k] * torch.tanh(Hn @ self.dyn_beta[k])
+
+    def update(self, l, s, stream, out, mem):
+        carried, beta = self.slot(mem).pop("pending")
+        return carried + beta.unsqueeze(-1) * out.unsqueeze(-2)
+
+
+def test_folded_norm_and_fused_update_equal_the_papers_formula_with_gradients():
+    """The gain folded into the projection and the norm applied to its n+2 outputs give the
+    literal RMSNorm -> W_a, w_b form's logits and gradients, away from the init (every term live);
+    in float64, so that only a difference in the formula (not rounding order) could fail."""
+    ours, lit = tiny_gpt(HyperConnections).double(), tiny_gpt(_Literal).double()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        for p in ours.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    lit.load_state_dict(ours.state_dict())
+    x = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(ours(x), lit(x), atol=1e-10, rtol=1e-10)
+    ours(x, targets=y).backward()
+    lit(x, targets=y).backward()
+    for (name, a), b in zip(ours.named_parameters(), lit.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8, msg=lambda m, n=name: f"{n}: {m}")
