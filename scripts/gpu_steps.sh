@@ -25,7 +25,8 @@
 #   mqar [num_kv_pairs]                 the MQAR probe table at a budget that leaves the 1/n plateau
 #   acceptance                          what any user with one GPU runs to check the suite on it, in one
 #                                       bounded call (<= 9 min on an H100/H200): the tests that skip without a
-#                                       GPU, the throughput of every registered method (bf16, compiled), and a
+#                                       GPU, the throughput of every registered method (bf16, eager: the
+#                                       compiled table is the throughput step), and a
 #                                       small text comparison (vanilla, VA, SLA, LAS, one seed); compact results
 #                                       (tables, JSON rows, run records without checkpoints) in $OUT
 # --dry-run (first argument) prints the commands without running them.
@@ -84,7 +85,7 @@ case $STEP in
   throughput)
     ARCHS=${1:?"throughput <archs>, e.g. vanilla,sla"}
     run python benchmarks/throughput.py --d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --batch-size 32 \
-      --precision bf16-mixed --compile --warmup 10 --steps 30 --archs "$ARCHS" --json-dir "$OUT/throughput" \
+      --precision bf16-mixed --compile --warmup 10 --rounds 5 --steps 6 --archs "$ARCHS" --json-dir "$OUT/throughput" \
       --num-workers 4 --out "$OUT/throughput-h100.md"
     ;;
   mqar)
@@ -98,11 +99,11 @@ case $STEP in
     ALL=$(python -c 'from lit_vattn.arch.registry import methods; print(",".join(methods()))')
     if [[ $CPU == 1 ]]; then  # the same three parts at a CPU scale of seconds
       TESTS=(tests/model/test_attention.py); SHAPE=(--d-model 64 --n-layer 2 --n-head 2 --seq-len 64 --batch-size 2)
-      SPEED=(--precision 32-true --warmup 1 --steps 1 --num-workers 0); PRESET=tiny; DEV=(); LIM=(120 240 240)
+      SPEED=(--precision 32-true --warmup 1 --rounds 2 --steps 1 --num-workers 0); PRESET=tiny; DEV=(); LIM=(120 240 240)
       CMP=(--trainer.max_steps 4 --trainer.val_check_interval 4 --trainer.limit_val_batches 2 --trainer.limit_test_batches 2)
     else
       TESTS=(tests/model tests/arch tests/train/test_gpu_preset_on_cpu.py); SHAPE=(--d-model 768 --n-layer 12 --n-head 12 --seq-len 1024 --batch-size 32)
-      SPEED=(--precision bf16-mixed --compile --warmup 5 --steps 10 --num-workers 4); PRESET=small; DEV=(--parallel 4); LIM=(150 210 150)
+      SPEED=(--precision bf16-mixed --warmup 3 --rounds 3 --steps 4 --lightning vanilla --num-workers 4); PRESET=small; DEV=(--parallel 4); LIM=(150 210 150)
       CMP=(--trainer.max_steps 300 --trainer.val_check_interval 300)
     fi
     LIMIT=${LIM[0]} run python -m pytest "${TESTS[@]}" -k "not real_text" -rfEs -q -p no:cacheprovider \
