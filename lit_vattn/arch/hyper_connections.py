@@ -2,7 +2,9 @@
 
 Zhu, Huang, Chen, Zhou, Wu, Yang, Chen, Yang, Zhou. "Hyper-Connections". ICLR 2025,
 https://arxiv.org/abs/2409.19606 (Appendix J, Algorithm 2); code followed:
-github.com/lucidrains/hyper-connections (``hyper_connections.py``).
+github.com/lucidrains/hyper-connections (``hyper_connections.py``), which
+``tests/arch/test_hyper_connections.py`` runs beside ours (the ``parity`` extra): equal outputs and
+gradients per sub-layer, the same init.
 
 The residual stream is widened to n copies H in R^{B x T x n x D} (the embedding repeated n times)
 and around every sub-layer f (attention and MLP separately, sub-layer k):
@@ -22,7 +24,7 @@ removes (tested: logits equal to vanilla's within float rounding and the norm's 
 Cost: n x the residual stream's activation memory and I/O; parameters per sub-layer
 n(n+1) + n + D(n+3) + 2 (dynamic: gains, W_a, w_b, scales).
 
-Not implemented: the manifold-constrained variant (mHC, Sinkhorn-projected stream mixing).
+The manifold-constrained variant is its own method, ``mhc`` (``mhc.py``).
 
 Reader hooks: ``init_stream`` (widen), ``inputs`` (branch input), ``update``, ``readout``.
 """

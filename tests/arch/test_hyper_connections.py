@@ -6,6 +6,7 @@ import torch
 from helpers import D, L, V, tiny_gpt
 
 from lit_vattn.arch import HyperConnections, Vanilla
+from lit_vattn.model.memory import DepthMemory
 
 SETTINGS = {"hc-static-n2": lambda: HyperConnections(n=2, dynamic=False)}
 
@@ -68,3 +69,61 @@ def test_folded_norm_and_fused_update_equal_the_papers_formula_with_gradients():
     lit(x, targets=y).backward()
     for (name, a), b in zip(ours.named_parameters(), lit.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-8, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_each_sub_layer_equals_lucidrains_hyper_connections_with_gradients():
+    """Parity with the code the reader follows (``hyper-connections``, lucidrains, the ``parity`` extra):
+    each sub-layer's branch input and stream update, and their gradients, with the weights mapped as
+    static_alpha[k] -> static_alpha, dyn_alpha[k] -> dynamic_alpha_fn, alpha_scale[k] ->
+    dynamic_alpha_scale, static_beta[k] -> static_beta, dyn_beta[k] -> dynamic_beta_fn, beta_scale[k]
+    -> dynamic_beta_scale, norm_weight[k] - 1 -> norm.gamma; its streams sit in the batch dimension.
+    The one departure is the norm's eps (its F.normalize clamps the norm at 1e-12; ours adds the
+    model's norm_eps to the mean square): with norm_eps 1e-12 the two agree. Also: its init is ours."""
+    ref_mod = pytest.importorskip("hyper_connections.hyper_connections")
+    from einops import rearrange
+
+    net = tiny_gpt(HyperConnections, norm_eps=1e-12)
+    arch, n = net.arch, net.arch.n
+    for k in range(2 * L):
+        fresh = ref_mod.HyperConnections(n, dim=D, layer_index=k)
+        torch.testing.assert_close(fresh.static_alpha, arch.static_alpha[k].detach(), atol=0, rtol=0)
+        torch.testing.assert_close(fresh.static_beta, arch.static_beta[k].detach(), atol=0, rtol=0)
+    _perturb(arch)
+    g = torch.Generator().manual_seed(11)
+    for k in range(2 * L):
+        ref = ref_mod.HyperConnections(n, dim=D, layer_index=k)
+        with torch.no_grad():
+            ref.static_alpha.copy_(arch.static_alpha[k])
+            ref.dynamic_alpha_fn.copy_(arch.dyn_alpha[k])
+            ref.dynamic_alpha_scale.copy_(arch.alpha_scale[k])
+            ref.static_beta.copy_(arch.static_beta[k])
+            ref.dynamic_beta_fn.copy_(arch.dyn_beta[k])
+            ref.dynamic_beta_scale.copy_(arch.beta_scale[k])
+            ref.norm.gamma.copy_(arch.norm_weight[k] - 1)
+        H = torch.randn(2, 5, n, D, generator=g, requires_grad=True)
+        out = torch.randn(2, 5, D, generator=g)
+        x_ref, add = ref(rearrange(H, "b t s d -> (b s) t d"))
+        new_ref = rearrange(add(out), "(b s) t d -> b t s d", s=n)
+
+        H2 = H.detach().clone().requires_grad_()
+        mem = DepthMemory(H2[..., 0, :])
+        l, s = divmod(k, 2)
+        x = arch.inputs(l, ("attn", "mlp")[s], H2, mem)
+        new = arch.update(l, ("attn", "mlp")[s], H2, out, mem)
+        torch.testing.assert_close(x, x_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(new, new_ref, atol=1e-5, rtol=1e-5)
+
+        w = torch.randn(new.shape, generator=g)
+        ((new_ref * w).sum() + (x_ref * w[..., 0, :]).sum()).backward()
+        ((new * w).sum() + (x * w[..., 0, :]).sum()).backward()
+        torch.testing.assert_close(H2.grad, H.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(arch.dyn_alpha.grad[k], ref.dynamic_alpha_fn.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(arch.norm_weight.grad[k], ref.norm.gamma.grad, atol=1e-4, rtol=1e-4)
+        arch.zero_grad()
+
+
+def _perturb(arch):
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(10)
+        for p in arch.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
