@@ -17,7 +17,7 @@ override (the defaults, in brackets, are the plain pre-norm residual decoder):
     h = reader.readout(stream, mem)                       [stream]   what the final norm + head read
 
 The memory (``DepthMemory``) records what any method may need: the embedding x0, each
-sub-layer's input and output, the stream after every block, each layer's own post-RoPE K/V when a
+sub-layer's input, its input after the block's norm and its output, the stream after every block, each layer's own post-RoPE K/V when a
 reader asks for it (``kv_layers``), and one private slot per reader. Readers compose: a model may
 take a list of readers (e.g. Vertical Attention + value residual) as long as no two override the
 same hook (``Composed`` refuses that, naming both).

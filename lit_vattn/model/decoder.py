@@ -80,12 +80,14 @@ class Block(nn.Module):
         else:
             xq = xk = xv = self.norm1(x)  # (B, T, D)
         mem.inputs.append({"attn": x})
+        mem.normed.append({"attn": xq})  # a reference: the projections keep it alive for backward anyway
         a = self.attn(xq, xk, xv, l, rope, reader, mem)  # (B, T, D)
         mem.outputs.append({"attn": a})
         stream = reader.update(l, "attn", stream, a, mem)
         x = reader.inputs(l, "mlp", stream, mem)
         mem.inputs[l]["mlp"] = x
-        m = self.mlp(self.norm2(x))  # (B, T, D)
+        mem.normed[l]["mlp"] = xn = self.norm2(x)  # (B, T, D)
+        m = self.mlp(xn)  # (B, T, D)
         mem.outputs[l]["mlp"] = m
         stream = reader.update(l, "mlp", stream, m, mem)
         mem.states.append(stream)

@@ -18,6 +18,7 @@ class DepthMemory:
     rope: tuple = ()  # (cos, sin) tables, for readers that project K from other inputs
     keep_kv: frozenset = frozenset()  # layers whose own K/V a reader asked to keep
     inputs: list[dict] = field(default_factory=list)  # inputs[l][s]: residual input of sub-layer s, (B, T, D)
+    normed: list[dict] = field(default_factory=list)  # normed[l][s]: what the sub-layer read after its norm, (B, T, D)
     outputs: list[dict] = field(default_factory=list)  # outputs[l][s]: sub-layer output a_l or m_l, (B, T, D)
     states: list[Tensor] = field(default_factory=list)  # stream after block l, (B, T, D) or (B, T, n, D)
     kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # own post-RoPE (k, v), (B, H, T, d)
