@@ -22,7 +22,18 @@ with depth.
 Init (``init``): "ones" = W = 0, b = 1: every mixture is x0 + sum_j y_j, the ordinary residual
 stream, so the model is exactly the vanilla decoder at step 0 (tested: equal logits); the paper
 presents DCA as a generalisation of the residual sum. "last" = b one-hot on the latest output
-(the port's reading: starts by reading only y_l, without the residual; not vanilla).
+(Yuan-ManX's port: starts by reading only y_l, without the residual; not vanilla).
+
+Static weights (``grn``): "scalar" = b is one number per source and output, inside the ReLU (above);
+"dimwise" = lucidrains' current port (``deep_cross_attention/dca_gpt.py``, ``GRN``, "GRNv3"): the
+static part is a per-dimension bias added after the ReLU, b: (S, O, D),
+
+    out_o = sum_s (ReLU(RMSNorm(Y_s) W)[..., o] + b[s, o]) * Y_s
+
+initialised to ones (or one-hot on the latest source with ``init: last``) and W ~ N(0, 1e-2) as in
+the port (a zero W gets no gradient through the ReLU): close to, not exactly, the residual sum at init. ``tests/arch/test_dca.py`` holds the dimwise GRN equal to the port's ``GRN`` (outputs
+and gradients); the port's k-DCA (first and last k sources, no sum of the middle) and its learned
+RMSNorm gain in the GRN are not taken.
 
 Reader hooks: ``inputs`` (separate Q/K/V inputs, ``AttnInputs``), ``update`` (store y), ``readout``.
 """
@@ -45,24 +56,34 @@ from lit_vattn.model.config import GPTConfig
     paper="[Heddes et al., ICML 2025](https://arxiv.org/abs/2502.06785)",
     reads="learned input-dependent mixes of earlier block outputs for Q, K and V",
     exact_at_init=True,
+    controls=("dca-dimwise",),
 )
 class DeepCrossAttention(Arch):
     name = "dca"
 
-    def __init__(self, k: Optional[int] = None, init: Literal["ones", "last"] = "ones"):
+    def __init__(
+        self,
+        k: Optional[int] = None,
+        init: Literal["ones", "last"] = "ones",
+        grn: Literal["scalar", "dimwise"] = "scalar",
+    ):
         """
         Args:
             k: k-DCA: the GRN reads the first k and last k stored outputs and the sum of the rest;
                 null = every stored output.
             init: "ones" = static weights 1 (the residual sum: vanilla at init); "last" = one-hot on
-                the most recent output (the unofficial port's init).
+                the most recent output (an unofficial port's init).
+            grn: "scalar" = one static weight per source and output inside the ReLU; "dimwise" =
+                lucidrains' port: a per-dimension static weight added after the ReLU.
         """
         super().__init__()
-        self.k, self.init = k, init
+        self.k, self.init, self.grn = k, init, grn
 
     def validate(self, cfg: GPTConfig) -> None:
         if self.k is not None and self.k < 1:
             raise ValueError(f"DeepCrossAttention.k={self.k} must be >= 1 (or null for all outputs)")
+        if self.grn not in ("scalar", "dimwise"):
+            raise ValueError(f"DeepCrossAttention.grn={self.grn!r}: choose 'scalar' or 'dimwise'")
 
     def n_sources(self, l: int) -> int:
         """GRN inputs of block l (reading y_0..y_l); l = n_layer is the readout."""
@@ -74,7 +95,8 @@ class DeepCrossAttention(Arch):
         L, D = cfg.n_layer, cfg.d_model
         outs = [3] * L + [1]
         self.proj = nn.ParameterList(nn.Parameter(torch.zeros(D, o)) for o in outs)  # W: D -> O
-        self.bias = nn.ParameterList(nn.Parameter(torch.zeros(self.n_sources(l), o)) for l, o in enumerate(outs))
+        per = (D,) if self.grn == "dimwise" else ()  # (S, O) or (S, O, D)
+        self.bias = nn.ParameterList(nn.Parameter(torch.zeros(self.n_sources(l), o, *per)) for l, o in enumerate(outs))
         for p in self.parameters():
             p.depth_mix = True
         self.reset_parameters()
@@ -83,7 +105,10 @@ class DeepCrossAttention(Arch):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for W, b in zip(self.proj, self.bias):
-            W.zero_()
+            if self.grn == "dimwise":  # the port's init: a zero W would sit at the ReLU's kink, with no gradient
+                nn.init.normal_(W, std=1e-2)
+            else:
+                W.zero_()
             if self.init == "ones":
                 b.fill_(1.0)
             else:
@@ -102,16 +127,19 @@ class DeepCrossAttention(Arch):
         src = self._stack(self.slot(mem)["ys"])  # S tensors (B, T, D)
         W, b = self.proj[l].to(src[0].dtype), self.bias[l].to(src[0].dtype)
         out = []
+        dimwise = self.grn == "dimwise"  # else the scalar static weights sit inside the ReLU
         gates = [
-            F.relu(F.rms_norm(y, (y.shape[-1],), eps=self.cfg.norm_eps) @ W + b[s]) for s, y in enumerate(src)
+            F.relu(F.rms_norm(y, (y.shape[-1],), eps=self.cfg.norm_eps) @ W + (0 if dimwise else b[s]))
+            for s, y in enumerate(src)
         ]  # S x (B, T, O)
-        if self.record_maps:
-            self._record(l, torch.stack(gates, -2))
+        if self.record_maps:  # the weight each source gets: the gate, plus the mean static weight when dimwise
+            self._record(l, torch.stack(gates, -2) + (b.mean(-1) if dimwise else 0))
         for o in range(W.shape[1]):
-            z = gates[0][..., o : o + 1] * src[0]
-            for s in range(1, len(src)):
-                z = z + gates[s][..., o : o + 1] * src[s]
-            out.append(z)  # (B, T, D)
+            z = 0
+            for s, y in enumerate(src):
+                g = gates[s][..., o : o + 1]  # (B, T, 1)
+                z = z + (g + b[s, o] if dimwise else g) * y  # (B, T, D)
+            out.append(z)
         return out
 
     def inputs(self, l: int, s: str, stream: Tensor, mem: DepthMemory):
@@ -153,7 +181,9 @@ class DeepCrossAttention(Arch):
             m = torch.zeros(L + 1, S)
             for l in range(L + 1):
                 oo = min(o, self.bias[l].shape[1] - 1)  # the readout has one output
-                w = rec[l][0][:, oo] / rec[l][1] if l in rec else F.relu(self.bias[l][:, oo].float())
+                static = self.bias[l][:, oo].float()
+                static = static.mean(-1) if self.grn == "dimwise" else F.relu(static)  # (S,)
+                w = rec[l][0][:, oo] / rec[l][1] if l in rec else static
                 m[l, : w.shape[0]] = w.cpu()
             cols = ["y0"] + [f"y{j}" for j in range(1, S)] if self.k is None else [f"src{j}" for j in range(S)]
             maps[f"weights_{name}"] = DepthMap(
