@@ -15,6 +15,11 @@ Every layer after the first mixes the first layer's values into its own, before 
     mix="token"   lambda_{n,h}(t) = sigmoid(W_n RMSNorm(x_n(t)) + b_n), per token and head, from the
                   layer's input (the learned gate of x-transformers); starts at ``lam`` (W_n = 0)
 
+``gate_input: block_norm`` is x-transformers' gate (``Attention.to_value_residual_mix``: a sigmoid of a
+linear map of the attention's normalised input, applied as ``v1.lerp(v, mix)``, i.e. lambda = 1 - mix);
+``tests/arch/test_value_residual.py`` holds ours equal to that module with W = -W', b = -b'. Its init
+differs: x-transformers' default Linear init against ours W = 0, b = logit(lam).
+
 The values are mixed after the projection, so RoPE (on keys only) is unaffected; the mix is per
 position, so causality is the ordinary mask's. Not identity at init: lambda starts at ``lam``.
 
@@ -49,20 +54,33 @@ from lit_vattn.model.config import GPTConfig
 class ValueResidual(Arch):
     name = "value-residual"
 
-    def __init__(self, mix: Literal["fixed", "static", "token"] = "fixed", lam: float = 0.5, share: bool = False):
+    def __init__(
+        self,
+        mix: Literal["fixed", "static", "token"] = "fixed",
+        lam: float = 0.5,
+        share: bool = False,
+        gate_input: Literal["rms", "block_norm"] = "rms",
+    ):
         """
         Args:
             mix: "fixed" lambda (the reference code), "static" = a learned lambda per layer and head,
                 "token" = a learned per-token, per-head sigmoid gate of the layer input.
             lam: lambda for "fixed", the initial lambda for the learned forms (0 < lam < 1).
             share: SVFormer: every later layer uses layer 1's values outright (mix and lam unused).
+            gate_input: what the "token" gate reads: "rms" = the layer's residual input through an
+                RMSNorm without gain; "block_norm" = the attention's own normalised input (the
+                block's norm, with its gain), as x-transformers' gate does.
         """
         super().__init__()
-        self.mix, self.lam, self.share = mix, lam, share
+        self.mix, self.lam, self.share, self.gate_input = mix, lam, share, gate_input
 
     def validate(self, cfg: GPTConfig) -> None:
         if not 0.0 < self.lam < 1.0:
             raise ValueError(f"ValueResidual.lam={self.lam} must lie strictly between 0 and 1")
+        if self.gate_input not in ("rms", "block_norm"):
+            raise ValueError(f"ValueResidual.gate_input={self.gate_input!r}: choose 'rms' or 'block_norm'")
+        if self.gate_input == "block_norm" and self.mix != "token":
+            raise ValueError("ValueResidual.gate_input=block_norm is the token gate's input: set mix: token")
         if self.share and self.mix != "fixed":
             raise ValueError("ValueResidual.share=true (SVFormer) has no lambda: leave mix at 'fixed'")
 
@@ -95,8 +113,11 @@ class ValueResidual(Arch):
         """lambda of layer l >= 1: a float, (H,) or (B, T, H)."""
         if self.mix == "static":
             return torch.sigmoid(self.gate[l - 1])
-        x = mem.inputs[l]["attn"]  # (B, T, D): the layer's residual input
-        x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.cfg.norm_eps)
+        if self.gate_input == "block_norm":
+            x = mem.normed[l]["attn"]  # (B, T, D): what the attention's projections read
+        else:
+            x = mem.inputs[l]["attn"]  # (B, T, D): the layer's residual input
+            x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.cfg.norm_eps)
         return torch.sigmoid(self.to_gate[l - 1](x))  # (B, T, H)
 
     def qkv(self, l: int, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> tuple[Tensor, Tensor, Tensor]:
