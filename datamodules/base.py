@@ -225,6 +225,7 @@ class TokenDataModule(StreamDataModule):
             )
         self._data = {s: shards.open_split(self.shard_dir, s) for s in shards.SPLITS}
         self.units_per_token = torch.from_numpy(shards.load_units(self.shard_dir))
+        self.data_digest = shards.digest(self.shard_dir)  # recorded with every run: tables refuse mixed data
         self.check_sampler()
 
     # --- loaders -----------------------------------------------------------------------------------

@@ -157,6 +157,26 @@ def open_split(shard_dir: Path, split: str) -> np.memmap:
     return np.memmap(Path(shard_dir) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
 
 
+def digest(shard_dir: Path) -> str:
+    """sha256 of the shards' contents (every split's tokens and the units per token): two runs with the
+    same digest saw the same data, whatever machine prepared it. Computed once and kept beside the
+    shards (``digest.json``, written atomically)."""
+    shard_dir = Path(shard_dir)
+    kept = shard_dir / "digest.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())["sha256"]
+    h = hashlib.sha256()
+    for name in [f"{s}.bin" for s in SPLITS] + ["units.npy"]:
+        with open(shard_dir / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    value = h.hexdigest()
+    tmp = shard_dir / f".digest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"sha256": value}))
+    os.replace(tmp, kept)
+    return value
+
+
 def load_units(shard_dir: Path) -> np.ndarray:
     return np.load(Path(shard_dir) / "units.npy")
 

@@ -297,6 +297,7 @@ class Runner:
             "flops_per_token": stats["flops_per_token"],
             "device": stats["device"],
             "train_tokens": stats.get("train_tokens"),
+            "data_digest": stats.get("data_digest"),
             "commit": git_commit(),
             "wall_seconds": time.time() - t0,
             "resumed": resumed,
@@ -354,6 +355,57 @@ def failure_reason(log_tail: str) -> str:
     return (errs[-1] if errs else lines[-1] if lines else "no output")[:300]
 
 
+def check_one_data(results: list[dict], counts: Optional[list[dict]]) -> None:
+    """Refuse a table whose runs (or count rows) were trained on different data: every run records the
+    digest of its data's content (``datamodules.shards.digest``); records made before digests were
+    kept have none and are checked by ``check_recorded_data`` instead."""
+    seen: dict[str, list[str]] = {}
+    for r in results:
+        if r.get("data_digest"):
+            seen.setdefault(r["data_digest"], []).append(f"{r['arch']} seed {r['seed']}")
+    for c in counts or []:
+        if c.get("data_digest"):
+            seen.setdefault(c["data_digest"], []).append(c["arch"])
+    if len(seen) > 1:
+        raise SystemExit(
+            "these runs were trained on different data (content digests differ), so they cannot share a table: "
+            + "; ".join(f"{d[:12]}: {', '.join(who[:4])}{' ...' if len(who) > 4 else ''}" for d, who in seen.items())
+            + ". Retrain the odd ones on the same data (same source and package versions), or keep them apart "
+            "with another --runs/--records"
+        )
+
+
+def check_recorded_data(args) -> None:
+    """Before training anything into committed records: the data prepared on this machine must be the
+    data the recorded runs were trained on. Their count rows (``counts.json``, computed from the
+    training split and scored on the same targets) are recomputed here and must agree to float
+    rounding; where they carry a digest, the digests must be equal. Data built from a synthesiser or
+    a codec can change with a package version without changing a token count."""
+    if not args.records or args.table_only or args.no_baselines:
+        return
+    table_dir = Path(args.records) / f"{args.modality}-{args.preset}"
+    saved = table_dir / COUNTS
+    done = next(iter(sorted(table_dir.glob("**/done.json"))), None)
+    if not saved.is_file() or done is None:
+        return
+    recorded = json.loads(saved.read_text())
+    here = count_baselines([{"run_dir": str(done.parent)}])
+    for old, new in zip(recorded, here):
+        same = (
+            old["data_digest"] == new["data_digest"]
+            if old.get("data_digest") and new.get("data_digest")
+            else all(abs(old[k] - new[k]) <= 1e-9 * abs(old[k]) for k in ("val_nll", "test_nll"))
+        )
+        if not same:
+            raise SystemExit(
+                f"the {args.modality} data prepared on this machine differ from the data the runs in {table_dir} "
+                f"were trained on ({old['arch']}: recorded val NLL {old['val_nll']:.6f}, here {new['val_nll']:.6f}; "
+                f"digest recorded {str(old.get('data_digest'))[:12]}, here {str(new.get('data_digest'))[:12]}), "
+                "so new runs would not be comparable with them: prepare the data as they were (same source and "
+                "package versions), or start the table afresh under another --records"
+            )
+
+
 def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> list[dict]:
     """Unigram and bigram count models of the training split, scored on the targets the runs were
     scored on (their DataModule, their limit_{val,test}_batches, each rank's slice when the runs
@@ -387,6 +439,7 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
             "arch": m.name,
             "train_tokens": len(train),
             "split_tokens": len(dm._data["train"]),
+            "data_digest": getattr(dm, "data_digest", None),
             **{f"{split}_{k}": v for split in scored for k, v in scored[split][m.name].items()},
         }
         for m in models
@@ -491,6 +544,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     )
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
+    check_recorded_data(args)  # before training anything into records made on other data
     t0 = time.time()
 
     def run(jobs: list[tuple]) -> list[dict]:
@@ -542,6 +596,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         except Exception as e:  # the runs are done: a failing extra row must not cost the table
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
+    check_one_data(finished, counts)
     md, _ = write_tables(args, results, wall, counts, sweep)
     print(md.read_text())
     return results

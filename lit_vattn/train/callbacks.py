@@ -198,6 +198,8 @@ class RunSummary(Callback):
             "train_tokens": int(dm.meta["splits"]["train"]["tokens"])
             if dm is not None and getattr(dm, "meta", None)
             else None,
+            # the content of the data it trained and was scored on (datamodules.shards.digest)
+            "data_digest": getattr(dm, "data_digest", None),
         }
         self._write(trainer, {"train": self.train, "val": self.val, "stats": stats})
 

@@ -845,3 +845,49 @@ def test_one_run_at_a_time_leaves_the_devices_to_its_trainer(tmp_path, monkeypat
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     runner = _runner(tmp_path)  # parallel=1: a DDP preset may use every GPU
     assert runner.gpus == [] and "CUDA_VISIBLE_DEVICES" not in runner.env
+
+
+# --- one data per table ------------------------------------------------------------------------
+
+
+def test_a_table_refuses_runs_trained_on_different_data():
+    rows = [
+        {"arch": "vanilla", "seed": 0, "data_digest": "a" * 64},
+        {"arch": "va", "seed": 0, "data_digest": "b" * 64},
+        {"arch": "sla", "seed": 0},  # recorded before digests: not judged here
+    ]
+    with pytest.raises(
+        SystemExit, match=r"trained on different data .* aaaaaaaaaaaa: vanilla seed 0; bbbbbbbbbbbb: va"
+    ):
+        reproduce.check_one_data(rows, None)
+    reproduce.check_one_data(rows[:1] + rows[2:], [{"arch": "unigram (counts)", "data_digest": "a" * 64}])
+    with pytest.raises(SystemExit, match="different data"):
+        reproduce.check_one_data(rows[:1], [{"arch": "unigram (counts)", "data_digest": "c" * 64}])
+
+
+def test_new_runs_are_refused_when_this_machines_data_differ_from_the_records(tmp_path, monkeypatch):
+    """Records without digests: the count rows recomputed here must equal the recorded ones; with
+    digests on both sides, the digests decide. Nothing is checked for --table-only."""
+    import argparse
+
+    table = tmp_path / "records" / "acoustic-tiny"
+    (table / "vanilla" / "seed0").mkdir(parents=True)
+    (table / "vanilla" / "seed0" / "done.json").write_text("{}")
+    recorded = [{"arch": "unigram (counts)", "val_nll": 7.658489, "test_nll": 7.809178}]
+    (table / reproduce.COUNTS).write_text(json.dumps(recorded))
+    here = [{"arch": "unigram (counts)", "val_nll": 7.674791, "test_nll": 7.825445, "data_digest": "d" * 64}]
+    monkeypatch.setattr(reproduce, "count_baselines", lambda results: here)
+    args = argparse.Namespace(
+        records=str(tmp_path / "records"), table_only=False, no_baselines=False, modality="acoustic", preset="tiny"
+    )
+    with pytest.raises(
+        SystemExit, match=r"acoustic data prepared on this machine differ .* recorded val NLL 7.658489, here 7.674791"
+    ):
+        reproduce.check_recorded_data(args)
+    reproduce.check_recorded_data(argparse.Namespace(**{**vars(args), "table_only": True}))
+    here[0].update(val_nll=7.658489, test_nll=7.809178)
+    reproduce.check_recorded_data(args)  # same counts: the same data
+    recorded[0]["data_digest"] = "e" * 64
+    (table / reproduce.COUNTS).write_text(json.dumps(recorded))
+    with pytest.raises(SystemExit, match="digest recorded eeeeeeeeeeee, here dddddddddddd"):
+        reproduce.check_recorded_data(args)
