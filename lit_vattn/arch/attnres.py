@@ -1,7 +1,9 @@
 """Attention Residuals (AttnRes), Full and Block.
 
 Kimi Team (Moonshot AI). "Attention Residuals". 2026, https://arxiv.org/abs/2603.15031 ; pseudocode
-of the paper (official code github.com/MoonshotAI/Attention-Residuals, not read here).
+of the paper. ``tests/arch/test_attnres.py`` holds Full and Block equal (every mixture, the readout,
+the pseudo-queries' gradients) to ``paper_forward`` of the ``flash-attn-res`` package (0.1.12,
+``experimental/torch.py``, transcribed: the package needs Triton and a GPU).
 
 There is no running residual sum: the input of every sub-layer (attention and MLP separately,
 sub-layer l) is a softmax attention over depth with one learned pseudo-query w_l per sub-layer and
