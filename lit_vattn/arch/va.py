@@ -45,7 +45,7 @@ def _rms(x: Tensor, eps: float = 1e-6) -> Tensor:
     reads="all earlier layers' outputs, softmax-mixed into each block's input",
     exact_at_init=False,
     seed=True,
-    controls=("va-frozen", "va-nonorm", "va-previous", "elc-bert"),
+    controls=("va-frozen", "va-nonorm", "va-previous", "elc-bert", "elc-bert-code"),
     default_controls=("elc-bert",),
     order=1,
 )
