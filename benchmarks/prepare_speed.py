@@ -24,7 +24,7 @@ import torch
 from throughput import hardware, sync
 
 from datamodules import MusicDataModule, TextDataModule, codec
-from datamodules.audio_sources import speech_clips
+from datamodules.audio_sources import rendered_music_clips, speech_clips
 from datamodules.music_sources import score_files, score_pieces
 from lit_vattn.io import write_text
 from lit_vattn.provenance import git_commit
@@ -55,6 +55,11 @@ def main():
         "--encode-batch-seconds",
         default="120",
         help="comma-separated audio seconds per EnCodec batch; one encoding row each",
+    )
+    p.add_argument(
+        "--codec-backends",
+        default="transformers",
+        help="comma-separated EnCodec implementations to time (transformers, encodec); same codes in each",
     )
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -125,23 +130,39 @@ def audio_rows(args, device) -> list:
         )
     )
     audio = np.concatenate(clips)[: int(args.kmeans_seconds * codec.SAMPLE_RATE)]
-    model, dt = timed(lambda: codec.random_codec(audio, 6.0))
-    rows.append(
-        (f"EnCodec k-means init (8 levels, {args.kmeans_seconds:.0f} s)", "random weights, 10 iterations", dt, "-")
-    )
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    for bs in (float(x) for x in args.encode_batch_seconds.split(",")):
-        codec.encode(model, clips[:8], device, batch_seconds=bs)  # warm-up: kernels, cuDNN plans
-        sync(device)
-        _, dt = timed(lambda: (codec.encode(model, clips, device, batch_seconds=bs), sync(device)))
+    for backend in args.codec_backends.split(","):
+        model, dt = timed(lambda: codec.random_codec(audio, 6.0, backend=backend))
         rows.append(
             (
-                f"EnCodec 6 kbps encode ({device.type}, {bs:.0f} s of audio per batch)",
-                f"{secs:.0f} s of audio",
+                f"EnCodec k-means init ({backend}; 8 levels, {args.kmeans_seconds:.0f} s)",
+                "random weights, 10 iterations",
                 dt,
-                f"{secs / dt:.1f} audio s/s ({secs / dt:.0f}x real time)",
+                "-",
             )
         )
+        for bs in (float(x) for x in args.encode_batch_seconds.split(",")):
+            codec.encode(model, clips[:8], device, 6.0, batch_seconds=bs)  # warm-up: kernels, cuDNN plans
+            sync(device)
+            _, dt = timed(lambda: (codec.encode(model, clips, device, 6.0, batch_seconds=bs), sync(device)))
+            rows.append(
+                (
+                    f"EnCodec 6 kbps encode ({backend}, {device.type}, {bs:.0f} s of audio per batch)",
+                    f"{secs:.0f} s of audio",
+                    dt,
+                    f"{secs / dt:.1f} audio s/s ({secs / dt:.0f}x real time)",
+                )
+            )
+    rendered, dt = timed(lambda: [c[2] for c in rendered_music_clips(args.audio_seconds)])
+    secs = sum(len(c) for c in rendered) / codec.SAMPLE_RATE
+    rows.append(
+        (
+            "music: ABC -> MIDI (abc2midi) -> audio (symusic synthesizer), 1 core",
+            f"{secs:.0f} s of audio, {len(rendered)} pieces",
+            dt,
+            f"{secs / dt:.0f} audio s/s",
+        )
+    )
     return rows
 
 

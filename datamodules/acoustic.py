@@ -54,6 +54,7 @@ class AcousticDataModule(TokenDataModule):
         codec_weights: str = "auto",
         kmeans_seconds: float = 300.0,
         codec_seed: int = 0,
+        codec_backend: Literal["transformers", "encodec"] = "transformers",
         seq_len: int = 1200,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -82,9 +83,13 @@ class AcousticDataModule(TokenDataModule):
                 weights keep <= 6 (deeper levels collapse).
             codec_weights: "auto" = the pretrained 24 kHz model if its weights are in torch hub's
                 cache, else random; "pretrained"; "random" = seeded random weights with codebooks
-                initialised by k-means on training audio; or a path to a checkpoint.
+                initialised by k-means on training audio; a checkpoint path (Meta's format); or a
+                transformers EnCodec (Hub id "facebook/encodec_24khz" or a local directory).
             kmeans_seconds: Seconds of training audio the random codec's k-means uses.
             codec_seed: Seed of the random codec's weights and k-means.
+            codec_backend: The EnCodec implementation: "transformers" (installed with the audio
+                extra) or Meta's "encodec" package (pip install --no-deps encodec einops). The
+                same weights give the same codes in both, so the shards do not depend on it.
             seq_len: Tokens per window (600 tokens = 1 s at 6 kbps).
             batch_size: Windows per batch on each device.
             num_workers: DataLoader worker processes.
@@ -94,7 +99,7 @@ class AcousticDataModule(TokenDataModule):
                 after the first pass over the inputs) or stop with an "error" naming it. Hidden files
                 and folders are never read.
         """
-        require(["soundfile", "soxr", "espeakng_loader", "symusic"], "audio", "AcousticDataModule")
+        require(["soundfile", "soxr", "espeakng_loader", "symusic", "transformers"], "audio", "AcousticDataModule")
         super().__init__(seq_len, batch_size, num_workers, seed, cache_dir, on_bad_file)
         if bandwidth not in codec.N_Q:
             raise ValueError(f"data.bandwidth={bandwidth} must be one of {sorted(codec.N_Q)} kbps")
@@ -124,7 +129,10 @@ class AcousticDataModule(TokenDataModule):
                 log.warning(
                     "no pretrained EnCodec weights in the torch hub cache: using a random codec with k-means codebooks"
                 )
+        if codec_backend not in codec.BACKENDS:
+            raise ValueError(f"data.codec_backend={codec_backend!r} must be one of {codec.BACKENDS}")
         self.codec_weights, self.kmeans_seconds, self.codec_seed = codec_weights, kmeans_seconds, codec_seed
+        self.codec_backend = codec_backend
         self._codec = None
 
     @property
@@ -216,14 +224,15 @@ class AcousticDataModule(TokenDataModule):
                 np.concatenate(clips["train"])[: int(self.kmeans_seconds * codec.SAMPLE_RATE)],
                 self.bandwidth,
                 seed=self.codec_seed,
+                backend=self.codec_backend,
             )
         else:
-            model = codec.build(self.codec_weights, self.bandwidth)
+            model = codec.build(self.codec_weights, self.bandwidth, self.codec_backend)
         codec.check_initialised(model, self.bandwidth)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         seconds = {}
         for split, wavs in clips.items():
-            codes = codec.encode(model, wavs, device) if wavs else []
+            codes = codec.encode(model, wavs, device, self.bandwidth) if wavs else []
             for c in codes:
                 writer.add(split, np.append(codec.flatten(c), self.eos_id))
             seconds[split] = float(sum(c.shape[1] for c in codes) / codec.FRAME_RATE)
@@ -248,7 +257,7 @@ class AcousticDataModule(TokenDataModule):
     @property
     def codec(self):
         if self._codec is None:
-            self._codec = codec.load(self.shard_dir / "codec.pt", self.bandwidth)
+            self._codec = codec.load(self.shard_dir / "codec.pt", self.bandwidth, self.codec_backend)
         return self._codec
 
     def decode(self, ids) -> np.ndarray:

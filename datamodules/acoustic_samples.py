@@ -54,7 +54,7 @@ class AcousticSamples(Samples):
                 f"--prompt {path}: shorter than one codec frame ({1000 / codec.FRAME_RATE:.1f} ms); "
                 "raise --prompt_seconds or use a longer file"
             )
-        codes = codec.encode(self.dm.codec, [wav], torch.device("cpu"))[0]  # (n_q, frames)
+        codes = codec.encode(self.dm.codec, [wav], torch.device("cpu"), self.dm.bandwidth)[0]  # (n_q, frames)
         self.boundary = codes.shape[1] / codec.FRAME_RATE  # seconds, for the spectrogram
         return [self.separator, *codec.flatten(codes).tolist()]
 

@@ -11,8 +11,9 @@ and music rendered from MIDI.
 - Files: anything libsndfile reads (wav, flac, ogg), mixed to mono and resampled with soxr.
 - HF audio datasets (e.g. LibriSpeech) with ``Audio(decode=False)`` and soundfile, since datasets'
   own decoding needs torchcodec.
-- Music: MIDI rendered with ``tinysoundfont`` and the General MIDI soundfont that ships inside
-  ``pretty_midi`` (TimGM6mb.sf2, GPL-2), ~300x real time.
+- Music: MIDI rendered with symusic's synthesizer and the General MIDI soundfont that ships inside
+  ``pretty_midi`` (TimGM6mb.sf2, GPL-2); deterministic, ~9,000x real time on one core (symusic
+  0.5.9; 0.6.0's ``Synthesizer.render`` cannot return its audio, hence the pin in pyproject.toml).
 Clips come as (split_key, name, waveform).
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import io
-import os
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -202,35 +202,25 @@ def soundfont() -> str:
     spec = importlib.util.find_spec("pretty_midi")
     sf2 = Path(spec.origin).parent / "TimGM6mb.sf2" if spec and spec.origin else None
     if sf2 is None or not sf2.is_file():
-        raise FileNotFoundError("the General MIDI soundfont ships with pretty_midi: pip install --no-deps pretty_midi")
+        raise FileNotFoundError("the General MIDI soundfont ships with pretty_midi: pip install -e '.[audio]'")
     return str(sf2)
 
 
 def rendered_music_clips(
     seconds: float, max_clip_seconds: float = 60.0, skipped: Optional[list] = None
 ) -> Iterator[Clip]:
-    """Pieces of the embedded symbolic corpus rendered to audio (tinysoundfont, one loaded font)."""
-    import tempfile
-
+    """Pieces of the embedded symbolic corpus rendered to audio (symusic's synthesizer, one loaded
+    font), mixed to mono and cut at ``max_clip_seconds``."""
     import symusic
-    import tinysoundfont
 
     from datamodules.music_sources import abc_pieces
 
-    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE, gain=-3)
-    synth.sfload(soundfont())
+    synth = symusic.Synthesizer(soundfont(), SAMPLE_RATE)
     total = 0.0
-    with tempfile.TemporaryDirectory() as d:
-        for key, name, score in abc_pieces(skipped=skipped):
-            mid = os.path.join(d, "piece.mid")
-            score.dump_midi(mid)
-            dur = min(symusic.Score(mid, ttype="second").end() + 1.0, max_clip_seconds)
-            synth.notes_off()
-            seq = tinysoundfont.Sequencer(synth)
-            seq.midi_load(mid)
-            buf = synth.generate(int(dur * SAMPLE_RATE))
-            wav = np.frombuffer(buf, dtype=np.float32).reshape(-1, 2).mean(axis=1).copy()
-            total += len(wav) / SAMPLE_RATE
-            yield key, name, wav
-            if total >= seconds:
-                return
+    for key, name, score in abc_pieces(skipped=skipped):
+        stereo = synth.render(score, stereo=True)  # (2, samples)
+        wav = np.ascontiguousarray(stereo.mean(axis=0)[: int(max_clip_seconds * SAMPLE_RATE)], dtype=np.float32)
+        total += len(wav) / SAMPLE_RATE
+        yield key, name, wav
+        if total >= seconds:
+            return

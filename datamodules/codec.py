@@ -1,30 +1,26 @@
 """EnCodec 24 kHz as a tokenizer: pretrained where its weights are present, otherwise the same
 architecture with seeded random weights and k-means-initialised codebooks.
 
-Défossez et al., "High Fidelity Neural Audio Compression", arXiv:2210.13438; package ``encodec``
-(code and weights CC-BY-NC 4.0). Traps we measured (the README's acoustic-tokens section):
-- ``pip install encodec`` pulls a torchaudio that cannot load beside a CPU-only torch, and encodec
-  imports torchaudio only for utilities the model never calls: ``import_encodec`` tries the real
-  import and otherwise imports it with a temporary stub that is removed right after, so no other
-  library ever sees a fake torchaudio. Install with ``pip install --no-deps encodec``.
-- An untrained EnCodec returns code 0 everywhere: its codebooks are empty until a train-mode
-  forward. ``random_codec`` initialises them by k-means on real audio, level by level on the
-  residuals; ``check_initialised`` refuses a codec whose codebooks were never set.
+Défossez et al., "High Fidelity Neural Audio Compression", arXiv:2210.13438. The network comes from
+``transformers`` (default) or Meta's ``encodec`` package (``data.codec_backend``): same weights, same
+codes (``codec_backends``). Traps we measured (docs/data.md, acoustic tokens):
+- An untrained EnCodec returns code 0 everywhere: its codebooks are empty until filled.
+  ``random_codec`` initialises them by k-means on real audio, level by level on the residuals;
+  ``check_initialised`` refuses a codec whose codebooks were never set.
 - With random weights RVQ levels past 8 collapse: keep bandwidth <= 6 kbps (8 codebooks).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
-import sys
-import types
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from datamodules import codec_backends
+from datamodules.codec_backends import BACKENDS, Codec
 from lit_vattn.io import atomic_path
 
 SAMPLE_RATE = 24000
@@ -34,26 +30,7 @@ PRETRAINED_FILE = "encodec_24khz-d7cc33bc.th"
 N_Q = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 MIN_KMEANS_SECONDS = BINS / FRAME_RATE  # one frame per codebook entry: 13.7 s
 
-
-def import_encodec():
-    try:
-        import encodec
-
-        return encodec
-    except (ImportError, OSError):  # torchaudio missing, or a CUDA torchaudio beside a CPU torch
-        pass
-    for k in [k for k in sys.modules if k.split(".")[0] in ("encodec", "torchaudio")]:
-        del sys.modules[k]
-    stub = types.ModuleType("torchaudio")
-    stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
-    sys.modules["torchaudio"] = stub
-    try:
-        import encodec
-    except ImportError as e:
-        raise ImportError("EnCodec is not installed: pip install --no-deps encodec einops") from e
-    finally:
-        del sys.modules["torchaudio"]
-    return encodec
+__all__ = ["BACKENDS", "Codec", "build", "random_codec", "encode", "decode", "load", "save", "checksum"]
 
 
 def pretrained_path(path: Optional[str] = None) -> Optional[Path]:
@@ -64,21 +41,32 @@ def pretrained_path(path: Optional[str] = None) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def build(weights: str, bandwidth: float):
-    """weights: "pretrained" (hub cache), a checkpoint path, or "random" (caller initialises)."""
+def build(weights: str, bandwidth: float, backend: str = "transformers") -> Codec:
+    """weights: "pretrained" (Meta's checkpoint in torch hub's cache), a checkpoint path (the
+    ``encodec`` package's format, as ``codec.pt``), a ``transformers`` model (Hub id or directory,
+    backend transformers), or "random" (seeded from the global RNG; the caller fills the codebooks)."""
     if bandwidth not in N_Q:
         raise ValueError(f"data.bandwidth={bandwidth} must be one of {sorted(N_Q)} kbps")
-    enc = import_encodec()
-    model = enc.EncodecModel.encodec_model_24khz(pretrained=False)
-    if weights != "random":
-        p = pretrained_path(None if weights == "pretrained" else weights)
-        if p is None:
-            raise FileNotFoundError(
-                f"EnCodec weights not found ({weights!r}; looked for {PRETRAINED_FILE} in {torch.hub.get_dir()}/checkpoints). "
-                "Download them once with network access, give a path, or use data.codec_weights=random"
-            )
-        model.load_state_dict(torch.load(p, map_location="cpu"))
-    model.set_target_bandwidth(bandwidth)
+    if backend not in BACKENDS:
+        raise ValueError(f"data.codec_backend={backend!r} must be one of {BACKENDS}")
+    if weights == "random":
+        return codec_backends.new(backend).eval()
+    p = pretrained_path(None if weights == "pretrained" else weights)
+    if (
+        p is None
+        and weights != "pretrained"
+        and backend == "transformers"
+        and ("/" in weights or Path(weights).is_dir())
+    ):
+        return codec_backends.from_pretrained(weights).eval()
+    if p is None:
+        raise FileNotFoundError(
+            f"EnCodec weights not found ({weights!r}; looked for {PRETRAINED_FILE} in {torch.hub.get_dir()}/checkpoints). "
+            "Download them once with network access, give a checkpoint path or a transformers model "
+            "(data.codec_weights=facebook/encodec_24khz), or use data.codec_weights=random"
+        )
+    model = codec_backends.new(backend)
+    model.load_state_dict(torch.load(p, map_location="cpu"))
     return model.eval()
 
 
@@ -98,25 +86,24 @@ def _kmeans(x: torch.Tensor, k: int, iters: int, g: torch.Generator) -> torch.Te
 
 
 @torch.no_grad()
-def random_codec(audio: np.ndarray, bandwidth: float, seed: int = 0, iters: int = 10):
+def random_codec(audio: np.ndarray, bandwidth: float, seed: int = 0, iters: int = 10, backend: str = "transformers"):
     """Seeded random EnCodec whose codebooks are k-means of its encoder's frames on ``audio``
-    (1-D float32 at 24 kHz; needs >= 1024 frames, i.e. 13.7 s)."""
+    (1-D float32 at 24 kHz; needs >= 1024 frames, i.e. 13.7 s). The same for either backend."""
     if len(audio) < MIN_KMEANS_SECONDS * SAMPLE_RATE:
         raise ValueError(
             f"k-means needs at least {MIN_KMEANS_SECONDS:.1f} s of training audio, got {len(audio) / SAMPLE_RATE:.1f} s"
         )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build("random", bandwidth)
+        model = build("random", bandwidth, backend)
     g = torch.Generator().manual_seed(seed)
     seg = 10 * SAMPLE_RATE  # encode in 10 s pieces; the last one is padded and its padding frames dropped
     n_seg = -(-len(audio) // seg)
     x = torch.zeros(n_seg * seg)
     x[: len(audio)] = torch.from_numpy(np.asarray(audio, dtype=np.float32))
-    r = model.encoder(x.view(n_seg, 1, seg)).transpose(1, 2).reshape(-1, model.encoder.dimension)  # (frames, 128)
+    r = model.encoder(x.view(n_seg, 1, seg)).transpose(1, 2).reshape(-1, model.dimension)  # (frames, 128)
     r = r[: -(-len(audio) * FRAME_RATE // SAMPLE_RATE)]
-    for layer in model.quantizer.vq.layers[: N_Q[bandwidth]]:
-        cb = layer._codebook
+    for cb in model.codebooks[: N_Q[bandwidth]]:
         c = _kmeans(r, cb.codebook_size, iters, g)
         cb.embed.copy_(c)
         cb.embed_avg.copy_(c)
@@ -127,8 +114,7 @@ def random_codec(audio: np.ndarray, bandwidth: float, seed: int = 0, iters: int 
 
 
 def check_initialised(model, bandwidth: float) -> None:
-    for i, layer in enumerate(model.quantizer.vq.layers[: N_Q[bandwidth]]):
-        cb = layer._codebook
+    for i, cb in enumerate(model.codebooks[: N_Q[bandwidth]]):
         if float(cb.inited) == 0:
             raise ValueError(
                 f"EnCodec codebook {i} was never initialised (it would return code 0 everywhere): "
@@ -156,7 +142,9 @@ def checksum(model) -> str:
 
 
 @torch.no_grad()
-def encode(model, clips: list[np.ndarray], device: torch.device, batch_seconds: float = 120.0) -> list[np.ndarray]:
+def encode(
+    model: Codec, clips: list[np.ndarray], device: torch.device, bandwidth: float, batch_seconds: float = 120.0
+) -> list[np.ndarray]:
     """Codes (n_q, frames) for each 24 kHz mono clip, batched by similar length. Right padding
     is safe: the 24 kHz EnCodec is causal (convolutions and LSTM), so frames inside a clip never
     see the padding."""
@@ -175,7 +163,7 @@ def encode(model, clips: list[np.ndarray], device: torch.device, batch_seconds: 
         x = torch.zeros(len(idx), 1, L)
         for b, j in enumerate(idx):
             x[b, 0, : len(clips[j])] = torch.from_numpy(clips[j])
-        codes = torch.cat([c for c, _ in model.encode(x.to(device))], dim=-1).cpu().numpy()  # (B, n_q, F)
+        codes = model.encode(x.to(device), N_Q[bandwidth]).cpu().numpy()  # (B, n_q, F)
         for b, j in enumerate(idx):
             frames = -(-len(clips[j]) * FRAME_RATE // SAMPLE_RATE)
             out[j] = codes[b, :, :frames]
@@ -203,18 +191,19 @@ def unflatten(tokens: np.ndarray, n_q: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode(model, codes: np.ndarray) -> np.ndarray:
+def decode(model: Codec, codes: np.ndarray) -> np.ndarray:
     """(n_q, frames) codes -> 1-D float32 waveform at 24 kHz."""
-    c = torch.from_numpy(np.asarray(codes, dtype=np.int64))[None]
-    return model.decode([(c, None)])[0, 0].cpu().numpy()
+    c = torch.from_numpy(np.asarray(codes, dtype=np.int64))[None]  # (1, n_q, F)
+    return model.decode(c)[0, 0].cpu().numpy()
 
 
-def save(model, path: Path) -> None:
+def save(model: Codec, path: Path) -> None:
+    """The state in the ``encodec`` package's format, whichever backend built it."""
     with atomic_path(path) as tmp:
         torch.save(model.state_dict(), tmp)
 
 
-def load(path: Path, bandwidth: float):
-    model = build("random", bandwidth)
+def load(path: Path, bandwidth: float, backend: str = "transformers") -> Codec:
+    model = build("random", bandwidth, backend)
     model.load_state_dict(torch.load(path, map_location="cpu"))
     return model.eval()

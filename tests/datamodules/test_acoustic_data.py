@@ -1,9 +1,7 @@
 """Synthesised speech through the acoustic DataModule: codec, shards, round trips, bad audio."""
 
-import importlib.util
 import logging
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -28,13 +26,6 @@ def speech(shard_cache):
     dm.prepare_data()
     dm.setup()
     return dm
-
-
-def test_encodec_imports_without_leaving_a_fake_torchaudio():
-    enc = codec.import_encodec()
-    assert hasattr(enc, "EncodecModel")
-    if importlib.util.find_spec("torchaudio") is None:  # the CPU install: no stub left behind
-        assert "torchaudio" not in sys.modules
 
 
 def test_shards_codec_and_code_diversity(speech):
