@@ -1,17 +1,19 @@
 #!/bin/bash
 # Build a wheelhouse of lit_vattn and its dependencies for an air-gapped cluster, on a machine with
 # package-index access. Then on the cluster (torch from the cluster's own CUDA build):
-#   pip install --no-index --find-links wheelhouse lit-vattn
-# Usage: scripts/wheelhouse.sh [PYTHON_VERSION=3.11] [PLATFORM=manylinux_2_28_x86_64] [OUT=wheelhouse]
+#   pip install --no-index --find-links wheelhouse "lit-vattn[music,audio,hf,eval]"
+# Usage: scripts/wheelhouse.sh [PYTHON_VERSION=3.11] [PLATFORM=manylinux_2_28_x86_64] [OUT=wheelhouse] [EXTRAS=music,audio,hf,eval]
+# EXTRAS: the optional stacks to include ("" = the base install; "dev" adds the tests' and parity stacks).
 # torch, triton and nvidia-* are left out (the cluster provides them); set TORCH_SPEC
 # (e.g. "torch==2.11.0") to add torch and its CUDA libraries (several GB).
 set -euo pipefail
-PY=${1:-3.11}; PLAT=${2:-manylinux_2_28_x86_64}; OUT=${3:-wheelhouse}
+PY=${1:-3.11}; PLAT=${2:-manylinux_2_28_x86_64}; OUT=${3:-wheelhouse}; EXTRAS=${4-music,audio,hf,eval}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 pip wheel -q --no-deps -w "$OUT" .                       # lit_vattn itself (pure Python)
 # 1. resolve the full dependency set here, without installing anything
-pip install -q --dry-run --ignore-installed --report "$OUT/.report.json" "$OUT"/lit_vattn-*.whl
+WHEEL=$(ls "$OUT"/lit_vattn-*.whl)
+pip install -q --dry-run --ignore-installed --report "$OUT/.report.json" "$WHEEL${EXTRAS:+[$EXTRAS]}"
 mapfile -t PINS < <(python3 - "$OUT/.report.json" <<'PY'
 import json, re, sys
 for item in json.load(open(sys.argv[1]))["install"]:

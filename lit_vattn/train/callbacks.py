@@ -19,7 +19,8 @@ from lit_vattn.provenance import git_commit
 class TokenThroughputMonitor(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting tokens: logs train/items_per_sec (tokens/s, all
     devices), train/device/mfu (FLOPs from ``LanguageModel.flops_per_batch`` over the GPU's peak,
-    CUDA only) and shows tokens/s in the progress bar.
+    CUDA only) and shows tokens/s in the progress bar, with the minutes left (``min left``) when the
+    budget is a number of steps (``trainer.max_steps``) and the window is full.
 
     Unlike Lightning's, it synchronises the GPU only on logging steps (every
     ``trainer.log_every_n_steps``): samples and tokens are counted on every batch on the host, and
@@ -65,6 +66,14 @@ class TokenThroughputMonitor(ThroughputMonitor):
         tps = m.get("items_per_sec", m.get(f"device{self.kwargs.get('separator', '/')}items_per_sec"))
         if tps is not None:  # present once the window is full
             pl_module.log("tok/s", float(tps), prog_bar=True, logger=False, on_step=True)
+        # an optimizer step takes accumulate_grad_batches batches on each device
+        bps, world = m.get("batches_per_sec"), trainer.world_size  # all devices
+        if bps is None:
+            bps, world = m.get(f"device{self.kwargs.get('separator', '/')}batches_per_sec"), 1  # this device
+        if bps and trainer.max_steps > 0:
+            steps_per_sec = bps / (trainer.accumulate_grad_batches * world)
+            left = (trainer.max_steps - trainer.global_step) / steps_per_sec / 60
+            pl_module.log("min left", float(left), prog_bar=True, logger=False, on_step=True)
 
 
 class BatchIndexLogger(Callback):

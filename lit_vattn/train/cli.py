@@ -88,6 +88,7 @@ class CLI(LightningCLI):
         }
         cfg = self.config[sub] if sub else self.config
         self._name_run(cfg)
+        store_logger_dir(cfg)
         own_root_dir(cfg)
 
     def _name_run(self, cfg) -> None:
@@ -219,6 +220,34 @@ class CLI(LightningCLI):
 def requeued() -> bool:
     """This process belongs to a SLURM job that SLURM started again (``scontrol requeue``)."""
     return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
+# loggers that keep their records in a store (W&B, MLflow): Lightning takes their save_dir itself as the
+# run directory, so every run would write the same summary.json and config.yaml there
+STORE_LOGGERS = ("WandbLogger", "MLFlowLogger")
+
+
+def store_logger_dir(cfg) -> None:
+    """A W&B or MLflow run gets its own directory, ``<save_dir>/<run name>`` (as the CSV and
+    TensorBoard loggers' runs do), holding its summary, config and checkpoints (and, for MLflow
+    without a ``tracking_uri``, its local store)."""
+    logger = (cfg.get("trainer") or {}).get("logger")
+    init = getattr(logger, "init_args", None)
+    if init is None or str(getattr(logger, "class_path", "")).rpartition(".")[2] not in STORE_LOGGERS:
+        return
+    name = init.get("name") or init.get("run_name")
+    if not name:
+        name = default_run_name(cfg.get("data"), cfg.get("model"), [str(c) for c in (cfg.get("config") or [])])
+        if "run_name" in init:
+            init["run_name"] = name
+    if "tracking_uri" in init:
+        if init.get("tracking_uri") not in (None, ""):
+            return  # MLflow elsewhere: Lightning then keeps the run's files in that store's directory
+        # the local file store is what this preset is for; MLflow >= 3.10 asks for this opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    save_dir = Path(init.get("save_dir") or "runs")
+    if save_dir.name != name:
+        init["save_dir"] = str(save_dir / name)
 
 
 def own_root_dir(cfg) -> None:
