@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class SkippedFiles(list):
     """(name, reason) of each input skipped as unreadable or empty, reported after the first pass
     (``report_skipped``). With ``on_bad_file="error"`` the first one is an error that names the
-    file and the option instead, raised in the first pass over the inputs, before any tokenizer is
-    trained or anything is encoded."""
+    file and the option instead, raised in the first pass over the inputs, before a trained
+    tokenizer merges or any shard is committed."""
 
     def __init__(self, on_bad_file: str = "skip"):
         super().__init__()
@@ -232,6 +232,12 @@ class TokenDataModule(StreamDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world
         ds = TrainWindows(self._data["train"], self.seq_len, self.seed, rank, world)
+        if len(ds) < self.batch_size:  # Lightning would stop at once with "No training batches", having trained nothing
+            raise ValueError(
+                f"the training split has {ds.n} windows of data.seq_len={self.seq_len} ({len(ds)} per process), "
+                f"fewer than one batch (data.batch_size={self.batch_size}): lower data.batch_size or "
+                "data.seq_len, or add data"
+            )
         return self._loader(ds, ResumableSampler(len(ds), lambda: self.consumed))
 
     def val_dataloader(self) -> DataLoader:
@@ -262,12 +268,13 @@ class TokenDataModule(StreamDataModule):
             self._identity = (shard_dir, ident)
         return ident
 
-    def files_fingerprint(self, what: str, suffixes=None) -> str:
-        """``shards.fingerprint`` of ``data.files``, computed once per DataModule (a folder is
-        walked and stat'ed once, not at every checkpoint that asks for the settings)."""
+    def files_fingerprint(self, what: str, suffixes=None, patterns: Optional[list[str]] = None) -> str:
+        """``shards.fingerprint`` of ``data.files`` (or of ``patterns``), computed once per DataModule (a
+        folder is walked and stat'ed once, not at every checkpoint that asks for the settings)."""
         cached = getattr(self, "_fingerprint", None)
         if cached is None:
-            cached = self._fingerprint = shards.fingerprint(shards.expand_files(self.files, what, suffixes))
+            found = shards.expand_files(patterns or self.files, what, suffixes)
+            cached = self._fingerprint = shards.fingerprint(found)
         return cached
 
     # --- checkpoint --------------------------------------------------------------------------------

@@ -70,6 +70,33 @@ class ShardWriter:
         self.tokens[split] += arr.size
         self.documents[split] += 1
 
+    def move_documents(self, src: str, moves: dict[str, list[tuple[int, int]]]) -> None:
+        """Move documents, given as (token offset, length) ranges of split ``src``, to the end of other
+        splits (``{split: ranges}``, each in stream order), rewriting ``src`` without them chunk by chunk
+        (memory stays bounded, whatever the split's size)."""
+        if not any(moves.values()):
+            return
+        self._files[src].close()
+        path = self.tmp / f"{src}.bin"
+        old = np.memmap(path, dtype=self.dtype, mode="r")
+        for dst, ranges in moves.items():
+            for start, n in ranges:
+                self._files[dst].write(np.asarray(old[start : start + n]).tobytes())
+                self.tokens[dst] += n
+                self.documents[dst] += 1
+        cut = sorted(r for ranges in moves.values() for r in ranges)
+        with open(self.tmp / f"{src}.bin.rewrite", "wb") as f:
+            pos = 0
+            for start, n in [*cut, (len(old), 0)]:
+                for lo in range(pos, start, 1 << 24):
+                    f.write(np.asarray(old[lo : min(start, lo + (1 << 24))]).tobytes())
+                pos = start + n
+        del old
+        os.replace(self.tmp / f"{src}.bin.rewrite", path)
+        self._files[src] = open(path, "ab")
+        self.tokens[src] -= sum(n for _, n in cut)
+        self.documents[src] -= len(cut)
+
     def commit(self, meta: dict, units_per_token: np.ndarray) -> Path:
         for f in self._files.values():
             f.close()
@@ -205,6 +232,44 @@ def split_keys(keys: list[str], val_fraction: float, test_fraction: float) -> di
     return out
 
 
+class KeySplitter:
+    """``split_keys`` for keys that arrive one at a time, in bounded memory: a key's split is ``split_of``
+    when it arrives, and ``moves()`` at the end gives what the small-source rule reassigns (the train
+    keys that hash lowest, to an empty val or test split), so a stream of any length splits exactly as
+    ``split_keys`` splits the whole list. Only the three lowest train keys and three distinct keys
+    are kept: all the rule can look at."""
+
+    def __init__(self, val_fraction: float, test_fraction: float):
+        self.fractions = (val_fraction, test_fraction)
+        self.used = {s: False for s in SPLITS}
+        self.some: set[str] = set()  # up to 3 distinct keys: the rule needs at least 3
+        self.lowest: list[tuple[float, str]] = []  # the 3 lowest-hashing distinct train keys, sorted
+
+    def assign(self, key: str) -> str:
+        split = split_of(key, *self.fractions)
+        self.used[split] = True
+        if len(self.some) < 3:
+            self.some.add(key)
+        if split == "train" and (u := (_unit(key), key)) not in self.lowest:
+            self.lowest = sorted([*self.lowest, u])[:3]
+        return split
+
+    def moves(self) -> dict[str, str]:
+        """key -> the split it moves to (at most two keys), as ``split_keys`` decides."""
+        out: dict[str, str] = {}
+        if len(self.some) >= 3:
+            for split in ("val", "test"):
+                if not self.used[split]:
+                    train = [k for _, k in self.lowest if k not in out]
+                    if len(train) > 1:
+                        out[train[0]] = split
+        return out
+
+    def may_move(self, key: str) -> bool:
+        """Whether ``moves()`` could still pick this train key (it is one of the two lowest so far)."""
+        return any(k == key for _, k in self.lowest[:2])
+
+
 def _unit(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
 
@@ -284,9 +349,9 @@ def fingerprint(files: list[tuple[str, str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def progress(total: int, what: str):
+def progress(total: Optional[int], what: str):
     """A progress bar on stderr for the one-time preparation (tokenizing, encoding), so a first run
-    that spends minutes preparing data says so."""
+    that spends minutes preparing data says so; a count without a total for a streamed source."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=what, unit="", unit_scale=True, mininterval=2.0, leave=False, dynamic_ncols=True)
@@ -299,12 +364,15 @@ def progress_iter(items: list, what: str) -> Iterator:
             bar.update(1)
 
 
-def batched(it: Iterable, n: int) -> Iterator[list]:
-    buf = []
+def batched(it: Iterable, n: int, size=None, max_size: int = 0) -> Iterator[list]:
+    """Lists of ``n`` items, or fewer where their ``size(item)`` reaches ``max_size`` first (so a batch of
+    large documents stays bounded in memory)."""
+    buf, total = [], 0
     for x in it:
         buf.append(x)
-        if len(buf) == n:
+        total += size(x) if size else 0
+        if len(buf) == n or (max_size and total >= max_size):
             yield buf
-            buf = []
+            buf, total = [], 0
     if buf:
         yield buf

@@ -2,13 +2,16 @@
 
 Unit: bits per byte (UTF-8 bytes of the target tokens), comparable across tokenizers.
 Documents are separated by <|endoftext|>; splits are by document (hash of its key), never by offset,
-unless an HF dataset brings its own train/validation/test splits.
+unless an HF dataset brings its own train/validation/test splits. Every source is read as a stream and
+tokenized in batches straight into the shard files, so a corpus larger than memory prepares in bounded
+memory (``write_shards``).
 """
 
 from __future__ import annotations
 
+import os
 from itertools import islice
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 
@@ -18,6 +21,8 @@ from datamodules.modality import Modality
 from datamodules.text_samples import TextSamples
 from datamodules.text_sources import embedded_documents, file_documents, hf_documents
 from datamodules.text_tokenizers import GPT2Tokenizer, TrainedBPE
+
+BATCH_CHARS = 1 << 24  # characters per tokenizer batch: bounds memory where documents are whole books
 
 
 class TextDataModule(TokenDataModule):
@@ -30,6 +35,7 @@ class TextDataModule(TokenDataModule):
         files: Optional[list[str]] = None,
         hf_config: Optional[str] = None,
         text_column: str = "text",
+        hf_document: Literal["row", "wikitext_article"] = "row",
         streaming: bool = False,
         sample_by: Literal["document", "paragraph"] = "document",
         max_documents: Optional[int] = None,
@@ -51,7 +57,11 @@ class TextDataModule(TokenDataModule):
             files: Local UTF-8 text files, directories or globs (with source="files").
             hf_config: HF dataset configuration name, e.g. "wikitext-103-raw-v1".
             text_column: Column holding the text in an HF dataset.
-            streaming: Stream the HF dataset instead of downloading it whole (for large corpora).
+            hf_document: What one document of an HF dataset is: a "row", or a "wikitext_article"
+                (WikiText's rows are its lines; an article starts at a " = Title = " line).
+            streaming: Read the HF dataset from the hub while tokenizing instead of downloading it
+                whole first (for corpora larger than the disk allows twice). Either way documents are
+                tokenized in batches straight into the shards: memory does not grow with the corpus.
             sample_by: For local files: one document per file, or per blank-line separated paragraph.
             max_documents: Use at most this many documents per source split (None = all).
             val_fraction: Fraction of documents held out for validation (hash split by document).
@@ -77,6 +87,7 @@ class TextDataModule(TokenDataModule):
             )
         self.source, self.files, self.hf_config = source, files, hf_config
         self.text_column, self.streaming, self.sample_by = text_column, streaming, sample_by
+        self.hf_document = hf_document
         self.max_documents = max_documents
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.tokenizer_kind, self.bpe_vocab_size = tokenizer, bpe_vocab_size
@@ -109,6 +120,10 @@ class TextDataModule(TokenDataModule):
             s["sample_by"] = self.sample_by
         elif self.source != "embedded":
             s.update(hf_config=self.hf_config, text_column=self.text_column)
+            if self.hf_document != "row":  # so that shards prepared before this option keep their key
+                s["hf_document"] = self.hf_document
+            if os.path.isdir(self.source):  # a local dataset folder: editing its files gives new shards
+                s["files"] = self.files_fingerprint("dataset file", patterns=[self.source])
         return s
 
     @property
@@ -129,59 +144,99 @@ class TextDataModule(TokenDataModule):
         elif self.source == "files":
             docs = {"all": file_documents(self.files, self.sample_by, skipped)}
         else:
-            docs = hf_documents(self.source, self.hf_config, self.text_column, self.streaming, self.max_documents)
+            docs = hf_documents(
+                self.source, self.hf_config, self.text_column, self.streaming, self.max_documents, self.hf_document
+            )
         if self.max_documents is not None:
             docs = {k: islice(v, self.max_documents) for k, v in docs.items()}
         return docs
 
-    def _split_docs(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {s: [] for s in shards.SPLITS}
-        skipped = SkippedFiles(self.on_bad_file)
+    def _stream(self, splitter: shards.KeySplitter, skipped: list) -> Iterator[tuple[str, Optional[str], str]]:
+        """(split, key, text) of every document in source order, read lazily: a source's own split
+        (key None), or the split of the document's key."""
         for split, docs in self._documents(skipped).items():
-            if split != "all":  # the source's own split
-                out[split] += [text for _, text in docs]
-                continue
-            docs = list(docs)
-            assign = shards.split_keys([k for k, _ in docs], self.val_fraction, self.test_fraction)
             for key, text in docs:
-                out[assign[key]].append(text)
-        report_skipped(skipped, "unreadable or empty text files")
-        if not any(out.values()):
+                yield (splitter.assign(key), key, text) if split == "all" else (split, None, text)
+
+    def _splitter(self) -> shards.KeySplitter:
+        return shards.KeySplitter(self.val_fraction, self.test_fraction)
+
+    def _check(self, documents: dict, skipped: list, report: bool = True) -> None:
+        if report:
+            report_skipped(skipped, "unreadable or empty text files")
+        if not any(documents.values()):
             raise ValueError(
                 f"text source {self.source!r} produced no non-empty documents"
                 f"{f' ({len(skipped)} files skipped, e.g. {skipped[:3]})' if skipped else ''}"
             )
-        # before the tokenizer is trained or anything is encoded
         shards.check_splits(
-            {k: len(v) for k, v in out.items()},
+            documents,
             "documents",
             "add documents, raise data.val_fraction / data.test_fraction, or use "
             "data.sample_by=paragraph (one document per paragraph instead of per file)",
         )
-        return out
+
+    def _training_texts(self) -> Iterator[str]:
+        """The training split's texts for the BPE trainer, streamed. The two lowest-hashing train
+        documents are held back until the end, since the small-source rule may move them to val or
+        test (BPE merges depend on word counts only, not on their order). The splits are checked
+        when the stream ends, before the trainer merges."""
+        splitter, skipped = self._splitter(), SkippedFiles(self.on_bad_file)
+        held: dict[str, list[str]] = {}
+        documents = dict.fromkeys(shards.SPLITS, 0)
+        for split, key, text in self._stream(splitter, skipped):
+            documents[split] += 1
+            if split != "train":
+                continue
+            if key is not None and splitter.may_move(key):
+                held.setdefault(key, []).append(text)
+            else:
+                yield text
+            for k in [k for k in held if not splitter.may_move(k)]:
+                yield from held.pop(k)
+        moves = splitter.moves()
+        for key, texts in held.items():
+            if key in moves:
+                documents["train"] -= len(texts)
+                documents[moves[key]] += len(texts)
+            else:
+                yield from texts
+        self._check(documents, skipped, report=False)  # the writing pass reports the skipped files
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
-        docs = self._split_docs()
+        """One pass over the source (two with a trained BPE: the first trains it), tokenizing batches
+        of documents straight into the shard files: memory holds one batch, whatever the corpus size."""
         if self.tokenizer_kind == "bpe":
             tok = TrainedBPE(self.bpe_vocab_size)
-            tok.train(docs["train"])
+            tok.train(self._training_texts())
             tok.save(writer.tmp / "tokenizer.json")
         else:
             tok = GPT2Tokenizer()
-        units = tok.token_bytes()
-        unit_counts = {}
-        for split, texts in docs.items():
-            n_bytes = 0
-            with shards.progress(len(texts), f"tokenizing {split} documents") as bar:
-                for batch in shards.batched(texts, 4096):
-                    for ids in tok.encode_batch(batch):
-                        writer.add(split, ids + [tok.eot_id])
-                    n_bytes += sum(len(t.encode("utf-8")) for t in batch)
-                    bar.update(len(batch))
-            unit_counts[split] = n_bytes
+        splitter, skipped = self._splitter(), SkippedFiles(self.on_bad_file)
+        n_bytes = dict.fromkeys(shards.SPLITS, 0)
+        ranges: dict[str, list[tuple[int, int, int]]] = {}  # train documents the rule may move: (start, tokens, bytes)
+        docs = self._stream(splitter, skipped)
+        with shards.progress(None, "tokenizing documents") as bar:
+            for batch in shards.batched(docs, 4096, size=lambda d: len(d[2]), max_size=BATCH_CHARS):
+                for (split, key, text), ids in zip(batch, tok.encode_batch([t for _, _, t in batch])):
+                    size = len(text.encode("utf-8"))
+                    if split == "train" and key is not None and splitter.may_move(key):
+                        ranges.setdefault(key, []).append((writer.tokens["train"], len(ids) + 1, size))
+                    writer.add(split, ids + [tok.eot_id])
+                    n_bytes[split] += size
+                ranges = {k: v for k, v in ranges.items() if splitter.may_move(k)}
+                bar.update(len(batch))
+        moves: dict[str, list[tuple[int, int]]] = {}
+        for key, dst in splitter.moves().items():
+            moves.setdefault(dst, []).extend((start, n) for start, n, _ in ranges[key])
+            moved = sum(b for _, _, b in ranges[key])
+            n_bytes["train"] -= moved
+            n_bytes[dst] += moved
+        writer.move_documents("train", moves)
+        self._check(dict(writer.documents), skipped)
         self._tok = tok
-        meta = {"tokenizer": tok.spec(), "eot_id": tok.eot_id, "unit_counts": unit_counts}
-        return meta, units
+        meta = {"tokenizer": tok.spec(), "eot_id": tok.eot_id, "unit_counts": n_bytes}
+        return meta, tok.token_bytes()
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)

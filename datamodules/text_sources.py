@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -90,14 +91,40 @@ def file_documents(patterns: list[str], sample_by: str = "document", skipped: Op
             yield key, text
 
 
-def hf_documents(
-    dataset: str, config: Optional[str], text_column: str, streaming: bool, max_documents: Optional[int]
-) -> dict[str, Iterator[Doc]]:
-    """An HF hub dataset id (parquet/json/text repos; loading scripts are gone since datasets 4).
+WIKITEXT_TITLE = re.compile(r"^ = [^=].* = \n?$")  # " = Title = " opens an article; " = = Section = = " does not
 
-    Returns the dataset's own splits when it has train + validation/test, else {"all": ...} for a
-    hash split. Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, or no network) fails with a message
-    that names the id instead of datasets' generic ConnectionError.
+
+def wikitext_articles(rows: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """WikiText's rows (its files' lines, blank ones included) joined into articles: (index of the
+    article's first row, its text), as lm-eval's document-level WikiText reads them."""
+    start, lines = 0, []
+    for i, line in rows:
+        if lines and WIKITEXT_TITLE.match(line):
+            yield start, "".join(lines).strip("\n")
+            lines = []
+        if not lines:
+            start = i
+        lines.append(line)
+    if lines:
+        yield start, "".join(lines).strip("\n")
+
+
+def hf_documents(
+    dataset: str,
+    config: Optional[str],
+    text_column: str,
+    streaming: bool,
+    max_documents: Optional[int],
+    document: str = "row",
+) -> dict[str, Iterator[Doc]]:
+    """An HF hub dataset id or a local dataset folder (parquet/json/text; loading scripts are gone
+    since datasets 4), read row by row (streamed from the hub with ``streaming``).
+
+    ``document``: "row" = every row is a document; "wikitext_article" = rows are lines of WikiText,
+    joined per article (``wikitext_articles``). Returns the dataset's own splits when it has train +
+    validation/test, else {"all": ...} for a hash split. Offline (HF_HUB_OFFLINE /
+    HF_DATASETS_OFFLINE, or no network) fails with a message that names the id instead of datasets'
+    generic ConnectionError.
     """
     import datasets
 
@@ -112,17 +139,22 @@ def hf_documents(
             "Check the id, download it into the HF cache with network access, or point data.files at local text"
         ) from e
 
-    def docs(split) -> Iterator[Doc]:
+    def rows(split) -> Iterator[tuple[int, str]]:
         for i, row in enumerate(ds[split]):
-            if max_documents is not None and i >= max_documents:
-                return
             if text_column not in row:
                 raise ValueError(
                     f"HF dataset {dataset!r} has no column {text_column!r} (data.text_column); columns: {list(row)}"
                 )
-            t = row[text_column]
-            if t and t.strip():
-                yield f"{dataset}/{split}/{i}", t
+            yield i, row[text_column] or ""
+
+    # a local dataset folder is named by its own name, so its split follows it when it moves
+    name = Path(dataset).name if os.path.isdir(dataset) else dataset
+
+    def docs(split) -> Iterator[Doc]:
+        units = wikitext_articles(rows(split)) if document == "wikitext_article" else rows(split)
+        kept = ((i, t) for i, t in units if t.strip())
+        for i, t in islice(kept, max_documents):
+            yield f"{name}/{split}/{i}", t
 
     names = set(ds.keys())
     val = "validation" if "validation" in names else ("valid" if "valid" in names else None)

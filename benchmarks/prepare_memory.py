@@ -1,0 +1,145 @@
+"""Peak memory of preparing a large local text corpus: is tokenization bounded in memory?
+
+Writes a corpus of ``--mb`` megabytes of real text (the embedded GCIDE + KJV documents, repeated with a
+copy number in front of each so no two documents are equal) as a local dataset in the hub's parquet
+layout, in files of ``--file-mb`` each, then prepares its shards in a fresh process per setting and
+reads that process's peak resident memory (``wait4``). A 1 MB corpus in the same process shape gives
+the fixed cost (Python, torch, datasets, the tokenizer), so the difference is what the corpus adds.
+
+    python benchmarks/prepare_memory.py --mb 200 --out results/prepare-memory-cpu.md
+    python benchmarks/prepare_memory.py --mb 200 --code /path/to/other/checkout   # the same on other code
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PREPARE = """
+import json, sys
+from datamodules import TextDataModule, shards
+dm = TextDataModule(source=sys.argv[1], tokenizer=sys.argv[2], streaming=True, cache_dir=sys.argv[3])
+dm.prepare_data()
+meta = shards.load_meta(dm.shard_dir)
+print(json.dumps({"tokens": sum(s["tokens"] for s in meta["splits"].values()),
+                  "bytes": sum(meta["unit_counts"].values())}))
+"""
+
+
+def write_corpus(folder: Path, mb: float, file_mb: float) -> int:
+    """Real text up to ``mb`` MB in parquet files of ~``file_mb`` MB; returns the bytes written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from datamodules.text_sources import embedded_documents
+
+    folder.mkdir(parents=True)
+    target, per_file = int(mb * 1e6), int(file_mb * 1e6)
+    rows, size, total, n_files, copy = [], 0, 0, 0, 0
+    while total < target:
+        for _, text in embedded_documents():
+            row = f"({copy}) {text}"
+            rows.append(row)
+            size += len(row.encode())
+            if size >= per_file or total + size >= target:
+                pq.write_table(pa.table({"text": rows}), folder / f"train-{n_files:05d}.parquet")
+                n_files, total, rows, size = n_files + 1, total + size, [], 0
+                if total >= target:
+                    return total
+        copy += 1
+    return total
+
+
+def measure(source: Path, tokenizer: str, code: Path) -> dict:
+    """Prepare ``source`` in a fresh process; its peak RSS (MB), wall time and token count."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PREPARE, str(source), tokenizer, cache],
+            env=env,
+            cwd=code,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        out = proc.stdout.read().decode()
+    if status != 0:
+        raise RuntimeError(f"preparing {source} with {tokenizer} failed (status {status})")
+    return {**json.loads(out.strip().splitlines()[-1]), "seconds": seconds, "peak_mb": usage.ru_maxrss / 1024}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mb", type=float, default=200, help="corpus size in MB")
+    p.add_argument("--file-mb", default="16,200", help="parquet file sizes to measure, MB, comma-separated")
+    p.add_argument("--tokenizers", default="gpt2,bpe", help="tokenizers to measure, comma-separated")
+    p.add_argument("--code", default=str(ROOT), help="checkout whose datamodules are measured")
+    p.add_argument("--out", default=None, help="markdown file for the table")
+    args = p.parse_args()
+    code = Path(args.code).resolve()
+    from throughput import hardware
+
+    from lit_vattn.provenance import git_commit
+
+    commit = (
+        git_commit()
+        if code == ROOT
+        else subprocess.run(
+            ["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    )
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        write_corpus(base, 1, 1)
+        for tok in args.tokenizers.split(","):
+            fixed = measure(base, tok, code)
+            rows.append(("1", "1", tok, fixed))
+            for file_mb in [float(x) for x in args.file_mb.split(",")]:
+                folder = Path(tmp) / f"corpus-{file_mb:g}"
+                if not folder.exists():
+                    write_corpus(folder, args.mb, file_mb)
+                r = measure(folder, tok, code)
+                r["added_mb"] = r["peak_mb"] - fixed["peak_mb"]
+                rows.append((f"{r['bytes'] / 1e6:.0f}", f"{file_mb:g}", tok, r))
+                print(rows[-1], flush=True)
+    lines = [
+        "# Peak memory of preparing a local text corpus (streamed, tokenized straight into shards)",
+        "",
+        f"Command: `python benchmarks/prepare_memory.py {' '.join(sys.argv[1:])}`  ",
+        f"Code measured: {commit or code}; date {datetime.date.today()}; hardware: {hardware()}.",
+        "",
+        "Each row is one fresh process preparing the shards (peak resident memory from `wait4`); the 1 MB",
+        "rows are the fixed cost of the process (Python, torch, datasets, the tokenizer).",
+        "",
+        "| corpus MB | parquet file MB | tokenizer | tokens | seconds | peak RSS MB | added by the corpus MB |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for mb, file_mb, tok, r in rows:
+        added = f"{r['added_mb']:.0f}" if "added_mb" in r else "(fixed cost)"
+        lines.append(
+            f"| {mb} | {file_mb} | {tok} | {r['tokens']:,} | {r['seconds']:.0f} | {r['peak_mb']:.0f} | {added} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        from lit_vattn.io import write_text
+
+        write_text(Path(args.out), text)
+
+
+if __name__ == "__main__":
+    main()
