@@ -1,13 +1,13 @@
 """Peak memory of preparing a large local text corpus: is tokenization bounded in memory?
 
-Writes a corpus of ``--mb`` megabytes of real text (the embedded GCIDE + KJV documents, repeated with a
-copy number in front of each so no two documents are equal) as a local dataset in the hub's parquet
-layout, in files of ``--file-mb`` each, then prepares its shards in a fresh process per setting and
-reads that process's peak resident memory (``wait4``). A 1 MB corpus in the same process shape gives
+Writes corpora of ``--mb`` megabytes of real text (the embedded GCIDE + KJV documents, repeated with a
+copy number in front of each so no two documents are equal) as local datasets in the hub's parquet
+layout (``--layouts``: file and row-group sizes), then prepares their shards in a fresh process per
+setting and reads that process's peak resident memory (``wait4``). A 1 MB corpus in the same process shape gives
 the fixed cost (Python, torch, datasets, the tokenizer), so the difference is what the corpus adds.
 
-    python benchmarks/prepare_memory.py --mb 200 --out results/prepare-memory-cpu.md
-    python benchmarks/prepare_memory.py --mb 200 --code /path/to/other/checkout   # the same on other code
+    python benchmarks/prepare_memory.py --out results/prepare-memory-cpu.md
+    python benchmarks/prepare_memory.py --mb 200 --layouts 200:16 --tokenizers gpt2 --code /path/to/other/checkout
 """
 
 from __future__ import annotations
@@ -36,24 +36,32 @@ print(json.dumps({"tokens": sum(s["tokens"] for s in meta["splits"].values()),
 """
 
 
-def write_corpus(folder: Path, mb: float, file_mb: float) -> int:
-    """Real text up to ``mb`` MB in parquet files of ~``file_mb`` MB; returns the bytes written."""
+def write_corpus(folder: Path, mb: float, file_mb: float, group_mb: float) -> int:
+    """Real text up to ``mb`` MB in parquet files of ~``file_mb`` MB made of row groups of ~``group_mb``
+    MB (the unit ``datasets`` reads at once); returns the bytes written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from datamodules.text_sources import embedded_documents
 
     folder.mkdir(parents=True)
-    target, per_file = int(mb * 1e6), int(file_mb * 1e6)
-    rows, size, total, n_files, copy = [], 0, 0, 0, 0
+    target, per_file, per_group = int(mb * 1e6), int(file_mb * 1e6), int(group_mb * 1e6)
+    total, n_files, copy, group, size, writer, in_file = 0, 0, 0, [], 0, None, 0
     while total < target:
         for _, text in embedded_documents():
             row = f"({copy}) {text}"
-            rows.append(row)
+            group.append(row)
             size += len(row.encode())
-            if size >= per_file or total + size >= target:
-                pq.write_table(pa.table({"text": rows}), folder / f"train-{n_files:05d}.parquet")
-                n_files, total, rows, size = n_files + 1, total + size, [], 0
+            if size >= per_group or total + size >= target:
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        folder / f"train-{n_files:05d}.parquet", pa.schema([("text", pa.string())])
+                    )
+                writer.write_table(pa.table({"text": group}), row_group_size=len(group))
+                total, in_file, group, size = total + size, in_file + size, [], 0
+                if in_file >= per_file or total >= target:
+                    writer.close()
+                    writer, in_file, n_files = None, 0, n_files + 1
                 if total >= target:
                     return total
         copy += 1
@@ -82,8 +90,12 @@ def measure(source: Path, tokenizer: str, code: Path) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mb", type=float, default=200, help="corpus size in MB")
-    p.add_argument("--file-mb", default="16,200", help="parquet file sizes to measure, MB, comma-separated")
+    p.add_argument("--mb", default="50,200", help="corpus sizes in MB, comma-separated")
+    p.add_argument(
+        "--layouts",
+        default="16:16,200:16,200:200",
+        help="parquet layouts, comma-separated FILE_MB:ROW_GROUP_MB (hub datasets: files of a few hundred MB)",
+    )
     p.add_argument("--tokenizers", default="gpt2,bpe", help="tokenizers to measure, comma-separated")
     p.add_argument("--code", default=str(ROOT), help="checkout whose datamodules are measured")
     p.add_argument("--out", default=None, help="markdown file for the table")
@@ -104,18 +116,22 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        write_corpus(base, 1, 1)
+        write_corpus(base, 1, 1, 1)
         for tok in args.tokenizers.split(","):
             fixed = measure(base, tok, code)
-            rows.append(("1", "1", tok, fixed))
-            for file_mb in [float(x) for x in args.file_mb.split(",")]:
-                folder = Path(tmp) / f"corpus-{file_mb:g}"
-                if not folder.exists():
-                    write_corpus(folder, args.mb, file_mb)
-                r = measure(folder, tok, code)
-                r["added_mb"] = r["peak_mb"] - fixed["peak_mb"]
-                rows.append((f"{r['bytes'] / 1e6:.0f}", f"{file_mb:g}", tok, r))
-                print(rows[-1], flush=True)
+            rows.append(("1", "1", "1", tok, fixed))
+            for mb in [float(x) for x in args.mb.split(",")]:
+                for layout in args.layouts.split(","):
+                    file_mb, group_mb = (float(x) for x in layout.split(":"))
+                    if file_mb > mb:
+                        continue
+                    folder = Path(tmp) / f"corpus-{mb:g}-{file_mb:g}-{group_mb:g}"
+                    if not folder.exists():
+                        write_corpus(folder, mb, file_mb, group_mb)
+                    r = measure(folder, tok, code)
+                    r["added_mb"] = r["peak_mb"] - fixed["peak_mb"]
+                    rows.append((f"{r['bytes'] / 1e6:.0f}", f"{file_mb:g}", f"{group_mb:g}", tok, r))
+                    print(rows[-1], flush=True)
     lines = [
         "# Peak memory of preparing a local text corpus (streamed, tokenized straight into shards)",
         "",
@@ -125,13 +141,13 @@ def main():
         "Each row is one fresh process preparing the shards (peak resident memory from `wait4`); the 1 MB",
         "rows are the fixed cost of the process (Python, torch, datasets, the tokenizer).",
         "",
-        "| corpus MB | parquet file MB | tokenizer | tokens | seconds | peak RSS MB | added by the corpus MB |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        "| corpus MB | parquet file MB | row group MB | tokenizer | tokens | seconds | peak RSS MB | added by the corpus MB |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for mb, file_mb, tok, r in rows:
+    for mb, file_mb, group_mb, tok, r in rows:
         added = f"{r['added_mb']:.0f}" if "added_mb" in r else "(fixed cost)"
         lines.append(
-            f"| {mb} | {file_mb} | {tok} | {r['tokens']:,} | {r['seconds']:.0f} | {r['peak_mb']:.0f} | {added} |"
+            f"| {mb} | {file_mb} | {group_mb} | {tok} | {r['tokens']:,} | {r['seconds']:.0f} | {r['peak_mb']:.0f} | {added} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

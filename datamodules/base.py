@@ -209,8 +209,11 @@ class TokenDataModule(StreamDataModule):
             writer = shards.ShardWriter(self.shard_dir, self.vocab_size)
             try:
                 meta, units = self.write_shards(writer)
-            except BaseException:
+            except Exception:
                 writer.abort()
+                raise
+            except BaseException:  # Ctrl-C: a checkpointed preparation resumes next time
+                writer.stop()
                 raise
             writer.commit({"source": self.name, "settings": self.settings(), "unit": self.unit, **meta}, units)
 

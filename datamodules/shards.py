@@ -42,13 +42,25 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
+PROGRESS = "progress.json"  # a preparation's last checkpoint, inside its temporary directory
+
+
 class ShardWriter:
-    """Collects token documents per split into a temporary directory; ``commit`` renames it."""
+    """Collects token documents per split into a temporary directory; ``commit`` renames it.
+
+    A preparation that calls ``checkpoint`` can be resumed: when one on this host was killed (or
+    stopped by Ctrl-C) after a checkpoint, the next writer of the same shards takes its temporary
+    directory over, cuts the split files back to the checkpoint and offers its saved state as
+    ``resumed``; the others are removed."""
 
     def __init__(self, final_dir: Path, vocab_size: int):
         self.final_dir = Path(final_dir)
         self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(self.final_dir)
+        stale = stale_preparations(self.final_dir)
+        kept = max((d for d in stale if (d / PROGRESS).is_file()), key=lambda d: d.stat().st_mtime, default=None)
+        for d in stale:
+            if d != kept:
+                shutil.rmtree(d, ignore_errors=True)
         self.tmp = Path(
             tempfile.mkdtemp(
                 prefix=f".{self.final_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=self.final_dir.parent
@@ -56,9 +68,17 @@ class ShardWriter:
         )
         self.dtype = token_dtype(vocab_size)
         self.vocab_size = vocab_size
-        self._files = {s: open(self.tmp / f"{s}.bin", "wb") for s in SPLITS}
         self.tokens = {s: 0 for s in SPLITS}
         self.documents = {s: 0 for s in SPLITS}
+        self.resumed: Optional[dict] = None
+        if kept is not None:
+            os.rename(kept, self.tmp)  # onto the empty directory just made: this process's name
+            progress = json.loads((self.tmp / PROGRESS).read_text())
+            self.tokens, self.documents = progress["tokens"], progress["documents"]
+            for s in SPLITS:  # what was written after the checkpoint is dropped
+                os.truncate(self.tmp / f"{s}.bin", self.tokens[s] * self.dtype.itemsize)
+            self.resumed = progress["state"]
+        self._files = {s: open(self.tmp / f"{s}.bin", "ab") for s in SPLITS}
 
     def add(self, split: str, ids: Iterable[int] | np.ndarray) -> None:
         arr = np.asarray(ids, dtype=np.int64)
@@ -97,9 +117,20 @@ class ShardWriter:
         self.tokens[src] -= sum(n for _, n in cut)
         self.documents[src] -= len(cut)
 
+    def checkpoint(self, state: dict) -> None:
+        """Make everything added so far durable, with ``state`` (JSON) saying where the caller's source
+        stands: a resumed writer gives it back as ``resumed``."""
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+        progress = {"tokens": self.tokens, "documents": self.documents, "state": state}
+        (self.tmp / f"{PROGRESS}.tmp").write_text(json.dumps(progress))
+        os.replace(self.tmp / f"{PROGRESS}.tmp", self.tmp / PROGRESS)
+
     def commit(self, meta: dict, units_per_token: np.ndarray) -> Path:
         for f in self._files.values():
             f.close()
+        (self.tmp / PROGRESS).unlink(missing_ok=True)
         for s in SPLITS:
             if self.tokens[s] == 0:
                 self.abort()
@@ -130,19 +161,33 @@ class ShardWriter:
             f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def stop(self) -> None:
+        """Stopped from outside (Ctrl-C): keep a checkpointed preparation for the next writer to resume."""
+        if (self.tmp / PROGRESS).is_file():
+            for f in self._files.values():
+                f.close()
+        else:
+            self.abort()
 
-def clean_stale(final_dir: Path) -> None:
-    """Remove the temporary directories of preparations of these shards that were killed: named
-    ``.<name>.tmp-<host>-<pid>-*``, made on this host by a process that no longer exists."""
+
+def stale_preparations(final_dir: Path) -> list[Path]:
+    """The temporary directories of preparations of these shards that stopped: named
+    ``.<name>.tmp-<host>-<pid>-*``, made on this host by a process that no longer exists, or by this
+    one (the caller holds the preparation lock, so none of its own is still running)."""
     prefix = f".{Path(final_dir).name}.tmp-{socket.gethostname()}-"
+    out = []
     for d in Path(final_dir).parent.glob(prefix + "*"):
         try:
             pid = int(d.name[len(prefix) :].split("-", 1)[0])
-            os.kill(pid, 0)  # raises if no such process
+            if pid != os.getpid():
+                os.kill(pid, 0)  # raises if no such process
+                continue
         except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
+            pass
         except (ValueError, PermissionError):
-            pass  # not ours to judge
+            continue  # not ours to judge
+        out.append(d)
+    return out
 
 
 @contextmanager

@@ -9,7 +9,9 @@ memory (``write_shards``).
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from itertools import islice
 from typing import Iterator, Literal, Optional
 
@@ -23,6 +25,8 @@ from datamodules.text_sources import embedded_documents, file_documents, hf_docu
 from datamodules.text_tokenizers import GPT2Tokenizer, TrainedBPE
 
 BATCH_CHARS = 1 << 24  # characters per tokenizer batch: bounds memory where documents are whole books
+CHECKPOINT_SECONDS = 60  # how often a long preparation saves where it is: a killed one resumes from there
+log = logging.getLogger(__name__)
 
 
 class TextDataModule(TokenDataModule):
@@ -205,18 +209,31 @@ class TextDataModule(TokenDataModule):
 
     def write_shards(self, writer: shards.ShardWriter) -> tuple[dict, np.ndarray]:
         """One pass over the source (two with a trained BPE: the first trains it), tokenizing batches
-        of documents straight into the shard files: memory holds one batch, whatever the corpus size."""
-        if self.tokenizer_kind == "bpe":
+        of documents straight into the shard files: memory holds one batch, whatever the corpus size.
+        Every ``CHECKPOINT_SECONDS`` the writer saves how many documents are written; a preparation
+        killed after that resumes there (the documents before it are read again, not tokenized)."""
+        resumed = writer.resumed or {}
+        if self.tokenizer_kind == "bpe" and resumed:
+            tok = TrainedBPE(self.bpe_vocab_size, writer.tmp / "tokenizer.json")  # trained before the checkpoint
+        elif self.tokenizer_kind == "bpe":
             tok = TrainedBPE(self.bpe_vocab_size)
             tok.train(self._training_texts())
             tok.save(writer.tmp / "tokenizer.json")
         else:
             tok = GPT2Tokenizer()
         splitter, skipped = self._splitter(), SkippedFiles(self.on_bad_file)
-        n_bytes = dict.fromkeys(shards.SPLITS, 0)
-        ranges: dict[str, list[tuple[int, int, int]]] = {}  # train documents the rule may move: (start, tokens, bytes)
+        read = resumed.get("read", 0)  # documents written before the checkpoint
+        n_bytes = resumed.get("n_bytes", dict.fromkeys(shards.SPLITS, 0))
+        # train documents the small-source rule may still move: key -> [(start, tokens, bytes)]
+        ranges = {k: [tuple(r) for r in v] for k, v in resumed.get("ranges", {}).items()}
         docs = self._stream(splitter, skipped)
+        if read:  # read them again, splitting but not tokenizing: the splitter is where it was
+            log.info("resuming the preparation of %s after %d documents", writer.final_dir, read)
+            for _ in islice(docs, read):
+                pass
+        saved = time.monotonic()
         with shards.progress(None, "tokenizing documents") as bar:
+            bar.update(read)
             for batch in shards.batched(docs, 4096, size=lambda d: len(d[2]), max_size=BATCH_CHARS):
                 for (split, key, text), ids in zip(batch, tok.encode_batch([t for _, _, t in batch])):
                     size = len(text.encode("utf-8"))
@@ -225,7 +242,11 @@ class TextDataModule(TokenDataModule):
                     writer.add(split, ids + [tok.eot_id])
                     n_bytes[split] += size
                 ranges = {k: v for k, v in ranges.items() if splitter.may_move(k)}
+                read += len(batch)
                 bar.update(len(batch))
+                if time.monotonic() - saved >= CHECKPOINT_SECONDS:
+                    writer.checkpoint({"read": read, "n_bytes": n_bytes, "ranges": ranges})
+                    saved = time.monotonic()
         moves: dict[str, list[tuple[int, int]]] = {}
         for key, dst in splitter.moves().items():
             moves.setdefault(dst, []).extend((start, n) for start, n, _ in ranges[key])

@@ -153,3 +153,89 @@ def test_a_local_dataset_folder_splits_by_its_name_and_its_files(tmp_path):
     key = TextDataModule(source=str(a), cache_dir=str(tmp_path / "cache")).shard_dir
     (a / "README.md").write_text((a / "README.md").read_text() + "\n")
     assert TextDataModule(source=str(a), cache_dir=str(tmp_path / "cache")).shard_dir != key
+
+
+KILLED_AT_BATCH = """
+import os, signal, sys
+import datamodules.text
+from datamodules import TextDataModule
+from datamodules.text_tokenizers import GPT2Tokenizer
+datamodules.text.BATCH_CHARS, datamodules.text.CHECKPOINT_SECONDS = 1 << 14, 0
+encode, calls = GPT2Tokenizer.encode_batch, []
+def dying(self, texts):
+    calls.append(1)
+    if len(calls) == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node: no cleanup runs
+    return encode(self, texts)
+GPT2Tokenizer.encode_batch = dying
+TextDataModule(tokenizer="gpt2", max_documents=3000, cache_dir=sys.argv[1]).prepare_data()
+"""
+
+
+def counting_batches(monkeypatch, cls) -> list:
+    calls, encode = [], cls.encode_batch
+
+    def counted(self, texts):
+        calls.append(len(texts))
+        return encode(self, texts)
+
+    monkeypatch.setattr(cls, "encode_batch", counted)
+    return calls
+
+
+@pytest.mark.slow
+def test_a_killed_preparation_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """SIGKILL in the 20th batch: the next preparation takes the temporary directory over, tokenizes only
+    what came after the last checkpoint, and writes the shards an uninterrupted preparation writes."""
+    import os
+    import subprocess
+    import sys
+
+    import datamodules.text
+    from datamodules.text_tokenizers import GPT2Tokenizer
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_BATCH, str(tmp_path / "a"), "20"], cwd=ROOT)
+    assert killed.returncode == -9
+    (left,) = [p for p in os.listdir(tmp_path / "a") if ".tmp-" in p]
+    assert (tmp_path / "a" / left / shards.PROGRESS).is_file()
+    monkeypatch.setattr(datamodules.text, "BATCH_CHARS", 1 << 14)
+    batches = counting_batches(monkeypatch, GPT2Tokenizer)
+    resumed = TextDataModule(tokenizer="gpt2", max_documents=3000, cache_dir=str(tmp_path / "a"))
+    resumed.prepare_data()
+    assert len(batches) < 25 and sum(batches) < 3000  # only the documents after the checkpoint (19 batches)
+    whole = TextDataModule(tokenizer="gpt2", max_documents=3000, cache_dir=str(tmp_path / "b"))
+    whole.prepare_data()
+    assert shards.digest(resumed.shard_dir) == shards.digest(whole.shard_dir)
+    assert shards.load_meta(resumed.shard_dir) == shards.load_meta(whole.shard_dir)
+    assert [p for p in os.listdir(tmp_path / "a") if not p.endswith(".lock")] == [resumed.shard_dir.name]
+
+
+@pytest.mark.slow
+def test_a_preparation_stopped_by_ctrl_c_resumes_with_its_trained_bpe(tmp_path, monkeypatch):
+    import datamodules.text
+    from datamodules.text_tokenizers import TrainedBPE
+
+    monkeypatch.setattr(datamodules.text, "BATCH_CHARS", 1 << 14)
+    monkeypatch.setattr(datamodules.text, "CHECKPOINT_SECONDS", 0)
+    settings = dict(tokenizer="bpe", bpe_vocab_size=500, max_documents=2000)
+    encode = TrainedBPE.encode_batch
+
+    def interrupted(self, texts):
+        if interrupted.calls == 5:
+            raise KeyboardInterrupt
+        interrupted.calls += 1
+        return encode(self, texts)
+
+    interrupted.calls = 0
+    monkeypatch.setattr(TrainedBPE, "encode_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        TextDataModule(**settings, cache_dir=str(tmp_path / "a")).prepare_data()
+    monkeypatch.setattr(TrainedBPE, "encode_batch", encode)
+    monkeypatch.setattr(TrainedBPE, "train", lambda *a: pytest.fail("the BPE saved before the checkpoint is reused"))
+    resumed = TextDataModule(**settings, cache_dir=str(tmp_path / "a"))
+    resumed.prepare_data()
+    monkeypatch.undo()
+    monkeypatch.setattr(datamodules.text, "BATCH_CHARS", 1 << 14)
+    whole = TextDataModule(**settings, cache_dir=str(tmp_path / "b"))
+    whole.prepare_data()
+    assert shards.digest(resumed.shard_dir) == shards.digest(whole.shard_dir)
