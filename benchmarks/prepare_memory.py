@@ -3,7 +3,8 @@
 Writes corpora of ``--mb`` megabytes of real text (the embedded GCIDE + KJV documents, repeated with a
 copy number in front of each so no two documents are equal) as local datasets in the hub's parquet
 layout (``--layouts``: file and row-group sizes), then prepares their shards in a fresh process per
-setting and reads that process's peak resident memory (``wait4``). A 1 MB corpus in the same process shape gives
+setting, which reports its own peak resident memory (``VmHWM``; a child's ``ru_maxrss`` would include
+the parent's at the fork). A 1 MB corpus in the same process shape gives
 the fixed cost (Python, torch, datasets, the tokenizer), so the difference is what the corpus adds.
 
     python benchmarks/prepare_memory.py --out results/prepare-memory-cpu.md
@@ -31,8 +32,9 @@ from datamodules import TextDataModule, shards
 dm = TextDataModule(source=sys.argv[1], tokenizer=sys.argv[2], streaming=True, cache_dir=sys.argv[3])
 dm.prepare_data()
 meta = shards.load_meta(dm.shard_dir)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"tokens": sum(s["tokens"] for s in meta["splits"].values()),
-                  "bytes": sum(meta["unit_counts"].values())}))
+                  "bytes": sum(meta["unit_counts"].values()), "peak_kb": peak}))
 """
 
 
@@ -80,12 +82,12 @@ def measure(source: Path, tokenizer: str, code: Path) -> dict:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        out = proc.communicate()[0].decode()
         seconds = time.perf_counter() - t
-        out = proc.stdout.read().decode()
-    if status != 0:
-        raise RuntimeError(f"preparing {source} with {tokenizer} failed (status {status})")
-    return {**json.loads(out.strip().splitlines()[-1]), "seconds": seconds, "peak_mb": usage.ru_maxrss / 1024}
+    if proc.returncode != 0:
+        raise RuntimeError(f"preparing {source} with {tokenizer} failed (exit {proc.returncode})")
+    r = json.loads(out.strip().splitlines()[-1])
+    return {**r, "seconds": seconds, "peak_mb": r.pop("peak_kb") / 1024}
 
 
 def main():
@@ -138,7 +140,7 @@ def main():
         f"Command: `python benchmarks/prepare_memory.py {' '.join(sys.argv[1:])}`  ",
         f"Code measured: {commit or code}; date {datetime.date.today()}; hardware: {hardware()}.",
         "",
-        "Each row is one fresh process preparing the shards (peak resident memory from `wait4`); the 1 MB",
+        "Each row is one fresh process preparing the shards (its peak resident memory, `VmHWM`); the 1 MB",
         "rows are the fixed cost of the process (Python, torch, datasets, the tokenizer).",
         "",
         "| corpus MB | parquet file MB | row group MB | tokenizer | tokens | seconds | peak RSS MB | added by the corpus MB |",
