@@ -87,7 +87,8 @@ def measure(source: Path, tokenizer: str, code: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"preparing {source} with {tokenizer} failed (exit {proc.returncode})")
     r = json.loads(out.strip().splitlines()[-1])
-    return {**r, "seconds": seconds, "peak_mb": r.pop("peak_kb") / 1024}
+    r["peak_mb"] = r.pop("peak_kb") / 1024
+    return {**r, "seconds": seconds}
 
 
 def main():
