@@ -63,13 +63,14 @@ class TokenThroughputMonitor(ThroughputMonitor):
         self._pending = 0
         self._compute(trainer)
         m = self._throughputs[stage].compute()
-        tps = m.get("items_per_sec", m.get(f"device{self.kwargs.get('separator', '/')}items_per_sec"))
+        device = f"device{self.kwargs.get('separator', '/')}"  # the per-device keys, when there is no world total
+        tps = m.get("items_per_sec", m.get(f"{device}items_per_sec"))
         if tps is not None:  # present once the window is full
             pl_module.log("tok/s", float(tps), prog_bar=True, logger=False, on_step=True)
         # an optimizer step takes accumulate_grad_batches batches on each device
         bps, world = m.get("batches_per_sec"), trainer.world_size  # all devices
         if bps is None:
-            bps, world = m.get(f"device{self.kwargs.get('separator', '/')}batches_per_sec"), 1  # this device
+            bps, world = m.get(f"{device}batches_per_sec"), 1  # this device
         if bps and trainer.max_steps > 0:
             steps_per_sec = bps / (trainer.accumulate_grad_batches * world)
             left = (trainer.max_steps - trainer.global_step) / steps_per_sec / 60
