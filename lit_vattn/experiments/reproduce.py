@@ -9,8 +9,8 @@ SIGTERM stops the command: the running runs are stopped, reported as interrupted
 resumed by the next invocation, no other run starts, no table is written, and it exits 130 (143);
 only a run that itself failed (divergence, an error) is marked failed (``failed.json``). With
 ``--records`` each run's record (``lit_vattn.experiments.records``) is kept beside the table, and a recorded run
-counts as finished on a fresh machine. ``--lrs`` tunes each method's lr on the first seed
-(``choose_lr``). Then ``lit_vattn.experiments.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
+counts as finished on a fresh machine. ``--lrs`` tunes each method's lr on the first seed, or on
+``--lr-seed`` kept out of the table (``tune``, ``choose_lr``). Then ``lit_vattn.experiments.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
 with the tests) and ``.csv`` (one row per run) with the command, commit, date, hardware and wall
 time, plus the loss and budget curves.
 
@@ -44,7 +44,8 @@ from lit_vattn.provenance import git_commit
 
 def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str]:
     """``--config`` flags: the modality's data config, the method's, the preset, then the preset's
-    overlay for the modality if there is one."""
+    overlay for the modality if there is one: ``<modality>-<preset>.yaml``, or for a preset of a
+    numbered family (``ladder-3``) the family's ``<modality>-<family>.yaml``."""
     data, method = config_dir / "data" / f"{modality}.yaml", config_path(arch, config_dir)
     for path, flag in ((data, f"--modality {modality}"), (method, f"--archs {arch}")):
         if not path.exists():
@@ -53,9 +54,12 @@ def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str
     if not preset_file.exists():
         raise FileNotFoundError(f"no preset {preset_file} (--preset {preset})")
     out = ["--config", str(data), "--config", str(method), "--config", str(preset_file)]
-    extra = config_dir / "reproduce" / f"{modality}-{preset}.yaml"
-    if extra.exists():
-        out += ["--config", str(extra)]
+    family, _, k = preset.rpartition("-")
+    for name in (f"{modality}-{preset}", *([f"{modality}-{family}"] if family and k.isdigit() else [])):
+        extra = config_dir / "reproduce" / f"{name}.yaml"
+        if extra.exists():
+            out += ["--config", str(extra)]
+            break
     return out
 
 
@@ -171,6 +175,26 @@ class Runner:
 
         with ThreadPoolExecutor(max_workers=max(1, self.args.parallel)) as pool:
             return list(pool.map(job, jobs))
+
+    def run_jobs(self, jobs: list[tuple]) -> list[dict]:
+        """Each (arch, seed[, lr]) job's numbers: trained here (``run_all``), or with --table-only read
+        from the finished runs' summaries. An interruption (Ctrl-C, SIGTERM) stops the command with
+        128 + the signal once the running runs have stopped, so no table is written from a part."""
+        if self.args.table_only:  # summaries made here or on other machines, copied under --runs
+            return [self.summary(*job) for job in jobs]
+        with self.stopping_on_signals():
+            results = self.run_all(jobs)
+        stopped = [r for r in results if r.get("interrupted")]
+        if stopped or self.stop_signal is not None:
+            sig = self.stop_signal or signal.SIGINT
+            print(
+                f"interrupted ({signal.Signals(sig).name}): {len(stopped)} run(s) stopped or not started, no table "
+                "written; run the same command again to resume them",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(128 + sig)
+        return results
 
     def _call(self, cmd: list[str], log: Path) -> None:
         """One ``lit-vattn`` command; ``RunInterrupted`` when a signal stopped it (or the command),
@@ -330,6 +354,38 @@ def parse_lrs(text: Optional[str]) -> list[float]:
     if len(lrs) < 2 or min(lrs) <= 0:
         raise SystemExit(f"--lrs {text!r} must name at least two distinct positive learning rates, e.g. 1e-3,3e-3,1e-2")
     return lrs
+
+
+def tune(
+    run, archs: list[str], seed: int, grid: list[float], widen: int = 0
+) -> tuple[list[dict], dict[str, Optional[float]]]:
+    """Every lr of ``grid`` on ``seed`` for each arch and the choice (``choose_lr``: lowest final
+    validation NLL). Where a choice falls on the grid's edge, that arch's grid is extended past the
+    edge by the grid's own ratio there, one value at a time, at most ``widen`` values per side, so
+    an optimum outside the stated grid is found instead of reported as an edge. ``run`` trains (or,
+    for --table-only, reads) a list of (arch, seed, lr) jobs; the same records give the same
+    choices. Returns every tuning run and arch -> chosen lr (None when every lr failed)."""
+    tried = {a: sorted(grid) for a in archs}
+    sweep = run([(a, seed, lr) for a in archs for lr in grid])
+    added = {a: {"low": 0, "high": 0} for a in archs}
+    while True:
+        chosen = {a: choose_lr([r for r in sweep if r["arch"] == a]) for a in archs}
+        more = []
+        for a in archs:
+            g, c = tried[a], chosen[a]
+            if c is None or len(g) < 2:
+                continue
+            side = "low" if c == g[0] else "high" if c == g[-1] else None
+            if side is None or added[a][side] >= widen:
+                continue
+            lr = g[0] * g[0] / g[1] if side == "low" else g[-1] * g[-1] / g[-2]
+            lr = float(f"{lr:.6g}")  # 3e-3 * 2 gives 0.006, not 0.006000000000000001: a run name and a config value
+            added[a][side] += 1
+            tried[a] = sorted(g + [lr])
+            more.append((a, seed, lr))
+        if not more:
+            return sweep, chosen
+        sweep += run(more)
 
 
 class RunInterrupted(Exception):
@@ -494,6 +550,20 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "every method trains at the preset's lr",
     )
     p.add_argument(
+        "--lr-seed",
+        type=int,
+        default=None,
+        help="the seed the --lrs sweep runs on (default: the first of --seeds). A seed not in --seeds keeps "
+        "the choice out of the table: the table's seeds all train at the chosen lr, none was used to choose it",
+    )
+    p.add_argument(
+        "--widen",
+        type=int,
+        default=0,
+        help="with --lrs: where a method's choice falls on the grid's edge, extend its grid past that edge by the "
+        "grid's ratio there, up to this many values per side (default 0: the grid as given)",
+    )
+    p.add_argument(
         "--parallel",
         type=int,
         default=1,
@@ -532,6 +602,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     args = p.parse_args(argv)
     archs, seeds = parse_request(args, Path(args.config_dir))
     lrs = parse_lrs(args.lrs)
+    if (args.lr_seed is not None or args.widen) and not lrs:
+        raise SystemExit(
+            "--lr-seed and --widen choose among the --lrs grid: give --lrs too, e.g. --lrs 3e-3,6e-3,1.2e-2"
+        )
+    if args.widen < 0 or (args.lr_seed is not None and args.lr_seed < 0):
+        raise SystemExit("--widen and --lr-seed must be non-negative integers")
     if "vanilla" in archs:  # the baseline first, so the table reads top-down
         archs.remove("vanilla")
         archs.insert(0, "vanilla")
@@ -547,29 +623,16 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     check_recorded_data(args)  # before training anything into records made on other data
     t0 = time.time()
 
-    def run(jobs: list[tuple]) -> list[dict]:
-        if args.table_only:  # summaries made here or on other machines, copied under --runs
-            return [runner.summary(*job) for job in jobs]
-        with runner.stopping_on_signals():
-            results = runner.run_all(jobs)
-        stopped = [r for r in results if r.get("interrupted")]
-        if stopped or runner.stop_signal is not None:
-            sig = runner.stop_signal or signal.SIGINT
-            print(
-                f"interrupted ({signal.Signals(sig).name}): {len(stopped)} run(s) stopped or not started, no table "
-                "written; run the same command again to resume them",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(128 + sig)
-        return results
-
+    run = runner.run_jobs
     sweep = []
-    if lrs:  # every lr on the first seed, the choice by validation NLL, then the other seeds at the choice
-        sweep = run([(a, seeds[0], lr) for a in archs for lr in lrs])
-        chosen = {a: choose_lr([r for r in sweep if r["arch"] == a]) for a in archs}
-        rest = run([(a, s, chosen[a]) for s in seeds[1:] for a in archs if chosen[a] is not None])
-        results = [r for r in sweep if chosen[r["arch"]] in (None, r["lr"])] + rest
+    if lrs:  # every lr on the tuning seed, the choice by validation NLL, then the table's seeds at the choice
+        tuning_seed = seeds[0] if args.lr_seed is None else args.lr_seed
+        sweep, chosen = tune(run, archs, tuning_seed, lrs, args.widen)
+        rest = run([(a, s, chosen[a]) for s in seeds if s != tuning_seed for a in archs if chosen[a] is not None])
+        kept = [
+            r for r in sweep if chosen[r["arch"]] is None or (tuning_seed in seeds and chosen[r["arch"]] == r["lr"])
+        ]
+        results = kept + rest
     else:
         results = run([(a, s) for s in seeds for a in archs])
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0

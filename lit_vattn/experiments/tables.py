@@ -178,8 +178,12 @@ def probe_lines(results: list[dict]) -> list[str]:
 TUNED_LR = "learning rate: each method's own"  # how a tuned table's header bullet starts
 
 
-def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
-    """The header bullet on learning rates and, after an --lrs sweep, its table."""
+def lr_lines(results: list[dict], sweep: list[dict], rule: Optional[str] = None) -> list[str]:
+    """The header bullet on learning rates and, after an --lrs sweep, its table; ``rule`` says how
+    the lrs of a table without a sweep were chosen, where it was not the preset's one lr."""
+    if not sweep and rule:
+        by = {r["arch"]: r["lr"] for r in results if r.get("lr") is not None}
+        return [f"- learning rate: {rule}: " + ", ".join(f"{a} {lr:g}" for a, lr in by.items())], []
     if not sweep:
         lrs = sorted({r["lr"] for r in results if r.get("lr") is not None})
         shared = (
@@ -194,9 +198,15 @@ def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
         ], []
     grid = sorted({r["lr"] for r in sweep})
     seed = sweep[0]["seed"]
+    held_out = seed not in {r["seed"] for r in results if not r.get("failed")}
     head = [
         f"- {TUNED_LR}, chosen from {{{', '.join(f'{x:g}' for x in grid)}}} by the lowest final validation "
-        f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"
+        + (
+            f"NLL of its run on seed {seed}, a seed not in the table (test never consulted); every seed of the table "
+            "trained at the chosen lr (column lr)"
+            if held_out
+            else f"NLL of its seed-{seed} run (test never consulted); the other seeds trained at the chosen lr (column lr)"
+        )
     ]
     rows = [
         "",
@@ -225,7 +235,12 @@ def lr_lines(results: list[dict], sweep: list[dict]) -> list[str]:
 
 
 def write_tables(
-    args, results: list[dict], wall: float, counts: Optional[list[dict]] = None, sweep: Optional[list[dict]] = None
+    args,
+    results: list[dict],
+    wall: float,
+    counts: Optional[list[dict]] = None,
+    sweep: Optional[list[dict]] = None,
+    lr_rule: Optional[str] = None,
 ) -> tuple[Path, Path]:
     modality = modalities()[args.modality]
     unit, unit_label = modality.metric, modality.label
@@ -256,7 +271,7 @@ def write_tables(
         for r in results:
             w.writerow(r)
 
-    lr_head, lr_rows = lr_lines(results, sweep or [])
+    lr_head, lr_rows = lr_lines(results, sweep or [], lr_rule)
     in_table = {r["run_dir"] for r in results}
     n_resumed = sum(bool(r.get("resumed")) for r in {r["run_dir"]: r for r in results + (sweep or [])}.values())
     sweep_minutes = sum(r.get("wall_seconds", 0.0) for r in sweep or [] if r["run_dir"] not in in_table) / 60
@@ -273,7 +288,7 @@ def write_tables(
     lines = [
         f"# {args.modality} {'in-context probe table (accuracy on the answers)' if probe else 'NLL table'}, preset `{args.preset}`",
         "",
-        f"- command: `lit-vattn-reproduce {' '.join(sys.argv[1:])}`",
+        f"- command: `{getattr(args, 'command', None) or 'lit-vattn-reproduce ' + ' '.join(sys.argv[1:])}`",
         f"- {provenance_line}",
         *(probe_lines(results) if probe else [f"- epochs over the training split: {epochs(results, counts)}"]),
         (
