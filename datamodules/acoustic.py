@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class AcousticDataModule(TokenDataModule):
     name = "acoustic"
-    MODALITY = Modality("acoustic", unit="second", label="bits/s", samples=AcousticSamples)
+    MODALITY = Modality("acoustic", unit="second", label="bits/s", samples=AcousticSamples, documents="utterances")
 
     def __init__(
         self,

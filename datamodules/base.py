@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from datamodules import shards
 from datamodules.modality import DataContract, Modality
-from datamodules.windows import EvalWindows, ResumableSampler, TrainWindows
+from datamodules.windows import EvalWindows, ResumableSampler, TrainWindows, window_documents
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,12 @@ class TokenDataModule(StreamDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(EvalWindows(self._data["test"], self.seq_len, *self._rank_world))
+
+    def test_documents(self) -> Optional[dict[int, int]]:
+        """{test window start: document number}, from the end-of-document id the shards' meta
+        names (text ``eot_id``, music and audio ``eos_id``); None where the data have none."""
+        end = (self.meta or {}).get("eot_id", (self.meta or {}).get("eos_id"))
+        return None if end is None else window_documents(self._data["test"], self.seq_len, int(end))
 
     # --- tokenizer identity --------------------------------------------------------------------------
     TOKENIZER_FILES = ("tokenizer.json", "codec.pt")  # trained tokenizers / codecs saved with the shards

@@ -35,6 +35,9 @@ class Modality:
     """Scored by top-1 accuracy on answers (higher is better) instead of NLL: an in-context probe."""
     samples: Optional[type] = None
     """Its prompt reader and sample writer (a ``datamodules.samples.Samples``); None: not sampled."""
+    documents: str = "documents"
+    """What its independent units of test data are called ("pieces", "utterances"): the clusters a
+    bootstrap over test data resamples (``DataModule.test_documents``)."""
 
     @property
     def metric(self) -> str:

@@ -33,7 +33,7 @@ DEFAULT_TOKENIZER_OPTIONS = {
 
 class MusicDataModule(TokenDataModule):
     name = "music"
-    MODALITY = Modality("music", unit="note", label="bits/note", samples=MusicSamples)
+    MODALITY = Modality("music", unit="note", label="bits/note", samples=MusicSamples, documents="pieces")
     FIX = "add MIDI files or raise data.val_fraction / data.test_fraction"
 
     def __init__(

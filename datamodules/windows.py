@@ -99,3 +99,13 @@ class EvalWindows(Dataset):
             y = y.clone()
             y[: self.skip[i]] = IGNORE
         return {"input": x, "target": y, "index": self.starts[i]}
+
+
+def window_documents(tokens: np.ndarray, seq_len: int, end_id: int) -> dict[int, int]:
+    """{window start: document number} of every ``EvalWindows`` window of a split whose documents
+    each end with ``end_id``: a window belongs to the document of its first scored target, so the
+    windows of one document form one cluster (what a bootstrap over documents resamples)."""
+    ends = np.flatnonzero(np.asarray(tokens) == end_id)  # document d ends at ends[d]
+    w = EvalWindows(tokens, seq_len)
+    first = np.asarray(w.starts, dtype=np.int64) + 1 + np.asarray(w.skip, dtype=np.int64)  # first target of each window
+    return dict(zip(map(int, w.starts), map(int, np.searchsorted(ends, first, side="left"))))

@@ -25,6 +25,7 @@ from lit_vattn.io import atomic_replace, write_json
 FIT, TEST = "fit", "test"  # the version folders of a reproduce run: fit, then test of its last checkpoint
 CONFIG, SUMMARY = "config.yaml", "summary.json"  # what every lit-vattn run directory holds
 DONE, FAILED, COUNTS = "done.json", "failed.json", "counts.json"  # reproduce's: a run's outcome, a table's count rows
+CLUSTERS = "clusters.json"  # a table's test windows grouped by document (tables.Clusters)
 FILES = (DONE, FAILED, f"{FIT}/{CONFIG}", f"{FIT}/{SUMMARY}", f"{TEST}/{SUMMARY}")
 _OPENED: dict[Path, tuple[tuple, "RunRecord"]] = {}  # RunRecord.at's cache: path -> (the files' mtimes, record)
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from datamodules import modalities
 from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
-from lit_vattn.experiments.records import COUNTS, DONE, FIT, TEST, RunRecord, choose_lr
+from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, choose_lr
 from lit_vattn.experiments.tables import write_tables
 from lit_vattn.provenance import git_commit
 
@@ -502,6 +502,30 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     ]
 
 
+def table_clusters(args, runner: "Runner", finished: list[dict]):
+    """The test windows' documents (``tables.Clusters``) for the bootstrap over documents: read
+    from the data of the table's first run and saved beside the runs (and the records) as
+    ``clusters.json``; with --table-only the saved file, so a table rebuilds without its data.
+    None (the bootstrap resamples windows) where none was saved or the data mark no documents."""
+    from lit_vattn.experiments.tables import Clusters
+    from lit_vattn.train.cli import from_run_config
+
+    name = f"{args.modality}-{args.preset}"
+    saved = runner.root / name / CLUSTERS
+    if args.table_only and not getattr(args, "find_documents", False):
+        return Clusters.load(saved)
+    dm = from_run_config(RunRecord.at(finished[0]["run_dir"]).config_path).datamodule
+    dm.prepare_data()
+    dm.setup()
+    docs = dm.test_documents()
+    if docs is None:
+        return None
+    clusters = Clusters(docs, modalities()[args.modality].documents)
+    for root in (runner.root, *([Path(args.records)] if args.records else [])):
+        clusters.save(root / name / CLUSTERS)
+    return clusters
+
+
 def parse_request(args, config_dir: Path) -> tuple[list[str], list[int]]:
     """--archs and --seeds, checked before anything runs; each bad value is a one-line error."""
     valid = arch_configs(config_dir)
@@ -594,6 +618,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "e.g. run directories copied back from a GPU machine (checkpoints not needed); a missing run is an error",
     )
     p.add_argument(
+        "--find-documents",
+        action="store_true",
+        help="with --table-only: read the test split's documents from the runs' data (saved as clusters.json "
+        "beside the runs and records) instead of from a saved clusters.json, so the bootstrap resamples "
+        "documents in a table whose runs predate the file",
+    )
+    p.add_argument(
         "--override",
         nargs=argparse.REMAINDER,
         default=[],
@@ -660,7 +691,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
     check_one_data(finished, counts)
-    md, _ = write_tables(args, results, wall, counts, sweep)
+    clusters = None if modalities()[args.modality].probe else table_clusters(args, runner, finished)
+    md, _ = write_tables(args, results, wall, counts, sweep, clusters=clusters)
     print(md.read_text())
     return results
 

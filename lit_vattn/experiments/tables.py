@@ -91,10 +91,34 @@ def _windows(r: dict, field: str = "nll") -> Optional[dict]:
     return RunRecord.at(r["run_dir"]).test_windows(field)
 
 
-def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tuple[list[float], list[int]]]:
+@dataclass(frozen=True)
+class Clusters:
+    """The test windows grouped into the units a bootstrap resamples instead of windows (adjacent
+    windows of one document are not independent): {window start: cluster number}, and the
+    clusters' name in a table ("documents", "pieces", "utterances"). Saved beside a table's runs as
+    ``clusters.json`` (``save``/``load``), so ``--table-only`` needs no data."""
+
+    of: dict
+    name: str
+
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps({"name": self.name, "windows": {str(k): v for k, v in self.of.items()}}) + "\n")
+
+    @staticmethod
+    def load(path: Path) -> Optional["Clusters"]:
+        if not Path(path).is_file():
+            return None
+        d = json.loads(Path(path).read_text())
+        return Clusters({int(k): v for k, v in d["windows"].items()}, d["name"])
+
+
+def window_diffs(
+    rs: list[dict], base: dict, field: str = "nll", documents: Optional[Clusters] = None
+) -> Optional[tuple[list[float], list[int]]]:
     """Per test window: the seed-mean difference to vanilla of the window's summed ``field`` and
     the scored tokens, over the seeds both finished; None when a run lacks windows or the windows
-    differ."""
+    differ. With ``documents`` ({window start: document}), summed per document instead: the
+    clusters a bootstrap over documents resamples."""
     per_seed = []
     for r in rs:
         if r["seed"] not in base:
@@ -106,27 +130,44 @@ def window_diffs(rs: list[dict], base: dict, field: str = "nll") -> Optional[tup
     if not per_seed:
         return None
     keys = sorted(per_seed[0])
-    return [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
+    diffs, tokens = [mean(p[i][0] for p in per_seed) for i in keys], [per_seed[0][i][1] for i in keys]
+    if documents is None:
+        return diffs, tokens
+    if any(i not in documents.of for i in keys):
+        return None  # windows of another split or window length: no clusters to sum over
+    sums: dict[int, list] = {}
+    for i, d, t in zip(keys, diffs, tokens):
+        c = sums.setdefault(documents.of[i], [0.0, 0])
+        c[0] += d
+        c[1] += t
+    return [c[0] for c in sums.values()], [c[1] for c in sums.values()]
 
 
-def significance(archs: list[str], by: dict, base: dict, probe: bool = False) -> dict[str, tuple]:
-    """arch -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) against vanilla on the
+def significance(
+    archs: list[str], by: dict, base: dict, probe: bool = False, documents: Optional[Clusters] = None
+) -> dict[str, tuple]:
+    """arch -> (paired-t p, its Holm p, bootstrap Holm p, verdict) against vanilla on the
     seeds both finished (``lit_vattn.experiments.stats``): on test NLL (lower is better), or for a probe on
-    test accuracy (higher is better; the bootstrap over test examples of their top-1 hits)."""
-    return paired_tests([(a, by[a], base) for a in archs if a != "vanilla" and by.get(a)], probe)
+    test accuracy (higher is better; the bootstrap over test examples of their top-1 hits). The
+    bootstrap resamples test windows, or with ``documents`` whole documents."""
+    return paired_tests([(a, by[a], base) for a in archs if a != "vanilla" and by.get(a)], probe, documents)
 
 
-def paired_tests(items: list[tuple[str, list[dict], dict]], probe: bool = False) -> dict[str, tuple]:
-    """name -> (paired-t p, its Holm p, window-bootstrap Holm p, verdict) of each (name, runs,
+def paired_tests(
+    items: list[tuple[str, list[dict], dict]], probe: bool = False, documents: Optional[Clusters] = None
+) -> dict[str, tuple]:
+    """name -> (paired-t p, its Holm p, bootstrap Holm p, verdict) of each (name, runs,
     reference runs by seed): the runs against the reference on the seeds both finished, Holm over
-    the items."""
+    the items; the bootstrap over windows, or over ``documents`` where given."""
     from lit_vattn.experiments.stats import holm, paired_bootstrap, paired_t, verdict2
 
     key, field, sign = ("test_acc", "correct", -1.0) if probe else ("test_nll", "nll", 1.0)
     diffs = [[r[key] - ref[r["seed"]][key] for r in rs if r["seed"] in ref] for _, rs, ref in items]
     raw = [paired_t(d)[1] for d in diffs]
     adj = holm(raw)
-    boot = holm([paired_bootstrap(*w) if w else None for w in (window_diffs(rs, ref, field) for _, rs, ref in items)])
+    boot = holm(
+        [paired_bootstrap(*w) if w else None for w in (window_diffs(rs, ref, field, documents) for _, rs, ref in items)]
+    )
     # verdict2 reads a negative difference as "better": an accuracy gain is negated
     return {
         name: (p, q, b, verdict2(sign * mean(d) if d else None, q, b))
@@ -134,7 +175,7 @@ def paired_tests(items: list[tuple[str, list[dict], dict]], probe: bool = False)
     }
 
 
-def control_lines(by: dict, probe: bool = False) -> list[str]:
+def control_lines(by: dict, probe: bool = False, documents: Optional[Clusters] = None) -> list[str]:
     """The "controls" section: each control or reading (``registry.control_of``: a method's
     registered controls; ELC-BERT-style weighting is VA's simplest explanation) in the table against its own
     method on the same seeds, with the table's two tests, Holm over these comparisons."""
@@ -143,8 +184,9 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
         return []
     key = "test_acc" if probe else "test_nll"
     refs = {m: {r["seed"]: r for r in by[m]} for _, m in pairs}  # each method's runs by seed
-    tests = paired_tests([(c, by[c], refs[m]) for c, m in pairs], probe)
+    tests = paired_tests([(c, by[c], refs[m]) for c, m in pairs], probe, documents)
     what = "accuracy" if probe else "NLL"
+    boot_header = f"p {'windows' if documents is None else documents.name} (bootstrap, Holm)"
     lines = [
         "",
         f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
@@ -152,7 +194,7 @@ def control_lines(by: dict, probe: bool = False) -> list[str]:
         + ("higher accuracy" if probe else "lower NLL")
         + " than the method):",
         "",
-        f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | p windows (bootstrap, Holm) | verdict |",
+        f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | {boot_header} | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     for c, m in pairs:
@@ -241,6 +283,7 @@ def write_tables(
     counts: Optional[list[dict]] = None,
     sweep: Optional[list[dict]] = None,
     lr_rule: Optional[str] = None,
+    clusters: Optional[Clusters] = None,
 ) -> tuple[Path, Path]:
     modality = modalities()[args.modality]
     unit, unit_label = modality.metric, modality.label
@@ -317,9 +360,15 @@ def write_tables(
             "(`lit_vattn/experiments/stats.py`)"
             if probe
             else "- tests: per architecture, (1) a two-sided paired t-test over seeds of Δ (test NLL minus vanilla's on the same seed: "
-            "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
-            "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
-            'architectures of this table; verdict "better"/"worse" when both Holm p < 0.05 (the seed test alone for runs '
+            + (
+                "training noise) and (2) a paired bootstrap over the test windows of the seed-mean Δ (10,000 resamples: test-set "
+                "noise; windows of one document are not independent, so it is optimistic), each Holm-corrected across the "
+                if clusters is None
+                else f"training noise) and (2) a paired bootstrap over the test {clusters.name} ({len(set(clusters.of.values()))}; "
+                f"each resample draws whole {clusters.name}, summing the seed-mean Δ of their windows; 10,000 resamples: "
+                "test-set noise), each Holm-corrected across the "
+            )
+            + 'architectures of this table; verdict "better"/"worse" when both Holm p < 0.05 (the seed test alone for runs '
             'without per-window NLLs), otherwise "no detectable difference" at this scale (`lit_vattn/experiments/stats.py`)'
         ),
     ]
@@ -329,8 +378,8 @@ def write_tables(
             + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in failed)
             + "**"
         )
-    columns = main_columns(unit_label, probe)
-    rows = main_rows(archs, by, base, failed, counts, unit, probe)
+    columns = main_columns(unit_label, probe, "windows" if clusters is None else clusters.name)
+    rows = main_rows(archs, by, base, failed, counts, unit, probe, clusters)
     lines += ["", *render(columns, rows)]
     if counts:
         lines += [
@@ -338,7 +387,7 @@ def write_tables(
             "Count rows: unigram (add-one) and bigram (absolute discounting) models of the training split, "
             "scored on the same val/test targets as the runs (`lit_vattn/experiments/baselines.py`).",
         ]
-    lines += control_lines(by, probe)
+    lines += control_lines(by, probe, clusters)
     lines += lr_rows
     budget = plot_budget(
         results,
@@ -387,7 +436,7 @@ class Column:
     header: str
 
 
-def main_columns(unit_label: str, probe: bool) -> list[Column]:
+def main_columns(unit_label: str, probe: bool, resampled: str = "windows") -> list[Column]:
     return [
         Column("arch", "arch"),
         Column("runs", "runs"),
@@ -400,16 +449,18 @@ def main_columns(unit_label: str, probe: bool) -> list[Column]:
         Column("delta", f"Δ test {'accuracy' if probe else 'NLL'} vs vanilla"),
         Column("p_seeds", "p seeds (paired t)"),
         Column("p_seeds_holm", "p seeds (Holm)"),
-        Column("p_windows_holm", "p windows (bootstrap, Holm)"),
+        Column("p_windows_holm", f"p {resampled} (bootstrap, Holm)"),  # the key names the column in every table's JSON
         Column("verdict", "verdict"),
         Column("tokens_per_sec", "tokens/s"),
         Column("peak_memory_gib", "peak mem (GiB)"),
     ]
 
 
-def main_rows(archs, by, base, failed, counts, unit: str, probe: bool) -> list[dict]:
+def main_rows(
+    archs, by, base, failed, counts, unit: str, probe: bool, clusters: Optional[Clusters] = None
+) -> list[dict]:
     """The main table's rows, each cell formatted once: the markdown and the table's JSON both show these."""
-    tests = significance(archs, by, base, probe)
+    tests = significance(archs, by, base, probe, clusters)
     key = "test_acc" if probe else "test_nll"
     rows = []
     for a in archs:

@@ -160,3 +160,17 @@ def test_the_data_digest_names_the_content_and_is_kept_beside_the_shards(tmp_pat
     assert (a / "digest.json").is_file()
     (a / "train.bin").write_bytes(b"")  # a kept digest is not recomputed
     assert shards.digest(a) == shards.digest(b)
+
+
+def test_each_test_window_belongs_to_the_document_of_its_first_target():
+    import numpy as np
+
+    from datamodules.windows import EvalWindows, window_documents
+
+    end = 9
+    # documents of 5, 3 and 12 tokens, each ending with the end id
+    tokens = np.array([1, 2, 3, 4, end, 5, 6, end, *range(11, 22), end], dtype=np.uint16)
+    docs = window_documents(tokens, 4, end)
+    assert list(docs) == EvalWindows(tokens, 4).starts
+    # window 0 scores tokens 1..4 (document 0), window 4 scores 5..8 (the end of document 0 is token 4: document 1 from 5)
+    assert docs == {0: 0, 4: 1, 8: 2, 12: 2, 15: 2}

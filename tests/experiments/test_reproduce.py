@@ -178,6 +178,30 @@ def test_learning_rate_sweep_chooses_on_validation_and_trains_the_other_seeds_th
     ] == md.split("- wall time")[1].split("\n", 1)[1]
 
 
+def test_a_learning_rate_chosen_on_a_held_out_seed_leaves_every_table_seed_unchosen(table, tmp_path):
+    tmp, args, _ = table
+    cut = args.index("--override")
+    common = ["--modality", "text", "--preset", "tiny", "--archs", "vanilla", "--seeds", "0,1", "--lrs", "1e-2,1e-4"]
+    out = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-baselines", *args[cut:]]
+    results = reproduce.main([*common, "--lr-seed", "7", *out])
+    root = tmp_path / "runs/text-tiny/vanilla"
+    assert (root / "lr0.0001/seed7/done.json").exists() and (root / "lr0.01/seed7/done.json").exists()
+    assert sorted((r["seed"], r["lr"]) for r in results) == [(0, 0.01), (1, 0.01)]  # seed 7 is in no row
+    md = (tmp_path / "out/text-tiny-vanilla-seeds0-1.md").read_text()
+    assert "NLL of its run on seed 7, a seed not in the table" in md
+    assert "Learning-rate sweep (seed 7" in md
+    with pytest.raises(SystemExit, match="--lr-seed and --widen"):
+        reproduce.main([*common[:-2], "--lr-seed", "7", *out])
+
+
+def test_the_bootstrap_resamples_documents_where_the_data_mark_them(table):
+    tmp, _, _ = table
+    clusters = json.loads((tmp / "runs/text-tiny/clusters.json").read_text())
+    assert clusters["name"] == "documents" and len(set(clusters["windows"].values())) > 1
+    md = (tmp / "results/text-tiny-vanilla-va-seeds0-1.md").read_text()
+    assert "p documents (bootstrap, Holm)" in md and "a paired bootstrap over the test documents" in md
+
+
 def test_learning_rate_choice_ignores_failed_runs_and_bad_grids_are_refused():
     ok = lambda lr, v: {"arch": "va", "seed": 0, "lr": lr, "val_nll": v}  # noqa: E731
     assert (

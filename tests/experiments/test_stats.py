@@ -60,3 +60,33 @@ def test_paired_t_is_scipys_paired_test_on_the_two_methods_nlls():
     t, p = paired_t([m - v for m, v in zip(method, vanilla)])
     ref = ttest_rel(method, vanilla)
     assert t == pytest.approx(ref.statistic, rel=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-12)
+
+
+def test_a_bootstrap_over_documents_sums_each_documents_windows_first():
+    from lit_vattn.experiments.tables import Clusters, window_diffs
+
+    def run(seed, nll):
+        return {"seed": seed, "windows": {i * 128: (v, 128) for i, v in enumerate(nll)}}
+
+    import lit_vattn.experiments.tables as tables
+
+    runs = {"a": [run(0, [1.0, 2.0, 3.0, 4.0])], "v": {0: run(0, [1.5, 2.5, 2.5, 4.5])}}
+    orig = tables._windows
+    tables._windows = lambda r, field="nll": r["windows"]
+    try:
+        docs = Clusters({0: 0, 128: 0, 256: 1, 384: 2}, "documents")
+        d, t = window_diffs(runs["a"], runs["v"], documents=docs)
+        assert d == [-1.0, 0.5, -0.5] and t == [256, 128, 128]  # windows 0 and 1 are one document
+        assert window_diffs(runs["a"], runs["v"]) == ([-0.5, -0.5, 0.5, -0.5], [128] * 4)
+        assert window_diffs(runs["a"], runs["v"], documents=Clusters({0: 0}, "documents")) is None
+    finally:
+        tables._windows = orig
+
+
+def test_clusters_survive_a_round_trip_through_their_file(tmp_path):
+    from lit_vattn.experiments.tables import Clusters
+
+    c = Clusters({0: 0, 128: 0, 256: 1}, "pieces")
+    c.save(tmp_path / "clusters.json")
+    assert Clusters.load(tmp_path / "clusters.json") == c
+    assert Clusters.load(tmp_path / "absent.json") is None
