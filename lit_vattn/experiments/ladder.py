@@ -119,7 +119,14 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     """Train (or with --table-only read) one rung: its lr sweep or carried lrs, its table seeds, the
     top-rung check; write its table. Returns {"rung", "results", "sweep", "chosen", "check", "lr_rule"}."""
     from datamodules import modalities
-    from lit_vattn.experiments.reproduce import Runner, check_one_data, check_recorded_data, count_baselines, tune
+    from lit_vattn.experiments.reproduce import (
+        Runner,
+        check_one_data,
+        check_recorded_data,
+        count_baselines,
+        table_clusters,
+        tune,
+    )
     from lit_vattn.experiments.tables import write_tables
 
     a = copy.copy(args)
@@ -160,9 +167,10 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
             kept.parent.mkdir(parents=True, exist_ok=True)
             kept.write_text(json.dumps(counts, indent=2))
         check_one_data(finished, counts)
+    clusters = table_clusters(a, runner, finished) if finished and not modalities()[args.modality].probe else None
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0
     if finished:
-        write_tables(a, results, wall, counts, sweep, lr_rule=rule)
+        write_tables(a, results, wall, counts, sweep, lr_rule=rule, clusters=clusters)
     return {"rung": rung, "results": results, "sweep": sweep, "chosen": chosen, "check": check, "lr_rule": rule}
 
 
@@ -188,6 +196,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--out", default="results", help="ladder-<modality>.md/.csv/.json/.png and the per-rung tables")
     p.add_argument("--config-dir", default=str(CONFIG_DIR))
     p.add_argument("--table-only", action="store_true", help="train nothing: read the finished runs (or records)")
+    p.add_argument(
+        "--find-documents", action="store_true", help="with --table-only: read the test documents from the data"
+    )
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the seeds for the fits' intervals")
     p.add_argument("--override", nargs=argparse.REMAINDER, default=[], help="passed to every lit-vattn call")
     args = p.parse_args(argv)
