@@ -35,14 +35,24 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_vattn.model import attention
 from lit_vattn.model.config import GPTConfig
 from lit_vattn.model.memory import DepthMemory
+from lit_vattn.model.rope import apply_rope
 
 SUBLAYERS = ("attn", "mlp")
 HOOKS = ("init_stream", "inputs", "qkv", "attend", "update", "readout")
+
+
+def project_kv(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A layer's K/V projection (post-RoPE, same positions) applied to another input (B, T, D): how
+    a layer attends to states other than its own input (LAS's features, SLA's ``kv_source: project``)."""
+    D = attn.n_head * attn.head_dim
+    k, v = F.linear(x, attn.qkv.weight[D:]).chunk(2, dim=-1)
+    return apply_rope(attn.split_heads(k), *rope), attn.split_heads(v)
 
 
 class AttnInputs(NamedTuple):

@@ -31,22 +31,12 @@ from __future__ import annotations
 from typing import Literal, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.base import Arch, DepthMap, DepthMemory, project_kv
 from lit_vattn.arch.registry import register
 from lit_vattn.model import attention
 from lit_vattn.model.config import GPTConfig
-from lit_vattn.model.rope import apply_rope
-
-
-def project_kv(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """The final layer's K/V projection (post-RoPE, same positions) applied to a feature map (B, T, D):
-    how that layer attends to states other than its own input."""
-    D = attn.n_head * attn.head_dim
-    k, v = F.linear(x, attn.qkv.weight[D:]).chunk(2, dim=-1)
-    return apply_rope(attn.split_heads(k), *rope), attn.split_heads(v)
 
 
 @register(

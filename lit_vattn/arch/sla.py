@@ -17,17 +17,30 @@ round(3L/4) blocks and round(3H/4) heads. The other reading (a skip distance of 
 blocks 0..2) is ``skip_layers: [9, 10, 11], source: 9``. The first ``n_skip_heads`` heads are the skip
 heads.
 
+Two readings the paper leaves open are switches. ``kv_source``: the skip heads read the source
+layer's own post-RoPE K/V ("cached", default: the "reuse" reading, no extra FLOPs) or this layer's
+own K/V projection applied to the source layer's normalised attention input ("project": the skip
+heads keep their own K/V weights and see an earlier state; one extra K/V projection of D x 2D per
+skip block, and the replace mode's own K/V rows of the skip heads stay in use for nothing but the
+projection of the earlier input). ``source`` may name several layers (the paper's n_l read as
+several source layers per skip block): the skip heads then attend over the concatenation of every
+source's K/V (block-causal mask, ``attention.multi_source``), in concat mode beside their own.
+
+In replace mode with ``kv_source: cached`` the skip heads' rows of the block's own K/V projection
+feed nothing: 2 n_skip_heads head_dim D weights per skip block are dead (counted in
+docs/methods.md; they still take weight decay). ``kv_source: project`` uses them.
+
 Reader hooks: ``kv_layers`` (the source layers' K/V are kept) and ``attend``.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from lit_vattn.arch.base import Arch, DepthMap, DepthMemory
+from lit_vattn.arch.base import Arch, DepthMap, DepthMemory, project_kv
 from lit_vattn.arch.registry import register
 from lit_vattn.model import attention
 from lit_vattn.model.config import GPTConfig
@@ -39,7 +52,7 @@ from lit_vattn.model.config import GPTConfig
     reads="some heads attend to an earlier layer's keys and values",
     exact_at_init=False,
     seed=True,
-    controls=("sla-far",),
+    controls=("sla-far", "sla-project", "sla-two-sources"),
     order=2,
 )
 class SkipLayerAttention(Arch):
@@ -50,9 +63,10 @@ class SkipLayerAttention(Arch):
         skip_layers: Optional[list[int]] = None,
         n_skip_layers: Optional[int] = None,
         n_skip_heads: Optional[int] = None,
-        source: int = 1,
+        source: Union[int, list[int]] = 1,
         source_mode: Literal["distance", "absolute"] = "distance",
         mode: Literal["replace", "concat"] = "replace",
+        kv_source: Literal["cached", "project"] = "cached",
     ):
         """
         Args:
@@ -62,17 +76,26 @@ class SkipLayerAttention(Arch):
                 (default round(3 * n_layer / 4): 9 of 12 as in the paper's best setting).
             n_skip_heads: Heads per skip block that read the earlier layer (default round(3 * n_head / 4)).
             source: Distance to the block whose K/V are read (source_mode=distance, 1 = the block
-                directly below), or that block's index (source_mode=absolute).
+                directly below), or that block's index (source_mode=absolute); a list names several
+                such blocks, whose K/V the skip heads attend over together.
             source_mode: How ``source`` is read: "distance" or "absolute".
             mode: "replace" = skip heads attend only to the earlier K/V (no extra FLOPs); "concat" =
                 to their own and the earlier K/V together (2T keys, block-causal mask).
+            kv_source: "cached" = the source layer's own post-RoPE K/V (reused); "project" = this
+                layer's K/V projection of the source layer's normalised attention input.
         """
         super().__init__()
         self.skip_layers_arg, self.n_skip_layers, self.n_skip_heads_arg = skip_layers, n_skip_layers, n_skip_heads
-        self.source, self.source_mode, self.mode = source, source_mode, mode
+        self.source, self.source_mode, self.mode, self.kv_source = source, source_mode, mode, kv_source
+        self._sources = [source] if isinstance(source, int) else list(source)
+
+    def srcs(self, l: int) -> list[int]:
+        """The blocks whose K/V block l's skip heads read, nearest first as given."""
+        return [l - s if self.source_mode == "distance" else s for s in self._sources]
 
     def src(self, l: int) -> int:
-        return l - self.source if self.source_mode == "distance" else self.source
+        """The (first) source block of block l."""
+        return self.srcs(l)[0]
 
     def validate(self, cfg: GPTConfig) -> None:
         L, H = cfg.n_layer, cfg.n_head
@@ -82,7 +105,7 @@ class SkipLayerAttention(Arch):
         if self.skip_layers_arg is not None:
             layers = self.skip_layers_arg
         else:  # the last n_l blocks that have a preceding block at this source
-            layers = [l for l in range(L - n_l, L) if 0 <= self.src(l) < l]
+            layers = [l for l in range(L - n_l, L) if all(0 <= s < l for s in self.srcs(l))]
             if not layers:
                 raise ValueError(
                     f"SkipLayerAttention: no block among the last {n_l} has a source (source={self.source}, "
@@ -93,19 +116,23 @@ class SkipLayerAttention(Arch):
             raise ValueError(
                 f"SkipLayerAttention.n_skip_heads={n_h} must be between 1 and the {H} heads (config.n_head)"
             )
-        if self.source_mode == "distance" and self.source < 1:
+        if not self._sources or len(set(self._sources)) != len(self._sources):
+            raise ValueError(f"SkipLayerAttention.source={self.source}: name one source or several distinct ones")
+        if self.source_mode == "distance" and min(self._sources) < 1:
             raise ValueError(f"SkipLayerAttention.source={self.source}: a distance must be >= 1 (a preceding layer)")
+        if self.kv_source not in ("cached", "project"):
+            raise ValueError(f"SkipLayerAttention.kv_source={self.kv_source!r}: choose 'cached' or 'project'")
         for l in layers:
             if not 0 <= l < L:
                 raise ValueError(f"SkipLayerAttention.skip_layers: index {l} is outside [0, {L - 1}]")
-            s = self.src(l)
-            if s < 0:
-                raise ValueError(
-                    f"SkipLayerAttention: the skip source of layer {l} would be layer {s}, before layer 0 "
-                    f"(source={self.source}, source_mode={self.source_mode}); drop layer {l} from skip_layers or lower source"
-                )
-            if s >= l:
-                raise ValueError(f"SkipLayerAttention: layer {l} cannot read layer {s} (source must precede it)")
+            for s in self.srcs(l):
+                if s < 0:
+                    raise ValueError(
+                        f"SkipLayerAttention: the skip source of layer {l} would be layer {s}, before layer 0 "
+                        f"(source={self.source}, source_mode={self.source_mode}); drop layer {l} from skip_layers or lower source"
+                    )
+                if s >= l:
+                    raise ValueError(f"SkipLayerAttention: layer {l} cannot read layer {s} (source must precede it)")
         self.skip_layers, self.n_skip_heads = sorted(set(layers)), n_h
 
     def bind(self, cfg: GPTConfig) -> "SkipLayerAttention":
@@ -117,7 +144,22 @@ class SkipLayerAttention(Arch):
         return self
 
     def kv_layers(self) -> frozenset:
-        return frozenset(self.src(l) for l in self.skip_layers)
+        if self.kv_source == "project":  # projected from the memory's normalised inputs, not borrowed
+            return frozenset()
+        return frozenset(s for l in self.skip_layers for s in self.srcs(l))
+
+    def _source_kv(self, l: int, attn: nn.Module, mem: DepthMemory) -> tuple[list[Tensor], list[Tensor]]:
+        """The K/V the skip heads of block l read, one (B, H, T, d) pair per source."""
+        if self.kv_source == "cached":
+            pairs = [mem.kv[s] for s in self.srcs(l)]
+        else:
+            pairs = []
+            for s in self.srcs(l):
+                k, v = project_kv(attn, mem.normed[s]["attn"], mem.rope)  # this layer's weights, block s's input
+                if mem.cache is not None:  # decoding: the projections of the earlier positions too
+                    k, v = mem.cache.extend(("sla", l, s), k, v)
+                pairs.append((k, v))
+        return [k for k, _ in pairs], [v for _, v in pairs]
 
     def ablation_units(self) -> list[str]:
         """One unit per skip block: ablated, its skip heads read the block's own K/V (plain attention)."""
@@ -133,7 +175,21 @@ class SkipLayerAttention(Arch):
         if l not in self._skip or l in self._ablated:
             return attention.causal(q, k, v)
         n = self.n_skip_heads
-        ks, vs = mem.kv[self.src(l)]  # the source layer's own K/V, (B, H, T, d)
+        kss, vss = self._source_kv(l, attn, mem)
+        if len(kss) > 1:  # several sources: the skip heads attend over all of them (and their own in concat)
+            ks_n, vs_n = [x[:, :n] for x in kss], [x[:, :n] for x in vss]
+            if self.mode == "concat":
+                ks_n, vs_n = [k[:, :n], *ks_n], [v[:, :n], *vs_n]
+            if self.record_maps and self.mode == "concat":
+                with torch.no_grad():  # the mass on every source but the head's own K/V
+                    mass = attention.source_mass(q[:, :n], ks_n)[..., 1:].sum(-1)  # (B, n, T)
+                    self.map_earlier_mass[l, :n] += mass.mean((0, 2))
+                    self.map_count[l] += 1
+            y_skip = attention.multi_source(q[:, :n], ks_n, vs_n, self.cfg.attn_backend)
+            if n == q.shape[1]:
+                return y_skip
+            return torch.cat([y_skip, attention.causal(q[:, n:], k[:, n:], v[:, n:])], dim=1)
+        ks, vs = kss[0], vss[0]  # (B, H, T, d)
         if self.mode == "replace":
             if n == q.shape[1]:
                 return attention.causal(q, ks, vs)

@@ -13,6 +13,9 @@ from lit_vattn.model import attention
 SETTINGS = {
     "sla-concat": lambda: SkipLayerAttention(mode="concat", n_skip_heads=2),
     "sla-absolute": lambda: SkipLayerAttention(skip_layers=[2, 3], source=0, source_mode="absolute"),
+    "sla-project": lambda: SkipLayerAttention(kv_source="project"),
+    "sla-two-sources": lambda: SkipLayerAttention(source=[1, 2]),
+    "sla-two-sources-concat-project": lambda: SkipLayerAttention(source=[1, 2], mode="concat", kv_source="project"),
 }
 
 
@@ -81,6 +84,48 @@ def test_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):
     assert not torch.allclose(blocks[1][0][:, :3], k0[:, :3])  # block 1 is not a skip block
 
 
+def test_project_reads_the_source_blocks_input_through_this_blocks_own_kv_weights():
+    """kv_source: project = block 3's skip heads attend to K/V that block 3's own projection makes
+    of what block 2's attention read (its normalised input), against an explicit computation."""
+    net = tiny_gpt(lambda: SkipLayerAttention(skip_layers=[3], n_skip_heads=4, kv_source="project"))
+    assert net.arch.kv_layers() == frozenset()  # nothing borrowed: projected from the memory
+    idx = torch.randint(0, V, (2, 16))
+    _, mem = net.hidden_states(idx, return_memory=True)
+    attn = net.blocks[3].attn
+    D, H, d = net.cfg.d_model, net.cfg.n_head, net.cfg.head_dim
+    from lit_vattn.model.rope import apply_rope
+
+    def heads(x):
+        return x.view(2, 16, H, d).transpose(1, 2)
+
+    qkv3 = mem.normed[3]["attn"] @ attn.qkv.weight.T
+    q = apply_rope(heads(qkv3[..., :D]), *mem.rope)
+    k_src, v_src = (mem.normed[2]["attn"] @ attn.qkv.weight[D:].T).chunk(2, dim=-1)
+    want = attention.oracle(q, [apply_rope(heads(k_src), *mem.rope)], [heads(v_src)])  # (B, H, T, d)
+    out = attn.proj(want.transpose(1, 2).reshape(2, 16, D))
+    torch.testing.assert_close(mem.outputs[3]["attn"], out, atol=2e-5, rtol=1e-4)
+    sla = tiny_gpt(SkipLayerAttention)
+    assert tiny_gpt(SETTINGS["sla-project"]).flops_per_token(32) > sla.flops_per_token(32)  # the extra projection
+    assert tiny_gpt(SETTINGS["sla-project"]).num_params() == sla.num_params()
+
+
+def test_several_sources_are_attended_together_by_the_skip_heads():
+    """source: [1, 2] = block 3's skip heads attend over blocks 2 and 1's cached K/V at once, block 2's
+    over block 1 and 0's; block 1 has no block two below, so it is no skip block by default."""
+    net = tiny_gpt(lambda: SkipLayerAttention(source=[1, 2], n_skip_heads=4))
+    assert net.arch.skip_layers == [2, 3] and net.arch.kv_layers() == frozenset({0, 1, 2})
+    idx = torch.randint(0, V, (2, 16))
+    _, mem = net.hidden_states(idx, return_memory=True)
+    attn = net.blocks[3].attn
+    D, H, d = net.cfg.d_model, net.cfg.n_head, net.cfg.head_dim
+    from lit_vattn.model.rope import apply_rope
+
+    q = apply_rope((mem.normed[3]["attn"] @ attn.qkv.weight[:D].T).view(2, 16, H, d).transpose(1, 2), *mem.rope)
+    want = attention.oracle(q, [mem.kv[2][0], mem.kv[1][0]], [mem.kv[2][1], mem.kv[1][1]])
+    out = attn.proj(want.transpose(1, 2).reshape(2, 16, D))
+    torch.testing.assert_close(mem.outputs[3]["attn"], out, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "make,match",
     [
@@ -89,6 +134,8 @@ def test_replace_routes_the_source_layers_kv_to_the_skip_heads(monkeypatch):
         (lambda: SkipLayerAttention(n_skip_heads=5), "n_skip_heads=5"),
         (lambda: SkipLayerAttention(skip_layers=[4]), "skip_layers: index 4"),
         (lambda: SkipLayerAttention(source=2, source_mode="absolute", skip_layers=[1]), "cannot read layer 2"),
+        (lambda: SkipLayerAttention(source=[1, 1]), "several distinct"),
+        (lambda: SkipLayerAttention(source=[1, 4], skip_layers=[3]), "before layer 0"),
     ],
 )
 def test_impossible_switches_fail_at_construction(make, match):
