@@ -116,6 +116,11 @@ class Arch(nn.Module):
         """A fresh, unbound reader with the same switches (e.g. for a FLOP-counting twin)."""
         return type(self)(**self.switches())
 
+    def idle_hooks(self) -> frozenset:
+        """Hooks this class overrides that its current switches do not use (they behave as the
+        base's): left free for another reader in a composition."""
+        return frozenset()
+
     def kv_layers(self) -> frozenset:
         """Layers whose own post-RoPE K/V the model must keep in ``mem.kv`` for this reader."""
         return frozenset()
@@ -189,8 +194,9 @@ class DepthMap:
 
 
 def overridden(reader: Arch) -> set[str]:
-    """The hooks a reader overrides."""
-    return {h for h in HOOKS if getattr(type(reader), h) is not getattr(Arch, h)}
+    """The hooks a reader overrides, less those its switches leave to the default
+    (``idle_hooks``: a reading that does not use a hook its class defines composes as if it had none)."""
+    return {h for h in HOOKS if getattr(type(reader), h) is not getattr(Arch, h)} - set(reader.idle_hooks())
 
 
 class Composed(Arch):

@@ -19,11 +19,19 @@ read. Switches for what the paper leaves open (the README's LAS section lists th
                      layer's own input is normalised (the reading the protocol issue asks for: at
                      init the raw features give K/V ~40x smaller than the layer's own); default off
 
-The features are projected by the final layer's own K/V weights (post-RoPE, same positions).
-Not identity at init: the shortcut keys take attention mass from step 0.
+    shortcut         "merged" (default): the features are more key/value sources of the final
+                     layer's own self-attention; "cross": the final block gets one more
+                     sub-layer after its self-attention, a causal cross-attention (own RMSNorm,
+                     Q/K/V/O weights, RoPE) from the stream to the concatenated features, as the
+                     paper's figure draws it
 
-Reader hook: ``attend`` (the final layer's); the features are computed there from the residual
-states the memory recorded after the selected blocks.
+Merged, the features are projected by the final layer's own K/V weights (post-RoPE, same
+positions). Not identity at init: the shortcut keys take attention mass from step 0 (merged), the
+cross-attention adds its output from step 0 (cross; its output projection has the residual init).
+
+Reader hooks: ``attend`` (the final layer's: merged) or ``update`` (after the final layer's
+self-attention: cross); the features are computed there from the residual states the memory
+recorded after the selected blocks.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from lit_vattn.arch.base import Arch, DepthMap, DepthMemory, project_kv
 from lit_vattn.arch.registry import register
 from lit_vattn.model import attention
 from lit_vattn.model.config import GPTConfig
+from lit_vattn.model.rope import apply_rope
 
 
 @register(
@@ -45,7 +54,7 @@ from lit_vattn.model.config import GPTConfig
     reads="the final layer attends over intermediate layers' features at all past positions",
     exact_at_init=False,
     seed=True,
-    controls=("las-all", "las-norm", "vanilla-flops-las"),
+    controls=("las-all", "las-norm", "las-cross", "vanilla-flops-las"),
     order=3,
 )
 class LayerwiseAttentionShortcuts(Arch):
@@ -58,6 +67,7 @@ class LayerwiseAttentionShortcuts(Arch):
         keep_self: bool = True,
         depth_embedding: bool = False,
         feature_norm: bool = False,
+        shortcut: Literal["merged", "cross"] = "merged",
     ):
         """
         Args:
@@ -69,10 +79,13 @@ class LayerwiseAttentionShortcuts(Arch):
             depth_embedding: Add a learned per-source embedding to the keys.
             feature_norm: Pass each feature map's output through its own RMSNorm (gain 1 at init)
                 before the final layer's K/V projection, as the layer's own input is normalised.
+            shortcut: "merged" = the features are key/value sources of the final layer's own
+                self-attention; "cross" = a separate causal cross-attention sub-layer of the final
+                block (after its self-attention, before its MLP) over the features.
         """
         super().__init__()
         self.layers_arg, self.feature_dim, self.keep_self = layers, feature_dim, keep_self
-        self.depth_embedding, self.feature_norm = depth_embedding, feature_norm
+        self.depth_embedding, self.feature_norm, self.shortcut = depth_embedding, feature_norm, shortcut
 
     def validate(self, cfg: GPTConfig) -> None:
         L = cfg.n_layer
@@ -100,6 +113,13 @@ class LayerwiseAttentionShortcuts(Arch):
             raise ValueError(
                 "LayerwiseAttentionShortcuts: no layers and keep_self=false leaves the final layer nothing to attend to"
             )
+        if self.shortcut not in ("merged", "cross"):
+            raise ValueError(f"LayerwiseAttentionShortcuts.shortcut={self.shortcut!r}: choose 'merged' or 'cross'")
+        if self.shortcut == "cross" and (not self.keep_self or not layers):
+            raise ValueError(
+                "LayerwiseAttentionShortcuts: shortcut=cross keeps the final layer's self-attention and cross-attends "
+                "to the features: it needs keep_self=true and at least one layer"
+            )
         if self.feature_dim is not None and self.feature_dim < 1:
             raise ValueError(f"LayerwiseAttentionShortcuts.feature_dim must be >= 1, got {self.feature_dim}")
         self.layers = sorted(layers)
@@ -120,7 +140,13 @@ class LayerwiseAttentionShortcuts(Arch):
         )
         if self.feature_norm:
             self.out_norm = nn.ModuleDict({str(s): nn.RMSNorm(D, eps=cfg.norm_eps) for s in self.layers})
-        self.n_sources = len(self.layers) + int(self.keep_self)
+        if self.shortcut == "cross":  # the extra sub-layer: its own norm and Q, K/V, output projections
+            self.cross_norm = nn.RMSNorm(D, eps=cfg.norm_eps)
+            self.cross_q = nn.Linear(D, D, bias=False)
+            self.cross_kv = nn.Linear(D, 2 * D, bias=False)
+            self.cross_out = nn.Linear(D, D, bias=False)
+            self.cross_out.residual_out = True  # the decoder's scaled init, as every residual output
+        self.n_sources = len(self.layers) + int(self.keep_self and self.shortcut == "merged")
         if self.depth_embedding:
             self.depth_emb = nn.Parameter(torch.zeros(self.n_sources, cfg.n_head, 1, cfg.head_dim))
             self.depth_emb.depth_mix = True
@@ -141,8 +167,47 @@ class LayerwiseAttentionShortcuts(Arch):
             feats = [self.out_norm[str(s)](f) for s, f in zip(self.layers, feats)]
         return feats
 
+    def idle_hooks(self) -> frozenset:
+        return frozenset({"update"} if self.shortcut == "merged" else {"attend"})
+
+    def update(self, l: int, s: str, stream: Tensor, out: Tensor, mem: DepthMemory) -> Tensor:
+        """shortcut=cross: after the final block's self-attention, the stream also takes the
+        cross-attention's output (h = x + a + c); its MLP then adds to that stream."""
+        if self.shortcut != "cross" or l != self.cfg.n_layer - 1:
+            return super().update(l, s, stream, out, mem)
+        if s == "mlp":
+            return stream + out
+        h = mem.inputs[l]["attn"] + out  # (B, T, D)
+        B, T, D = h.shape
+        H, d = self.cfg.n_head, self.cfg.head_dim
+        q = apply_rope(self.cross_q(self.cross_norm(h)).view(B, T, H, d).transpose(1, 2), *mem.rope)  # (B, H, T, d)
+        ks, vs = [], []
+        for s_, f in zip(self.layers, self.features(mem)):
+            kf, vf = self.cross_kv(f).chunk(2, dim=-1)
+            kf, vf = apply_rope(kf.view(B, T, H, d).transpose(1, 2), *mem.rope), vf.view(B, T, H, d).transpose(1, 2)
+            if mem.cache is not None:  # decoding: the features' K/V of the earlier positions too
+                kf, vf = mem.cache.extend(("las-cross", s_), kf, vf)
+            ks.append(kf)
+            vs.append(vf)
+        if self.depth_embedding:
+            ks = [kk + self.depth_emb[i].to(kk.dtype) for i, kk in enumerate(ks)]
+        self._record(q, ks, vs)
+        keep = [i for i, name in enumerate(self.ablation_units()) if name not in self._ablated]
+        if not keep:  # analysis: every source removed is the block without its cross-attention
+            return h
+        y = attention.multi_source(q, [ks[i] for i in keep], [vs[i] for i in keep], self.cfg.attn_backend)
+        return h + self.cross_out(y.transpose(1, 2).reshape(B, T, D))
+
+    def _record(self, q: Tensor, ks: list[Tensor], vs: list[Tensor]) -> None:
+        if self.record_maps:
+            with torch.no_grad():
+                self.map_mass_sum += attention.source_mass(q, ks).mean((0, 1, 2))
+                norms = attention.source_outputs(q, ks, vs).norm(dim=-1)  # (B, H, T, m)
+                self.map_norm_sum += (norms / norms.sum(-1, keepdim=True).clamp_min(1e-12)).mean((0, 1, 2))
+                self.map_count += 1
+
     def attend(self, l: int, attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mem: DepthMemory) -> Tensor:
-        if l != self.cfg.n_layer - 1:
+        if l != self.cfg.n_layer - 1 or self.shortcut == "cross":
             return attention.causal(q, k, v)
         ks, vs = [], []
         for s, f in zip(self.layers, self.features(mem)):  # in depth order
@@ -156,12 +221,7 @@ class LayerwiseAttentionShortcuts(Arch):
             vs.append(v)
         if self.depth_embedding:
             ks = [kk + self.depth_emb[i].to(kk.dtype) for i, kk in enumerate(ks)]
-        if self.record_maps:
-            with torch.no_grad():
-                self.map_mass_sum += attention.source_mass(q, ks).mean((0, 1, 2))
-                norms = attention.source_outputs(q, ks, vs).norm(dim=-1)  # (B, H, T, m)
-                self.map_norm_sum += (norms / norms.sum(-1, keepdim=True).clamp_min(1e-12)).mean((0, 1, 2))
-                self.map_count += 1
+        self._record(q, ks, vs)
         if self._ablated:  # analysis: the removed sources' keys and values are left out of the softmax
             keep = [i for i, name in enumerate(self.ablation_units()) if name not in self._ablated]
             ks, vs = [ks[i] for i in keep], [vs[i] for i in keep]
@@ -169,11 +229,12 @@ class LayerwiseAttentionShortcuts(Arch):
 
     def ablation_units(self) -> list[str]:
         """The sources in attention order: each selected layer's features (h<s+1>), then "self"."""
-        return [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self else [])
+        return [f"h{s + 1}" for s in self.layers] + (["self"] if self.keep_self and self.shortcut == "merged" else [])
 
     def ablate(self, units: frozenset) -> None:
         unknown = set(units) - set(self.ablation_units())
-        if unknown or (units and set(units) >= set(self.ablation_units())):
+        every = units and set(units) >= set(self.ablation_units()) and self.shortcut == "merged"
+        if unknown or every:
             raise ValueError(f"LAS ablation {sorted(units)}: choose some, not all, of {self.ablation_units()}")
         self._ablated = frozenset(units)
 

@@ -17,7 +17,53 @@ SETTINGS = {
         layers=[0, 1, 2], depth_embedding=True, keep_self=False, feature_dim=32
     ),
     "las-norm": lambda: LayerwiseAttentionShortcuts(feature_norm=True),
+    "las-cross": lambda: LayerwiseAttentionShortcuts(shortcut="cross"),
+    "las-cross-all-depthemb": lambda: LayerwiseAttentionShortcuts(shortcut="cross", layers="all", depth_embedding=True),
 }
+
+
+def test_cross_reading_adds_a_causal_cross_attention_sub_layer_over_the_features():
+    """shortcut=cross: the final block's self-attention is plain, and after it the stream takes
+    out(attention(q(norm(h)), kv(features))), explicitly recomputed here from the memory."""
+    import torch.nn.functional as F
+
+    from lit_vattn.model import attention
+    from lit_vattn.model.rope import apply_rope
+
+    net = tiny_gpt(SETTINGS["las-cross"])
+    merged = tiny_gpt(LayerwiseAttentionShortcuts)
+    assert net.num_params() - merged.num_params() == 4 * D * D + D  # Q, K/V, out and one norm gain
+    idx = torch.randint(0, V, (2, 16))
+    out, mem = net.hidden_states(idx, return_memory=True)
+    L, H, d, a = net.cfg.n_layer, net.cfg.n_head, net.cfg.head_dim, net.arch
+    h = mem.inputs[L - 1]["attn"] + mem.outputs[L - 1]["attn"]  # after the plain self-attention
+
+    def heads(x):
+        return x.view(2, 16, H, d).transpose(1, 2)
+
+    q = apply_rope(heads(a.cross_q(a.cross_norm(h))), *mem.rope)
+    ks, vs = [], []
+    for f in a.features(mem):
+        k, v = F.linear(f, a.cross_kv.weight).chunk(2, dim=-1)
+        ks.append(apply_rope(heads(k), *mem.rope))
+        vs.append(heads(v))
+    c = a.cross_out(attention.oracle(q, ks, vs).transpose(1, 2).reshape(2, 16, D))
+    torch.testing.assert_close(mem.inputs[L - 1]["mlp"], h + c, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out, h + c + mem.outputs[L - 1]["mlp"], atol=2e-5, rtol=1e-4)
+    with torch.no_grad():
+        a.ablate(frozenset(a.ablation_units()))  # every source removed: the block without the sub-layer
+        out0, mem0 = net.hidden_states(idx, return_memory=True)
+        torch.testing.assert_close(mem0.inputs[L - 1]["mlp"], mem0.inputs[L - 1]["attn"] + mem0.outputs[L - 1]["attn"])
+
+
+def test_the_cross_reading_owns_the_update_hook_and_the_merged_one_leaves_it_free():
+    from lit_vattn.arch import VerticalAttention
+
+    tiny_gpt(lambda: [VerticalAttention(), LayerwiseAttentionShortcuts()])  # merged: attend only
+    with pytest.raises(ValueError, match="both override the 'update' hook"):
+        tiny_gpt(lambda: [VerticalAttention(), LayerwiseAttentionShortcuts(shortcut="cross")])
+    with pytest.raises(ValueError, match="shortcut=cross"):
+        tiny_gpt(lambda: LayerwiseAttentionShortcuts(shortcut="cross", keep_self=False))
 
 
 def test_parameter_and_flop_budget_against_vanilla():
