@@ -25,7 +25,7 @@ block's source), ``readout``. The logit lens reads the mixtures z_l, the states 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ def _rms(x: Tensor, eps: float = 1e-6) -> Tensor:
     reads="all earlier layers' outputs, softmax-mixed into each block's input",
     exact_at_init=False,
     seed=True,
-    controls=("va-frozen", "va-nonorm", "va-previous", "elc-bert", "elc-bert-code"),
+    controls=("va-frozen", "va-nonorm", "va-previous", "elc-bert", "elc-bert-code", "va-unet"),
     default_controls=("elc-bert",),
     order=1,
 )
@@ -63,6 +63,7 @@ class VerticalAttention(Arch):
         qk_heads: int = 1,
         qk_dim: int = 16,
         previous_logit: float = 4.0,
+        pattern: Literal["dense", "unet"] = "dense",
     ):
         """
         Args:
@@ -79,15 +80,28 @@ class VerticalAttention(Arch):
             qk_heads: Heads of the query-key form; each head mixes its own slice of channels.
             qk_dim: Query/key width per head of the query-key form.
             previous_logit: Logit of the latest source under init="previous" (others 0).
+            pattern: Which sources a block may read: "dense" = every earlier one (VA); "unet" = the
+                fixed U-Net skip pattern the paper compares VA with: block l of the upper half reads
+                the output of block L-1-l (its mirror in the lower half) on top of the residual
+                stream, the lower half reads nothing more (needs keep_residual=true).
         """
         super().__init__()
         self.weights, self.norm, self.sources = weights, norm, sources
         self.keep_residual, self.init, self.readout_mode = keep_residual, init, readout
         self.qk_heads, self.qk_dim, self.previous_logit = qk_heads, qk_dim, previous_logit
+        self.pattern = pattern
 
     def validate(self, cfg: GPTConfig) -> None:
         if cfg.n_layer < 1:
             raise ValueError("VerticalAttention needs at least one layer (config.n_layer >= 1)")
+        if self.pattern not in ("dense", "unet"):
+            raise ValueError(f"VerticalAttention.pattern={self.pattern!r}: choose 'dense' or 'unet'")
+        unet_ok = self.keep_residual and self.readout_mode == "plain" and self.weights == "logits" and cfg.n_layer >= 2
+        if self.pattern == "unet" and not unet_ok:
+            raise ValueError(
+                "VerticalAttention.pattern=unet adds fixed skips to the residual stream: it needs keep_residual=true, "
+                "readout=plain, weights=logits and at least 2 layers"
+            )
         if self.weights == "qk" and (self.qk_heads < 1 or cfg.d_model % self.qk_heads or self.qk_dim < 1):
             raise ValueError(
                 f"VerticalAttention.qk_heads={self.qk_heads} must be >= 1 and divide d_model={cfg.d_model}; qk_dim={self.qk_dim} must be >= 1"
@@ -97,8 +111,9 @@ class VerticalAttention(Arch):
         super().bind(cfg)
         L, D = cfg.n_layer, cfg.d_model
         self.rows = L + (self.readout_mode == "mixed")
-        self.logits = nn.Parameter(torch.zeros(self.rows, L + 1))  # row l reads sources 0..l
-        self.logits.depth_mix = True
+        if self.pattern == "dense":  # a fixed pattern has no weights to learn
+            self.logits = nn.Parameter(torch.zeros(self.rows, L + 1))  # row l reads sources 0..l
+            self.logits.depth_mix = True
         if self.weights == "qk":
             self.q = nn.Linear(D, self.qk_heads * self.qk_dim, bias=False)
             self.k = nn.Linear(D, self.qk_heads * self.qk_dim, bias=False)
@@ -110,6 +125,8 @@ class VerticalAttention(Arch):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
+        if self.pattern == "unet":
+            return
         self.logits.zero_()
         if self.init == "previous":
             for l in range(self.rows):
@@ -122,6 +139,12 @@ class VerticalAttention(Arch):
         if self.norm == "layernorm":
             return torch.nn.functional.layer_norm(x, (x.shape[-1],), eps=1e-6)
         return _rms(x) if self.norm == "rms" else x
+
+    def skip_source(self, row: int) -> Optional[int]:
+        """pattern=unet: the one source block ``row`` reads (the output of its mirror block L-1-row,
+        source index L - row), or None for the lower half."""
+        L = self.cfg.n_layer
+        return L - row if 2 * row >= L and L - row <= row else None
 
     def _mix(self, row: int, sources: list[Tensor]) -> Tensor:
         n = len(sources)  # row + 1 sources, each (B, T, D)
@@ -161,6 +184,9 @@ class VerticalAttention(Arch):
             sources[:] = [self._normed(mem.x0)]
             if self.keep_residual:
                 return stream
+        if self.pattern == "unet":  # a fixed skip: the mirror block's normalised output, weight 1
+            j = self.skip_source(l)
+            return stream if j is None else stream + sources[j]
         z = self._mix(l, sources)  # (B, T, D)
         return stream + z if self.keep_residual else z
 
@@ -179,7 +205,12 @@ class VerticalAttention(Arch):
     def depth_map(self) -> dict[str, DepthMap]:
         """'weights': (rows, L + 1), row l = the weights block l gives sources x0, o_1, ...;
         with record_maps on, the per-token weights averaged over what was recorded."""
-        if self.map_count > 0:
+        if self.pattern == "unet":
+            m = torch.zeros(self.rows, self.cfg.n_layer + 1)
+            for r in range(self.rows):
+                if self.skip_source(r) is not None:
+                    m[r, self.skip_source(r)] = 1.0
+        elif self.map_count > 0:
             m = self.map_sum / self.map_count
         else:
             m = torch.zeros_like(self.logits)

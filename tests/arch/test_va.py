@@ -12,7 +12,30 @@ SETTINGS = {
     "va-qk-residual-mixed": lambda: VerticalAttention(weights="qk", qk_heads=2, sources="residual", readout="mixed"),
     "va-keep-previous-nonorm": lambda: VerticalAttention(keep_residual=True, init="previous", norm="none"),
     "elc-bert": lambda: VerticalAttention(norm="layernorm"),
+    "va-unet": lambda: VerticalAttention(keep_residual=True, pattern="unet"),
 }
+
+
+def test_unet_pattern_adds_each_upper_blocks_mirror_to_the_residual_stream():
+    """pattern=unet, L = 4: blocks 0 and 1 read the plain residual stream; block 2 adds block 1's
+    normalised output, block 3 block 0's; no routing weight exists to learn."""
+    net = tiny_gpt(SETTINGS["va-unet"])
+    assert net.num_params() == tiny_gpt(Vanilla).num_params()
+    assert [net.arch.skip_source(l) for l in range(4)] == [None, None, 2, 1]  # source j = output of block j-1
+    _, mem = net.hidden_states(torch.randint(0, V, (2, 16)), return_memory=True)
+
+    def rms(x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    out = [mem.outputs[l]["attn"] + mem.outputs[l]["mlp"] for l in range(4)]
+    for l in (0, 1):
+        want = mem.x0 if l == 0 else mem.states[l - 1]
+        torch.testing.assert_close(mem.inputs[l]["attn"], want)
+    for l, mirror in ((2, 1), (3, 0)):
+        torch.testing.assert_close(mem.inputs[l]["attn"], mem.states[l - 1] + rms(out[mirror]), atol=1e-5, rtol=1e-5)
+    assert net.arch.depth_map()["weights"].values[3, 1] == 1.0
+    with pytest.raises(ValueError, match="pattern=unet"):
+        tiny_gpt(lambda: VerticalAttention(pattern="unet"))  # without the residual stream there is nothing to skip onto
 
 
 def test_parameter_and_flop_budget_against_vanilla():
