@@ -127,6 +127,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
         table_clusters,
         tune,
     )
+    from lit_vattn.experiments.scaling import families
     from lit_vattn.experiments.tables import write_tables
 
     a = copy.copy(args)
@@ -170,7 +171,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     clusters = table_clusters(a, runner, finished) if finished and not modalities()[args.modality].probe else None
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0
     if finished:
-        write_tables(a, results, wall, counts, sweep, lr_rule=rule, clusters=clusters)
+        write_tables(a, results, wall, counts, sweep, lr_rule=rule, clusters=clusters, families=families(args.archs))
     return {"rung": rung, "results": results, "sweep": sweep, "chosen": chosen, "check": check, "lr_rule": rule}
 
 

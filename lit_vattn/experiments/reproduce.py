@@ -38,7 +38,7 @@ import numpy as np
 from datamodules import modalities
 from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
 from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, choose_lr
-from lit_vattn.experiments.tables import write_tables
+from lit_vattn.experiments.tables import declared_families, write_tables
 from lit_vattn.provenance import git_commit
 
 
@@ -618,6 +618,15 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "e.g. run directories copied back from a GPU machine (checkpoints not needed); a missing run is an error",
     )
     p.add_argument(
+        "--family",
+        action="append",
+        default=[],
+        metavar="NAME=ARCH,ARCH",
+        help="a comparison family, declared before the runs (repeat for more), e.g. --family primary=va,sla,las "
+        "--family secondary=denseformer,hc: each is Holm-corrected on its own, and archs no family names form "
+        "the family 'other'. Without it, one family: the whole table",
+    )
+    p.add_argument(
         "--find-documents",
         action="store_true",
         help="with --table-only: read the test split's documents from the runs' data (saved as clusters.json "
@@ -633,6 +642,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     args = p.parse_args(argv)
     archs, seeds = parse_request(args, Path(args.config_dir))
     lrs = parse_lrs(args.lrs)
+    families = declared_families(args.family, archs)  # refused before any run
     if (args.lr_seed is not None or args.widen) and not lrs:
         raise SystemExit(
             "--lr-seed and --widen choose among the --lrs grid: give --lrs too, e.g. --lrs 3e-3,6e-3,1.2e-2"
@@ -692,7 +702,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
 
     check_one_data(finished, counts)
     clusters = None if modalities()[args.modality].probe else table_clusters(args, runner, finished)
-    md, _ = write_tables(args, results, wall, counts, sweep, clusters=clusters)
+    md, _ = write_tables(args, results, wall, counts, sweep, clusters=clusters, families=families)
     print(md.read_text())
     return results
 

@@ -153,6 +153,50 @@ def significance(
     return paired_tests([(a, by[a], base) for a in archs if a != "vanilla" and by.get(a)], probe, documents)
 
 
+def family_tests(
+    archs: list[str],
+    by: dict,
+    base: dict,
+    probe: bool = False,
+    documents: Optional[Clusters] = None,
+    families: Optional[dict[str, list[str]]] = None,
+) -> dict[str, tuple]:
+    """``significance`` with Holm applied within each declared family instead of across the table;
+    without families, one family of every arch (the table)."""
+    if not families:
+        return significance(archs, by, base, probe, documents)
+    out: dict[str, tuple] = {}
+    for members in families.values():
+        out.update(significance([a for a in archs if a in members], by, base, probe, documents))
+    return out
+
+
+def declared_families(spec: list[str], archs: list[str]) -> dict[str, list[str]]:
+    """``--family NAME=arch,arch`` (repeatable) -> {name: members}: each comparison family, declared
+    in the command before any run, is Holm-corrected on its own. Every arch of the table but vanilla
+    belongs to one; those no family names form the family "other"."""
+    fams: dict[str, list[str]] = {}
+    for item in spec or []:
+        name, _, members = item.partition("=")
+        names = [m.strip() for m in members.split(",") if m.strip()]
+        if not name.strip() or not names:
+            raise SystemExit(f"--family {item!r}: write NAME=arch,arch, e.g. primary=va,sla,las")
+        unknown = [m for m in names if m not in archs or m == "vanilla"]
+        if unknown:
+            raise SystemExit(
+                f"--family {item!r}: {', '.join(unknown)} not among the compared --archs (vanilla is the reference)"
+            )
+        fams[name.strip()] = names
+    seen = [m for ms in fams.values() for m in ms]
+    twice = sorted({m for m in seen if seen.count(m) > 1})
+    if twice:
+        raise SystemExit(f"--family: {', '.join(twice)} in more than one family")
+    rest = [a for a in archs if a != "vanilla" and a not in seen]
+    if fams and rest:
+        fams["other"] = rest
+    return fams
+
+
 def paired_tests(
     items: list[tuple[str, list[dict], dict]], probe: bool = False, documents: Optional[Clusters] = None
 ) -> dict[str, tuple]:
@@ -284,6 +328,7 @@ def write_tables(
     sweep: Optional[list[dict]] = None,
     lr_rule: Optional[str] = None,
     clusters: Optional[Clusters] = None,
+    families: Optional[dict[str, list[str]]] = None,
 ) -> tuple[Path, Path]:
     modality = modalities()[args.modality]
     unit, unit_label = modality.metric, modality.label
@@ -372,6 +417,14 @@ def write_tables(
             'without per-window NLLs), otherwise "no detectable difference" at this scale (`lit_vattn/experiments/stats.py`)'
         ),
     ]
+    if families:
+        lines[-1] = lines[-1].replace(
+            "each Holm-corrected across the architectures of this table", "each Holm-corrected within its family"
+        )
+        lines.append(
+            "- comparison families, declared in the command before the runs, each Holm-corrected on its own: "
+            + "; ".join(f"{name}: {', '.join(m)}" for name, m in families.items())
+        )
     if failed:
         lines.append(
             "- **failed runs (never scored): "
@@ -379,7 +432,7 @@ def write_tables(
             + "**"
         )
     columns = main_columns(unit_label, probe, "windows" if clusters is None else clusters.name)
-    rows = main_rows(archs, by, base, failed, counts, unit, probe, clusters)
+    rows = main_rows(archs, by, base, failed, counts, unit, probe, clusters, families)
     lines += ["", *render(columns, rows)]
     if counts:
         lines += [
@@ -457,10 +510,10 @@ def main_columns(unit_label: str, probe: bool, resampled: str = "windows") -> li
 
 
 def main_rows(
-    archs, by, base, failed, counts, unit: str, probe: bool, clusters: Optional[Clusters] = None
+    archs, by, base, failed, counts, unit: str, probe: bool, clusters: Optional[Clusters] = None, families=None
 ) -> list[dict]:
     """The main table's rows, each cell formatted once: the markdown and the table's JSON both show these."""
-    tests = significance(archs, by, base, probe, clusters)
+    tests = family_tests(archs, by, base, probe, clusters, families)
     key = "test_acc" if probe else "test_nll"
     rows = []
     for a in archs:

@@ -90,3 +90,35 @@ def test_clusters_survive_a_round_trip_through_their_file(tmp_path):
     c.save(tmp_path / "clusters.json")
     assert Clusters.load(tmp_path / "clusters.json") == c
     assert Clusters.load(tmp_path / "absent.json") is None
+
+
+def test_declared_families_are_holm_corrected_on_their_own():
+    from lit_vattn.experiments.tables import declared_families, family_tests
+
+    archs = ["vanilla", "va", "sla", "las", "hc", "mudd"]
+    fams = declared_families(["primary=va,sla,las", "secondary=hc"], archs)
+    assert fams == {"primary": ["va", "sla", "las"], "secondary": ["hc"], "other": ["mudd"]}
+    for bad, match in (
+        (["primary=va,nope"], "nope not among"),
+        (["primary=va", "secondary=va"], "more than one family"),
+        (["primary"], "NAME=arch"),
+        (["primary=vanilla"], "vanilla is the reference"),
+    ):
+        with pytest.raises(SystemExit, match=match):
+            declared_families(bad, archs)
+    # five methods, the same differences: one family of five vs a family of one
+    deltas = {"va": -0.10, "sla": -0.02, "las": 0.01, "hc": -0.03, "mudd": 0.02}
+    base = {s: {"seed": s, "test_nll": 5.0, "run_dir": "x"} for s in range(3)}
+    noise = [0.004, -0.003, -0.001]
+    by = {a: [{"seed": s, "test_nll": 5.0 + d + noise[s], "run_dir": "x"} for s in range(3)] for a, d in deltas.items()}
+    import lit_vattn.experiments.tables as tables
+
+    orig = tables._windows
+    tables._windows = lambda r, field="nll": None
+    try:
+        one = family_tests(archs, by, base)
+        split = family_tests(archs, by, base, families={"primary": ["va"], "other": ["sla", "las", "hc", "mudd"]})
+    finally:
+        tables._windows = orig
+    assert split["va"][0] == one["va"][0]  # the raw p is the same
+    assert split["va"][1] == pytest.approx(split["va"][0]) and one["va"][1] > split["va"][1]  # alone: no correction
