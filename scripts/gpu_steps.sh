@@ -23,6 +23,11 @@
 #   generate                            sampling speed at the GPT-2-small shape, KV cache vs recompute
 #   throughput [archs]                  compiled training throughput (default every method; e.g. vanilla,hc,mhc)
 #   mqar [num_kv_pairs]                 the MQAR probe table at a budget that leaves the 1/n plateau
+#   ladder [rungs] [archs]              the scaling ladder's rungs the CPU cannot reach (default 4,5), 4 runs
+#                                       at once: the lrs tuned on the CPU rungs come from results/records
+#                                       (committed), finished rungs are skipped, the records come back in
+#                                       $OUT/records (copy text-ladder-<k> into results/records, then
+#                                       lit-vattn-ladder ... --table-only --runs results/records)
 #   acceptance                          what any user with one GPU runs to check the suite on it, in one
 #                                       bounded call (<= 9 min on an H100/H200): the tests that skip without a
 #                                       GPU, the throughput of every registered method (bf16, eager: the
@@ -95,6 +100,14 @@ case $STEP in
       --trainer.max_steps 20000 --trainer.val_check_interval 20000 --data.init_args.num_kv_pairs "$PAIRS"
     pack "runs-mqar-kv$PAIRS.tgz" "runs/gpu/mqar-kv$PAIRS/mqar-tiny"
     ;;
+  ladder)
+    RUNGS=${1:-4,5}; ARCHS=${2:-vanilla,va,va-frozen,sla,las}
+    # the CPU rungs' records (their lr choices) beside the new ones: the ladder reads and writes one records folder
+    [[ $DRY == 1 ]] || { mkdir -p "$OUT/records"; cp -r results/records/text-ladder-* "$OUT/records/" 2>/dev/null || true; }
+    run python -m lit_vattn.experiments.ladder --modality text --rungs "1,2,3,$RUNGS" --tune-rungs 1,2 \
+      --archs "$ARCHS" --seeds 0,1,2 --lr-seed 100 --lrs 3e-3,6e-3,1.2e-2 --widen 2 --check-archs vanilla \
+      --parallel 4 --runs runs/gpu --records "$OUT/records" --out /tmp/tables
+    ;;
   acceptance)
     ALL=$(python -c 'from lit_vattn.arch.registry import methods; print(",".join(methods()))')
     if [[ $CPU == 1 ]]; then  # the same three parts at a CPU scale of seconds
@@ -117,6 +130,6 @@ case $STEP in
       --archs vanilla,va,sla,las "${DEV[@]}" --runs "${RUNS:-runs/acceptance}" --out "$OUT/tables" --no-baselines --override "${CMP[@]}"
     pack "runs-acceptance.tgz" "${RUNS:-runs/acceptance}/text-$PRESET"
     ;;
-  *) echo "unknown step '$STEP': small | tests | generate | throughput | mqar | acceptance" >&2; exit 2 ;;
+  *) echo "unknown step '$STEP': small | tests | generate | throughput | mqar | ladder | acceptance" >&2; exit 2 ;;
 esac
 [[ $DRY == 1 ]] || { ls -la "$OUT"; find /tmp/tables -name '*.md' -exec tail -n 25 {} \; 2>/dev/null || true; }

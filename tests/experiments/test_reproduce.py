@@ -688,6 +688,15 @@ def test_gpu_steps_name_requests_that_resolve(tmp_path):
                 reproduce.main(argv)
             requests += 1
     assert requests == 4
+    ladder = subprocess.run(["bash", str(script), "--dry-run", "ladder"], capture_output=True, text=True, check=True)
+    argv = shlex.split(
+        next(x for x in ladder.stdout.splitlines() if "lit_vattn.experiments.ladder" in x).removeprefix("+ ")
+    )
+    from lit_vattn.experiments import ladder as ladder_cli
+
+    argv = argv[3:] + ["--table-only", "--runs", str(tmp_path / "none"), "--records", str(tmp_path / "none")]
+    with pytest.raises(SystemExit, match="--table-only: vanilla seed 100 lr 0.003 has no finished summary"):
+        ladder_cli.main(argv)  # every rung, method and option of the GPU step resolves
     bad = subprocess.run(["bash", str(script), "--dry-run", "bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown step 'bogus'" in bad.stderr
 
