@@ -165,6 +165,7 @@ def ladder_columns(unit_label: str) -> list[Column]:
         Column("p", "p (paired t)"),
         Column("p_holm", "p (Holm, family)"),
         Column("family", "family"),
+        Column("verdict", "verdict (seeds, Holm)"),
     ]
 
 
@@ -180,7 +181,7 @@ def fmt_k(k: float, n: float, lo_n: float, hi_n: float) -> str:
 def write_ladder(args, rungs_done: list[dict]) -> Path:
     """``<out>/ladder-<modality>.md`` (+ .csv, .json, .png) from the rungs' results."""
     from datamodules import modalities
-    from lit_vattn.experiments.stats import holm, paired_t
+    from lit_vattn.experiments.stats import holm, paired_t, verdict
     from lit_vattn.plotting import plt, save_csv, savefig
     from lit_vattn.provenance import git_commit, hardware
 
@@ -228,7 +229,7 @@ def write_ladder(args, rungs_done: list[dict]) -> Path:
                 "lr": ", ".join(f"{x:g}" for x in sorted({r["lr"] for r in rs})),
                 "test_nll": f"{mean(nll):.4f} ± {stdev(nll):.4f}" if len(nll) > 1 else f"{nll[0]:.4f}",
                 "test_unit": f"{mean(r[f'test_{unit}'] for r in rs):.4f}",
-                **dict.fromkeys(("delta", "ci", "p", "p_holm", "family"), "—"),
+                **dict.fromkeys(("delta", "ci", "p", "p_holm", "family", "verdict"), "—"),
             }
             if a in tests:
                 x, p, q, name = tests[a]
@@ -240,6 +241,7 @@ def write_ladder(args, rungs_done: list[dict]) -> Path:
                         p=pval(p),
                         p_holm=pval(q),
                         family=name,
+                        verdict=verdict(mean(x), q),
                     )
             rows.append(cell)
             csv_rows += [
