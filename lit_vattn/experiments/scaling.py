@@ -149,6 +149,19 @@ def analyse(table: dict[str, dict[int, dict[int, float]]], sizes: dict[int, floa
     return result
 
 
+def _finite(x):
+    """The table's data as strict JSON: non-finite numbers (k beyond vanilla's floor, a failed fit) as null."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def ladder_columns(unit_label: str) -> list[Column]:
     """The per-rung rows of the ladder table (markdown and JSON show the same cells)."""
     return [
@@ -322,7 +335,14 @@ def write_ladder(args, rungs_done: list[dict]) -> Path:
                 + " | ".join("failed" if rs[x].get("failed") else f"{rs[x]['val_nll']:.4f}" for x in sorted(rs))
                 + f" | {'yes' if best == carried else f'no: {best:g}'} |"
             )
-    summary = {"rows": rows, "fit": None}
+    columns = ladder_columns(modalities()[args.modality].label)
+    summary = {
+        "table": stem.name + ".md",
+        "modality": args.modality,
+        "columns": [[c.key, c.header] for c in columns],
+        "rows": rows,
+        "fit": None,
+    }
     if fit is None:
         lines += [
             "",
@@ -398,6 +418,6 @@ def write_ladder(args, rungs_done: list[dict]) -> Path:
             "",
             f"Plot: `{stem.name}.png`; per-run numbers: `{stem.name}.csv`; per-rung tables: `ladder-{args.modality}/`.",
         ]
-    write_text(stem.with_suffix(".json"), json.dumps(summary, indent=1, default=float) + "\n")
+    write_text(stem.with_suffix(".json"), json.dumps(_finite(summary), indent=1) + "\n")
     write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     return stem.with_suffix(".md")

@@ -157,3 +157,40 @@ def test_the_ladder_table_reports_fits_k_and_the_per_rung_tests(tmp_path):
     # the fit sees the synthetic sizes only through the rungs' own N, so k is what those N give; finite and > 1
     row = next(line for line in md.splitlines() if line.startswith("| va |") and "x" in line)
     assert "no fit" not in row
+
+
+def test_the_ladder_tables_data_is_strict_json_and_renders_its_rows(tmp_path):
+    import json
+
+    from lit_vattn.experiments.tables import Column, render
+
+    test_the_ladder_table_reports_fits_k_and_the_per_rung_tests(tmp_path)
+    data = json.loads((tmp_path / "ladder-text.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    rendered = "\n".join(render([Column(k, h) for k, h in data["columns"]], data["rows"]))
+    assert rendered in (tmp_path / data["table"]).read_text()
+    assert set(data["fit"]["archs"]) == {"vanilla", "va"}
+
+
+@pytest.mark.slow
+def test_committed_ladder_tables_are_the_runs_their_records_hold(tmp_path, capsys):
+    """A committed ladder table is rebuilt by its own command from the committed records (no data, no
+    training): the per-rung rows, fits, intervals and each rung's own table come out as committed."""
+    import json
+    import shlex
+
+    mds = sorted((ROOT / "results").glob("ladder-*.md"))
+    for md in mds:
+        text = md.read_text()
+        cmd = shlex.split(text.split("- command: `lit-vattn-ladder ", 1)[1].split("`", 1)[0])
+        drop = {"--runs", "--out", "--records", "--parallel"}
+        keep = [a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop)]
+        keep = [a for a in keep if a not in ("--table-only", "--find-documents")]
+        ladder.main([*keep, "--runs", str(ROOT / "results/records"), "--out", str(tmp_path), "--table-only"])
+        body = lambda t: t.split("\n| rung |", 1)[1]  # noqa: E731
+        assert body((tmp_path / md.name).read_text()) == body(text), md.name
+        fresh = json.loads((tmp_path / md.with_suffix(".json").name).read_text())
+        assert fresh["rows"] == json.loads(md.with_suffix(".json").read_text())["rows"]
+        for rung in sorted((ROOT / "results" / md.stem).glob("*.md")):
+            cut = lambda t: t.split("\n| arch |", 1)[1].split("\nPer-run numbers")[0]  # noqa: E731
+            assert cut((tmp_path / md.stem / rung.name).read_text()) == cut(rung.read_text()), rung.name
+    capsys.readouterr()
