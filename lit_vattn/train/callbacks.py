@@ -127,13 +127,15 @@ class RunSummary(Callback):
         self.tokens = 0
         self.t0 = self.t_skip = None
         self.tokens_after_skip = 0
+        self.mix_init: dict = {}  # the depth-mixing weights at step 0, to say how far training moved them
 
     # --- kept in the checkpoint --------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"train": self.train, "val": self.val, "tokens": self.tokens}
+        return {"train": self.train, "val": self.val, "tokens": self.tokens, "mix_init": self.mix_init}
 
     def load_state_dict(self, state: dict) -> None:
         self.train, self.val, self.tokens = list(state["train"]), list(state["val"]), int(state["tokens"])
+        self.mix_init = dict(state.get("mix_init") or {})  # absent in checkpoints written before it
 
     # --- recording ---------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -153,6 +155,8 @@ class RunSummary(Callback):
                 pass
         self.t0, self.t_skip, self.tokens_after_skip = time.perf_counter(), None, 0
         self._start_step = trainer.global_step
+        if trainer.global_step == 0:  # a fresh run: its mixing weights as initialised
+            self.mix_init = {n: _full(p).detach().cpu().clone() for n, p in _mixing(pl_module)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = batch["input"].numel() * trainer.world_size
@@ -186,6 +190,19 @@ class RunSummary(Callback):
             update["test_windows"] = pl_module.test_windows  # per-window NLL, for the paired bootstrap
         self._write(trainer, update)
 
+    def _moved(self, pl_module) -> Optional[dict]:
+        """How far training moved each depth-mixing parameter (``depth_mix``: VA's logits, routers,
+        ...) from its init: the largest and the root-mean-square change. A routing claim needs
+        weights that moved; a weight that cannot move in the budget tests its init. None for a
+        method without mixing weights or a run resumed from a checkpoint that predates the record."""
+        moved = {}
+        for n, p in _mixing(pl_module):
+            if n not in self.mix_init:
+                return None
+            d = (_full(p).detach().float().cpu() - self.mix_init[n].float()).abs()
+            moved[n] = {"max_abs": float(d.max()), "rms": float(d.pow(2).mean().sqrt())}
+        return moved or None
+
     def on_train_end(self, trainer, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
@@ -210,6 +227,7 @@ class RunSummary(Callback):
             else None,
             # the content of the data it trained and was scored on (datamodules.shards.digest)
             "data_digest": getattr(dm, "data_digest", None),
+            "mixing_moved": self._moved(pl_module),
         }
         self._write(trainer, {"train": self.train, "val": self.val, "stats": stats})
 
@@ -314,3 +332,13 @@ class BudgetCurve(Callback):
         values = metrics.compute(pl_module.unit)
         values.pop("tokens")
         return {k: float(v) for k, v in values.items()}
+
+
+def _mixing(pl_module):
+    """(name, parameter) of every depth-mixing weight (flagged ``depth_mix`` by its reader)."""
+    return [(n, p) for n, p in pl_module.net.named_parameters() if getattr(p, "depth_mix", False)]
+
+
+def _full(p):
+    """A parameter's whole value, also when FSDP2 shards it (a DTensor)."""
+    return p.full_tensor() if hasattr(p, "full_tensor") else p

@@ -34,3 +34,29 @@ def test_the_progress_bar_shows_tokens_per_second_and_minutes_left(in_tmp):
         steps_per_sec = m["tok/s"] / (4 * 32)
         assert m["min left"] == pytest.approx((8 - step) / steps_per_sec / 60, rel=1e-3)
     assert shown[-1][1]["min left"] == 0.0
+
+
+def test_the_summary_says_how_far_training_moved_the_mixing_weights(in_tmp):
+    """A routing claim needs weights that moved: the fit summary gives each depth-mixing parameter's
+    largest and RMS change from its init; a method without mixing weights has none; a run resumed
+    from a checkpoint measures from the same init."""
+    import json
+    from pathlib import Path
+
+    from helpers import ROOT
+
+    from lit_vattn.train.cli import cli_main
+
+    base = ["fit", "--config", TEXT, "--config", CPU, *TINY, *QUIET, "--trainer.limit_val_batches", "0"]
+    va = ["--config", str(ROOT / "configs/arch/va.yaml"), "--model.init_args.lr", "1e-2"]
+    cli_main([*base, *va, "--trainer.max_steps", "6", "--trainer.logger.init_args.name", "mv"])
+    moved = json.loads(Path("runs/mv/summary.json").read_text())["stats"]["mixing_moved"]
+    assert set(moved) == {"arch.logits"} and 0 < moved["arch.logits"]["rms"] <= moved["arch.logits"]["max_abs"]
+    ckpt = next(Path("runs/mv").rglob("last.ckpt"))
+    cli_main(
+        [*base, *va, "--trainer.max_steps", "9", "--trainer.logger.init_args.name", "mv", "--ckpt_path", str(ckpt)]
+    )
+    again = json.loads(Path("runs/mv/summary.json").read_text())["stats"]["mixing_moved"]
+    assert again["arch.logits"]["max_abs"] > 0 and again["arch.logits"] != moved["arch.logits"]
+    cli_main([*base, "--trainer.max_steps", "2", "--trainer.logger.init_args.name", "plain"])
+    assert json.loads(Path("runs/plain/summary.json").read_text())["stats"]["mixing_moved"] is None
