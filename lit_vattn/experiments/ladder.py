@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import sys
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Optional
 
 from lit_vattn.arch.registry import CONFIG_DIR
-from lit_vattn.experiments.records import COUNTS
 
 TOKENS_PER_PARAM = 20
 """Training tokens per non-embedding parameter at every rung (about the compute-optimal ratio of
@@ -123,8 +121,8 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
         Runner,
         check_one_data,
         check_recorded_data,
-        count_baselines,
         table_clusters,
+        table_counts,
         tune,
     )
     from lit_vattn.experiments.scaling import families
@@ -154,19 +152,8 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
             [(m, args.lr_seed, float(f"{chosen[m] * f:.6g}")) for m in args.check_archs for f in (0.5, 1.0, 2.0)]
         )
     finished = [r for r in results if not r.get("failed")]
-    counts = None
-    if finished and not modalities()[args.modality].probe:
-        saved = runner.root / f"{args.modality}-{rung.preset}" / COUNTS
-        if saved.exists() and args.table_only:
-            counts = json.loads(saved.read_text())
-        else:
-            counts = count_baselines(finished)
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(counts, indent=2))
-        if args.records:
-            kept = Path(args.records) / f"{args.modality}-{rung.preset}" / COUNTS
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(counts, indent=2))
+    counts = table_counts(a, runner, finished) if finished else None
+    if finished:
         check_one_data(finished, counts)
     clusters = table_clusters(a, runner, finished) if finished and not modalities()[args.modality].probe else None
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0

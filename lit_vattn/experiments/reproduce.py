@@ -502,6 +502,32 @@ def count_baselines(results: list[dict], max_train_tokens: int = 50_000_000) -> 
     ]
 
 
+def table_counts(args, runner: "Runner", finished: list[dict]) -> Optional[list[dict]]:
+    """The table's count rows (``count_baselines``), saved beside the runs (and the records) as
+    ``counts.json``; with --table-only the saved file, where the runs' data may be absent. None for
+    a probe (its floor is its chance line), with --no-baselines, or when they cannot be computed (the
+    runs are done: a failing extra row must not cost the table)."""
+    if args.no_baselines or modalities()[args.modality].probe:
+        return None
+    name = f"{args.modality}-{args.preset}"
+    saved = runner.root / name / COUNTS
+    try:
+        if saved.exists() and args.table_only:
+            counts = json.loads(saved.read_text())
+        else:
+            counts = count_baselines(finished)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(counts, indent=2))
+        if args.records:
+            kept = Path(args.records) / name / COUNTS
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(counts, indent=2))
+    except Exception as e:
+        print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return None
+    return counts
+
+
 def table_clusters(args, runner: "Runner", finished: list[dict]):
     """The test windows' documents (``tables.Clusters``) for the bootstrap over documents: read
     from the data of the table's first run and saved beside the runs (and the records) as
@@ -677,29 +703,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     else:
         results = run([(a, s) for s in seeds for a in archs])
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0
-    counts = None
     finished = [r for r in results if not r.get("failed")]
     if not finished:
         raise SystemExit(
             "every run failed; no table is written: "
             + "; ".join(f"{r['arch']} seed {r['seed']}: {r['failed']}" for r in results)
         )
-    if not args.no_baselines and not modalities()[args.modality].probe:  # a probe's floor is its chance line
-        saved = runner.root / f"{args.modality}-{args.preset}" / COUNTS
-        try:
-            if saved.exists() and args.table_only:  # computed beside the runs, where their data is
-                counts = json.loads(saved.read_text())
-            else:
-                counts = count_baselines(finished)
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps(counts, indent=2))
-            if args.records:
-                kept = Path(args.records) / f"{args.modality}-{args.preset}" / COUNTS
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                kept.write_text(json.dumps(counts, indent=2))
-        except Exception as e:  # the runs are done: a failing extra row must not cost the table
-            print(f"[warn] count baselines left out of the table: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-
+    counts = table_counts(args, runner, finished)
     check_one_data(finished, counts)
     clusters = None if modalities()[args.modality].probe else table_clusters(args, runner, finished)
     md, _ = write_tables(args, results, wall, counts, sweep, clusters=clusters, families=families)
