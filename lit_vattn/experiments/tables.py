@@ -460,7 +460,8 @@ def write_tables(
         f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
         + (
             f"; each run's record (summaries and config: what this table reads) under `{args.records}`: "
-            f"`lit-vattn-reproduce <the command's options> --runs {args.records} --table-only` rebuilds it"
+            f"`{(getattr(args, 'command', None) or 'lit-vattn-reproduce').split()[0]} <the command's options> "
+            f"--runs {args.records} --table-only` rebuilds it"
             if getattr(args, "records", None)
             else ""
         )
