@@ -27,7 +27,10 @@
 #                                       at once: the lrs tuned on the CPU rungs come from results/records
 #                                       (committed), finished rungs are skipped, the records come back in
 #                                       $OUT/records (copy text-ladder-<k> into results/records, then
-#                                       lit-vattn-ladder ... --table-only --runs results/records)
+#                                       lit-vattn-ladder ... --table-only --runs results/records). Its shards
+#                                       (the 2,048-id BPE) are prepared on the CPU into the carried cache:
+#                                       LIT_VATTN_CACHE=.carry/regen-cache lit-vattn-prepare --config
+#                                       configs/data/text.yaml --data.init_args.bpe_vocab_size 2048
 #   acceptance                          what any user with one GPU runs to check the suite on it, in one
 #                                       bounded call (<= 9 min on an H100/H200): the tests that skip without a
 #                                       GPU, the throughput of every registered method (bf16, eager: the
