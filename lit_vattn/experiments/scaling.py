@@ -315,6 +315,12 @@ def write_ladder(args, rungs_done: list[dict]) -> Path:
         *render(ladder_columns(modalities()[args.modality].label), rows),
     ]
     checks = [r for d in rungs_done for r in d["check"]]
+    if not checks and any(d["lr_rule"] for d in rungs_done):
+        lines += [
+            "",
+            "The carried learning rates were not checked at the top rung (`--check-archs` trains them at half and "
+            f"twice the carried lr on seed {args.lr_seed}).",
+        ]
     if checks:
         lines += [
             "",
