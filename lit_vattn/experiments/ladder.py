@@ -8,7 +8,7 @@ fits each method's test NLL against its size and compares the fits (``lit_vattn.
 
 Learning rates, a stated rule: at a tuned rung (``--tune-rungs``, default every rung) each method's
 lr is chosen on validation over ``--lrs`` on ``--lr-seed``, a seed that is not in the table, the
-grid widened past an edge choice (``reproduce.tune``); a rung that is not tuned takes each method's
+grid widened past an edge choice (``records.tune``); a rung that is not tuned takes each method's
 lr of the nearest tuned rung below it, and at the top such rung ``--check-archs`` are also trained
 at half and twice that lr on the tuning seed, so the table says whether the carried lr was still
 the best of the three.
@@ -118,13 +118,13 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     """Train (or with --table-only read) one rung: its lr sweep or carried lrs, its table seeds, the
     top-rung check; write its table. Returns {"rung", "results", "sweep", "chosen", "check", "lr_rule"}."""
     from datamodules import modalities
+    from lit_vattn.experiments.records import tune
     from lit_vattn.experiments.reproduce import (
         Runner,
         check_one_data,
         check_recorded_data,
         table_clusters,
         table_counts,
-        tune,
     )
     from lit_vattn.experiments.scaling import families
     from lit_vattn.experiments.tables import write_tables
@@ -171,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--seeds", default="0,1,2", help="the table's seeds")
     p.add_argument("--lr-seed", type=int, default=100, help="the seed every lr choice is made on; not one of --seeds")
     p.add_argument("--lrs", default="3e-3,6e-3,1.2e-2", help="the lr grid of a tuned rung")
-    p.add_argument("--widen", type=int, default=2, help="values added past an edge choice, per side (reproduce.tune)")
+    p.add_argument("--widen", type=int, default=2, help="values added past an edge choice, per side (records.tune)")
     p.add_argument("--tune-rungs", default=None, help="rungs whose lrs are tuned (default: every rung of --rungs)")
     p.add_argument(
         "--check-archs",

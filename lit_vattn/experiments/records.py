@@ -155,3 +155,35 @@ def choose_lr(sweep: list[dict]) -> Optional[float]:
 
     ok = [r for r in sweep if not r.get("failed") and r.get("val_nll") is not None and math.isfinite(r["val_nll"])]
     return min(ok, key=lambda r: (r["val_nll"], r["lr"]))["lr"] if ok else None
+
+
+def tune(
+    run, archs: list[str], seed: int, grid: list[float], widen: int = 0
+) -> tuple[list[dict], dict[str, Optional[float]]]:
+    """Every lr of ``grid`` on ``seed`` for each arch and the choice (``choose_lr``: lowest final
+    validation NLL). Where a choice falls on the grid's edge, that arch's grid is extended past the
+    edge by the grid's own ratio there, one value at a time, at most ``widen`` values per side, so
+    an optimum outside the stated grid is found instead of reported as an edge. ``run`` trains (or,
+    for --table-only, reads) a list of (arch, seed, lr) jobs; the same records give the same
+    choices. Returns every tuning run and arch -> chosen lr (None when every lr failed)."""
+    tried = {a: sorted(grid) for a in archs}
+    sweep = run([(a, seed, lr) for a in archs for lr in grid])
+    added = {a: {"low": 0, "high": 0} for a in archs}
+    while True:
+        chosen = {a: choose_lr([r for r in sweep if r["arch"] == a]) for a in archs}
+        more = []
+        for a in archs:
+            g, c = tried[a], chosen[a]
+            if c is None or len(g) < 2:
+                continue
+            side = "low" if c == g[0] else "high" if c == g[-1] else None
+            if side is None or added[a][side] >= widen:
+                continue
+            lr = g[0] * g[0] / g[1] if side == "low" else g[-1] * g[-1] / g[-2]
+            lr = float(f"{lr:.6g}")  # 3e-3 * 2 gives 0.006, not 0.006000000000000001: a run name and a config value
+            added[a][side] += 1
+            tried[a] = sorted(g + [lr])
+            more.append((a, seed, lr))
+        if not more:
+            return sweep, chosen
+        sweep += run(more)

@@ -10,7 +10,7 @@ resumed by the next invocation, no other run starts, no table is written, and it
 only a run that itself failed (divergence, an error) is marked failed (``failed.json``). With
 ``--records`` each run's record (``lit_vattn.experiments.records``) is kept beside the table, and a recorded run
 counts as finished on a fresh machine. ``--lrs`` tunes each method's lr on the first seed, or on
-``--lr-seed`` kept out of the table (``tune``, ``choose_lr``). Then ``lit_vattn.experiments.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
+``--lr-seed`` kept out of the table (``records.tune``, ``records.choose_lr``). Then ``lit_vattn.experiments.tables`` writes ``results/<modality>-<preset>.md`` (aggregated,
 with the tests) and ``.csv`` (one row per run) with the command, commit, date, hardware and wall
 time, plus the loss and budget curves.
 
@@ -37,7 +37,8 @@ import numpy as np
 
 from datamodules import modalities
 from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
-from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, choose_lr
+from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, tune
+from lit_vattn.experiments.records import choose_lr as choose_lr  # re-exported: the rule --lrs applies
 from lit_vattn.experiments.tables import declared_families, write_tables
 from lit_vattn.provenance import git_commit
 
@@ -354,38 +355,6 @@ def parse_lrs(text: Optional[str]) -> list[float]:
     if len(lrs) < 2 or min(lrs) <= 0:
         raise SystemExit(f"--lrs {text!r} must name at least two distinct positive learning rates, e.g. 1e-3,3e-3,1e-2")
     return lrs
-
-
-def tune(
-    run, archs: list[str], seed: int, grid: list[float], widen: int = 0
-) -> tuple[list[dict], dict[str, Optional[float]]]:
-    """Every lr of ``grid`` on ``seed`` for each arch and the choice (``choose_lr``: lowest final
-    validation NLL). Where a choice falls on the grid's edge, that arch's grid is extended past the
-    edge by the grid's own ratio there, one value at a time, at most ``widen`` values per side, so
-    an optimum outside the stated grid is found instead of reported as an edge. ``run`` trains (or,
-    for --table-only, reads) a list of (arch, seed, lr) jobs; the same records give the same
-    choices. Returns every tuning run and arch -> chosen lr (None when every lr failed)."""
-    tried = {a: sorted(grid) for a in archs}
-    sweep = run([(a, seed, lr) for a in archs for lr in grid])
-    added = {a: {"low": 0, "high": 0} for a in archs}
-    while True:
-        chosen = {a: choose_lr([r for r in sweep if r["arch"] == a]) for a in archs}
-        more = []
-        for a in archs:
-            g, c = tried[a], chosen[a]
-            if c is None or len(g) < 2:
-                continue
-            side = "low" if c == g[0] else "high" if c == g[-1] else None
-            if side is None or added[a][side] >= widen:
-                continue
-            lr = g[0] * g[0] / g[1] if side == "low" else g[-1] * g[-1] / g[-2]
-            lr = float(f"{lr:.6g}")  # 3e-3 * 2 gives 0.006, not 0.006000000000000001: a run name and a config value
-            added[a][side] += 1
-            tried[a] = sorted(g + [lr])
-            more.append((a, seed, lr))
-        if not more:
-            return sweep, chosen
-        sweep += run(more)
 
 
 class RunInterrupted(Exception):

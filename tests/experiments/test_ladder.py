@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lit_vattn.experiments import ladder, scaling
-from lit_vattn.experiments.reproduce import configs, tune
+from lit_vattn.experiments.records import tune
+from lit_vattn.experiments.reproduce import configs
 from tests.helpers import ROOT
 
 
