@@ -424,9 +424,9 @@ def test_table_only_rebuilds_the_table_from_copied_summaries(table, tmp_path):
 
 
 def test_records_carry_a_table_to_a_fresh_machine(table, tmp_path, capsys):
-    """--records keeps each run's record (what a table reads; no checkpoint, no log). On a machine
-    with none of the run directories, the same command with the same --records trains nothing and
-    writes the same table; --table-only reads the records directly."""
+    """--records keeps each run's record and the table's counts and document groups (what a table
+    reads; no checkpoint, no log). On a machine with none of the run directories, the same command with
+    the same --records trains nothing and writes the same table; --table-only reads the records directly."""
     tmp, args, results = table
     cut = args.index("--override")
     rec, out = tmp_path / "records", tmp_path / "out"
@@ -436,7 +436,8 @@ def test_records_carry_a_table_to_a_fresh_machine(table, tmp_path, capsys):
     kept = sorted(str(f.relative_to(rec)) for f in rec.rglob("*") if f.is_file())
     runs = [f"text-tiny/{a}/seed{s}" for a in ("va", "vanilla") for s in (0, 1)]
     assert kept == sorted(
-        ["text-tiny/counts.json"] + [f"{r}/{f}" for r in runs for f in records.FILES if f != "failed.json"]
+        ["text-tiny/counts.json", f"text-tiny/{records.CLUSTERS}"]
+        + [f"{r}/{f}" for r in runs for f in records.FILES if f != "failed.json"]
     )
     assert sum(f.stat().st_size for f in rec.rglob("*") if f.is_file()) < 200_000
     md = (out / "text-tiny-vanilla-va-seeds0-1.md").read_text()

@@ -184,7 +184,9 @@ def val_nlls(run: Path) -> list[float]:
     return [float(r["val/nll"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/nll")]
 
 
-@pytest.mark.parametrize("arch", ["vanilla", "va", "las", "hc"])
+# the methods that add parameters a wrapper must shard (mixing logits, cross-attention, streams); the
+# plain model is their subset, and DDP runs it in every test above
+@pytest.mark.parametrize("arch", ["va", "las", "hc"])
 def test_fsdp2_trains_checkpoints_resumes_and_matches_ddp(tmp_path, bpe_text, arch):
     """The FSDP preset (FSDP2) on 2 gloo processes: 2 steps, a checkpoint, a resume to 4 steps; the
     validation NLL at steps 2 and 4 equals DDP's uninterrupted run, and the checkpoint is the
