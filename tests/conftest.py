@@ -10,10 +10,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `pytest -n N` (xdist): N workers share the cores, so each worker and every process it starts gets
 # cores / N intra-op threads; N processes each spreading over every core contend.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
-    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ["OMP_NUM_THREADS"] = str(_threads)
     import torch
 
+    from lit_vattn.experiments.reproduce import threads_per_process
+
+    _threads = threads_per_process(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 
 
