@@ -57,12 +57,16 @@ def project_kv(attn: nn.Module, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple
 
 class AttnInputs(NamedTuple):
     """Inputs of an attention sub-layer whose Q, K and V read different mixtures (each (B, T, D),
-    before the block's norm); ``x`` is the residual input the default update adds the output to."""
+    before the block's norm); ``x`` is the residual input the default update adds the output to.
+    ``norm_k`` / ``norm_v``: the reader's own norm for that input in place of the block's (MUDDFormer's
+    separate pre-attention norms); None = the block's."""
 
     x: Tensor
     q: Tensor
     k: Tensor
     v: Tensor
+    norm_k: Optional[nn.Module] = None
+    norm_v: Optional[nn.Module] = None
 
 
 class Arch(nn.Module):

@@ -20,8 +20,11 @@ W1 normal with std 1/sqrt(D): every stream reads only the latest state, so the m
 the vanilla decoder at step 0 (tested: equal logits). ``streams="vr"`` mixes only the value and
 residual inputs (queries and keys read X^r), the setting of the modded-nanogpt record.
 
-Departure: one shared pre-attention norm for the Q/K/V inputs (the reference's ``sepln`` gives each
-its own RMSNorm gain); see results/README.md.
+Pre-attention norms: ``sepln=False`` (default) gives the Q, K and V inputs one shared RMSNorm, the
+reference's ``stack_hidden`` path (``self.attention_norm(x[:3])`` on the stacked mixtures);
+``sepln=True`` gives each its own gain (``attention_norms``, blocks 1..L-1), as the released model's
+``config.json`` sets. Tested against a transcription of the reference's forward for both. Not part
+of the method and kept from our base decoder: the reference's QK-norm and its per-layer MLP widths.
 
 Reader hooks: ``inputs`` (separate Q/K/V inputs, ``AttnInputs``), ``update`` (store X_{i+1},
 compute the next mixtures), ``readout``.
@@ -50,20 +53,29 @@ def _round64(h: int) -> int:
     paper="[Xiao et al., ICML 2025](https://arxiv.org/abs/2502.12170)",
     reads="per-token dense mixes of all earlier states, separate for Q, K, V and residual",
     exact_at_init=True,
+    controls=("mudd-sepln",),
 )
 class MUDDFormer(Arch):
     name = "mudd"
 
-    def __init__(self, streams: Literal["qkvr", "vr"] = "qkvr", expand_last: bool = True, round64: bool = True):
+    def __init__(
+        self,
+        streams: Literal["qkvr", "vr"] = "qkvr",
+        expand_last: bool = True,
+        round64: bool = True,
+        sepln: bool = False,
+    ):
         """
         Args:
             streams: "qkvr" = separate query, key, value and residual mixtures (the paper);
                 "vr" = only value and residual (queries and keys read the residual mixture).
             expand_last: 4x the hidden width of the dense connection after the last block.
             round64: Round hidden widths up as the reference code.
+            sepln: Separate RMSNorm gains for the mixed K and V inputs of blocks 1..L-1 (the
+                block's own norm serves Q), as the released model; False = one shared norm.
         """
         super().__init__()
-        self.streams, self.expand_last, self.round64 = streams, expand_last, round64
+        self.streams, self.expand_last, self.round64, self.sepln = streams, expand_last, round64, sepln
 
     def bind(self, cfg: GPTConfig) -> "MUDDFormer":
         super().bind(cfg)
@@ -80,6 +92,12 @@ class MUDDFormer(Arch):
             self.bias.append(nn.Parameter(torch.zeros(C, n)))
         for p in self.parameters():
             p.depth_mix = True
+        # norm gains train like the block's own (no depth-mix lr), so they are made after the flag
+        mixed = ("k", "v") if self.streams == "qkvr" else ("v",)
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({c: nn.RMSNorm(D, eps=cfg.norm_eps) for c in mixed})
+            for _ in range(L - 1 if self.sepln else 0)
+        )
         self.register_buffer("map_sum", torch.zeros(L, self.C, L + 1), persistent=False)
         self.register_buffer("map_count", torch.zeros(()), persistent=False)
         self.reset_parameters()
@@ -93,6 +111,9 @@ class MUDDFormer(Arch):
             nn.init.zeros_(w2.weight)
             b.zero_()
             b[:, -1] = 1.0  # current-only: vanilla at init
+        for norms in self.norms:
+            for n in norms.values():
+                n.reset_parameters()
 
     def _mix(self, i: int, states: list[Tensor]) -> list[Tensor]:
         """The C mixtures after block i, each (B, T, D)."""
@@ -115,11 +136,12 @@ class MUDDFormer(Arch):
         if s != "attn" or l == 0:
             return stream
         mixed = self.slot(mem)["mixed"]
+        norms = dict(self.norms[l - 1].items()) if self.sepln else {}
         if self.streams == "qkvr":
             q, k, v, r = mixed
-            return AttnInputs(r, q, k, v)
+            return AttnInputs(r, q, k, v, norms.get("k"), norms.get("v"))
         v, r = mixed
-        return AttnInputs(r, r, r, v)
+        return AttnInputs(r, r, r, v, None, norms.get("v"))
 
     def update(self, l: int, s: str, stream: Tensor, out: Tensor, mem: DepthMemory) -> Tensor:
         x = super().update(l, s, stream, out, mem)  # attn: X^r + a ; mlp: X_{l+1} = X^r + a + m

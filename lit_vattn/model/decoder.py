@@ -72,10 +72,14 @@ class Block(nn.Module):
         """One block as two sub-layers, each between the reader's ``inputs`` and ``update`` hooks;
         returns the new stream and records inputs and outputs in the memory."""
         x = reader.inputs(l, "attn", stream, mem)
-        if isinstance(x, AttnInputs):  # separate Q/K/V inputs, each through this block's norm
+        if isinstance(x, AttnInputs):  # separate Q/K/V inputs, each through this block's norm or the reader's
+            norm_k, norm_v = x.norm_k or self.norm1, x.norm_v or self.norm1
             xq = self.norm1(x.q)  # (B, T, D)
-            xk = xq if x.k is x.q else self.norm1(x.k)
-            xv = xq if x.v is x.q else xk if x.v is x.k else self.norm1(x.v)
+            xk = xq if x.k is x.q and norm_k is self.norm1 else norm_k(x.k)
+            if x.v is x.q and norm_v is self.norm1:
+                xv = xq
+            else:
+                xv = xk if x.v is x.k and norm_v is norm_k else norm_v(x.v)
             x = x.x
         else:
             xq = xk = xv = self.norm1(x)  # (B, T, D)
