@@ -118,7 +118,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     """Train (or with --table-only read) one rung: its lr sweep or carried lrs, its table seeds, the
     top-rung check; write its table. Returns {"rung", "results", "sweep", "chosen", "check", "lr_rule"}."""
     from datamodules import modalities
-    from lit_vattn.experiments.records import tune
+    from lit_vattn.experiments.records import check_same_override, tune
     from lit_vattn.experiments.reproduce import (
         Runner,
         check_one_data,
@@ -133,6 +133,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     a.preset, a.out = rung.preset, str(Path(args.out) / f"ladder-{args.modality}")
     runner = Runner(a)
     check_recorded_data(a)
+    check_same_override(runner.table_dirs, a.override, made_with=not a.table_only)
     t0 = time.time()
     sweep, check = [], []
     if tuned:

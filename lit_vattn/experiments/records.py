@@ -114,6 +114,22 @@ class RunRecord:
         return {i: (n, t) for i, n, t in zip(w["index"], w[field], w["tokens"])} if w and field in w else None
 
     # --- writing -------------------------------------------------------------------------------
+    def override_conflict(self, override: list[str], made_with: bool = True) -> Optional[str]:
+        """Why this run is not the run ``--override`` asks for, or None: a saved config whose value of
+        an overridden key differs (checked for runs still training too, so a resume cannot continue
+        another model), or with ``made_with`` a finished run made with other overrides (``done.json``
+        records them since they were recorded)."""
+        made = self.done.get("override") if made_with and self.is_done else None
+        if made is not None and made != list(override):
+            return f"made with --override {' '.join(self.done['override']) or '(none)'}"
+        for key, value in override_pairs(override):
+            node = self.config
+            for part in key.split("."):
+                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is not _MISSING and not _same_value(node, value):
+                return f"its config has {key}: {node!r}, this command --{key} {value}"
+        return None
+
     def write_done(self, result: dict) -> None:
         write_json(self.path / DONE, result)
 
@@ -134,6 +150,56 @@ class RunRecord:
                 (tmp / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.path / f, tmp / f)
         atomic_replace(tmp, dest)
+
+
+_MISSING = object()
+
+
+def override_pairs(override: list[str]) -> list[tuple[str, str]]:
+    """The (dotted key, value) pairs of ``--key value`` / ``--key=value`` arguments."""
+    out, i = [], 0
+    while i < len(override):
+        tok = override[i]
+        if tok.startswith("--") and "=" in tok:
+            key, _, value = tok[2:].partition("=")
+            out.append((key, value))
+        elif tok.startswith("--") and i + 1 < len(override) and not override[i + 1].startswith("--"):
+            out.append((tok[2:], override[i + 1]))
+            i += 1
+        i += 1
+    return out
+
+
+def _same_value(saved, given: str) -> bool:
+    """A saved config value equals a command-line one (parsed as YAML: 10 == 10.0, true == True)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(given)
+    except yaml.YAMLError:
+        value = given
+    if isinstance(saved, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(saved) == float(value)
+    return saved == value or str(saved) == given
+
+
+def check_same_override(table_dirs: list[Path], override: list[str], made_with: bool = True) -> None:
+    """Before training anything: every run already under these table directories (finished, recorded
+    or resumable) must be the run this command's ``--override`` makes, else its scores would land
+    under the wrong model (a resumed or skipped run trained with other settings)."""
+    bad = []
+    for table in table_dirs:
+        for config in sorted(Path(table).glob(f"**/{FIT}/{CONFIG}")):
+            why = RunRecord.at(config.parent.parent).override_conflict(override, made_with)
+            if why:
+                bad.append(f"{config.parent.parent}: {why}")
+    if bad:
+        raise SystemExit(
+            f"{len(bad)} run(s) already there were made with other settings than this command's --override "
+            f"{' '.join(override) or '(none)'}, e.g. " + "; ".join(bad[:3]) + ". Give runs of other settings "
+            "their own --runs and --records (e.g. --runs runs/mix10 --records results/records/mix10), or repeat "
+            "the --override they were made with"
+        )
 
 
 def read_summary(run_dir) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 
 from datamodules import modalities
 from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
-from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, tune
+from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, check_same_override, tune
 from lit_vattn.experiments.records import choose_lr as choose_lr  # re-exported: the rule --lrs applies
 from lit_vattn.experiments.tables import declared_families, write_tables
 from lit_vattn.provenance import git_commit
@@ -108,6 +108,12 @@ class Runner:
         """``<modality>-<preset>/<arch>/seed<s>``; a run of an --lrs sweep: ``.../<arch>/lr<lr>/seed<s>``."""
         sub = f"{arch}/seed{seed}" if lr is None else f"{arch}/lr{lr:g}/seed{seed}"
         return f"{self.args.modality}-{self.args.preset}/{sub}"
+
+    @property
+    def table_dirs(self) -> list[Path]:
+        """Where this table's runs and records live: ``<runs>/<modality>-<preset>`` (and under --records)."""
+        name = f"{self.args.modality}-{self.args.preset}"
+        return [self.root / name] + ([Path(self.args.records) / name] if self.args.records else [])
 
     def run_dir(self, arch: str, seed: int, lr: Optional[float] = None) -> Path:
         return self.root / self.run_name(arch, seed, lr)
@@ -331,6 +337,7 @@ class Runner:
             "commit": git_commit(),
             "wall_seconds": time.time() - t0,
             "resumed": resumed,
+            "override": list(self.args.override),
             "run_dir": str(d),
         }
         run.write_done(result)
@@ -637,7 +644,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "--override",
         nargs=argparse.REMAINDER,
         default=[],
-        help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50",
+        help="everything after this is passed to every lit-vattn call, e.g. --override --trainer.max_steps 50; "
+        "runs already under --runs and --records must have been made with the same overrides (checked before "
+        "training anything), so runs of other settings need their own folders",
     )
     args = p.parse_args(argv)
     archs, seeds = parse_request(args, Path(args.config_dir))
@@ -662,6 +671,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
     check_recorded_data(args)  # before training anything into records made on other data
+    check_same_override(runner.table_dirs, args.override, made_with=not args.table_only)
     t0 = time.time()
 
     run = runner.run_jobs

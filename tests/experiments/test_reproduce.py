@@ -270,6 +270,17 @@ def test_rerun_skips_finished_runs(table, capsys):
     assert [r["test_nll"] for r in again] == [r["test_nll"] for r in results]
 
 
+def test_a_rerun_with_other_settings_is_refused_before_training(table, capsys):
+    """The finished runs were made at mix_lr_mult 1: skipping (or resuming) them under an --override of
+    10 would put their scores under another model's name."""
+    tmp, args, _ = table
+    with pytest.raises(
+        SystemExit, match=r"4 run\(s\) already there .*mix_lr_mult 10, e.g. .*seed0: made with --override --trainer"
+    ):
+        reproduce.main([*args, "--model.init_args.mix_lr_mult", "10"])
+    assert "[train]" not in capsys.readouterr().out
+
+
 def test_fit_and_test_in_one_process_record_what_two_processes_record(table, tmp_path):
     tmp, args, results = table
     again = reproduce.main(
