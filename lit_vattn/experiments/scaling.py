@@ -30,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 
+from lit_vattn.experiments.stats import t_interval
 from lit_vattn.experiments.tables import Column, pval, render
 from lit_vattn.io import write_text
 
@@ -83,15 +84,6 @@ def families(archs: list[str]) -> dict[str, list[str]]:
         "primary": [a for a in archs if a != "vanilla" and a in own],
         "secondary": [a for a in archs if a != "vanilla" and a not in own],
     }
-
-
-def t_interval(xs: list[float]) -> tuple[float, float]:
-    from scipy.stats import t
-
-    if len(xs) < 2:
-        return (math.nan, math.nan)
-    h = float(t.ppf(0.975, len(xs) - 1)) * stdev(xs) / math.sqrt(len(xs))
-    return (mean(xs) - h, mean(xs) + h)
 
 
 def analyse(table: dict[str, dict[int, dict[int, float]]], sizes: dict[int, float], boot: int = 1000, seed: int = 0):

@@ -47,6 +47,16 @@ def paired_t(diffs: list[float]) -> tuple[Optional[float], Optional[float]]:
     return t, t_two_sided_p(t, n - 1)
 
 
+def t_interval(xs: list[float]) -> tuple[float, float]:
+    """The 95 % Student-t interval of the mean of ``xs`` (nan, nan for fewer than two)."""
+    from scipy.stats import t
+
+    if len(xs) < 2:
+        return (math.nan, math.nan)
+    h = float(t.ppf(0.975, len(xs) - 1)) * stdev(xs) / math.sqrt(len(xs))
+    return (mean(xs) - h, mean(xs) + h)
+
+
 def holm(pvalues: list[Optional[float]]) -> list[Optional[float]]:
     """Holm step-down adjusted p-values (None entries are skipped and stay None)."""
     idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
