@@ -19,11 +19,11 @@ The reference keeps a pre-allocated (L+1, B, T, D) buffer with an in-place autog
 no growing stack is copied; here each average is an explicit weighted sum over the stored states,
 which torch.compile fuses into one kernel reading each state once (the same trick as VA).
 
-Checked against the reference by reading it (``denseformer/denseformer.py`` at ff4aee8; the package is
-not on PyPI, so no test runs it): its ``DWAModules`` holds ((i+1+k)//k) weights for block index i
-(0-based), over the stored outputs whose index is congruent to i+1 mod k, applies them when
-(i+1) mod p = 0, and initialises the last weight to 1 and the others to 0 -- the groups, period and
-init above.
+Tested against the reference (``denseformer/denseformer.py``, ``DWAModules``, transcribed: the package
+is not on PyPI): it holds ((i+1+k)//k) weights for block index i (0-based), over the stored outputs
+whose index is congruent to i+1 mod k, applies them when (i+1) mod p = 0, and initialises the last
+weight to 1 and the others to 0 -- the groups, period and init above; logits and gradients agree in
+float64 for several dilations and periods (``tests/arch/test_denseformer.py``).
 
 Reader hooks: ``update`` (after the MLP: store X_i, return Y_i).
 """
