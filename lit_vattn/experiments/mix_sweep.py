@@ -36,9 +36,11 @@ from lit_vattn.provenance import git_commit, hardware
 
 
 def seed_runs(arch_dir: Path, seeds: list[int]) -> dict[int, RunRecord]:
-    """The finished runs of one method on ``seeds``: the one lr folder holding all of them (a tuned
-    table keeps the other lrs on its tuning seed only)."""
-    full = [d for d in sorted(arch_dir.glob("lr*")) if all(RunRecord(d / f"seed{s}").is_done for s in seeds)]
+    """The finished runs of one method on ``seeds``: the one folder holding all of them, the method's
+    own (runs at one lr) or one of its lr folders (a tuned table keeps the other lrs on its tuning
+    seed only)."""
+    folders = [arch_dir, *sorted(arch_dir.glob("lr*"))]
+    full = [d for d in folders if all(RunRecord(d / f"seed{s}").is_done for s in seeds)]
     if len(full) != 1:
         found = [d.name for d in full] or "none"
         raise SystemExit(f"{arch_dir}: need one lr folder with finished runs on seeds {seeds}, found {found}")
