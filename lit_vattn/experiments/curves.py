@@ -116,8 +116,10 @@ def plot_budget(
 def plot_curves(results: list[dict], path: Path, title: str) -> None:
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arch in dict.fromkeys(r["arch"] for r in results):
+    archs = list(dict.fromkeys(r["arch"] for r in results))
+    ncol = 1 if len(archs) <= 14 else 2  # the legend beside the axes, so that no count of methods squeezes them
+    fig, ax = plt.subplots(figsize=(7 + 2.2 * ncol, 4.2))
+    for i, arch in enumerate(archs):
         curves = []
         for r in results:
             if r["arch"] != arch:
@@ -126,12 +128,13 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
             curves.append(pts)
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
-            ax.plot(steps, [mean(c[s] for c in curves) for s in steps], label=f"{arch} (n={len(curves)})")
+            style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle repeats every 10 lines
+            ax.plot(steps, [mean(c[s] for c in curves) for s in steps], style, label=f"{arch} (n={len(curves)})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (nats/token), mean over seeds")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, ncol=ncol, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
