@@ -14,7 +14,7 @@ at half and twice that lr on the tuning seed, so the table says whether the carr
 the best of the three.
 
     lit-vattn-ladder --modality text --rungs 1,2,3 --archs vanilla,va,va-frozen,sla,las --seeds 0,1,2 \\
-        --lr-seed 100 --lrs 3e-3,6e-3,1.2e-2 --tune-rungs 1,2 --parallel 2 --records results/records
+        --lr-seed 100 --lrs 3e-3,6e-3,1.2e-2 --widen 2 --tune-rungs 1,2,3 --parallel 2 --records results/records
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     a.preset, a.out = rung.preset, str(Path(args.out) / f"ladder-{args.modality}")
     runner = Runner(a)
     check_recorded_data(a)
-    check_same_override(runner.table_dirs, a.override, made_with=not a.table_only)
+    check_same_override(runner.table_dirs, args.archs, a.override, made_with=not a.table_only)
     t0 = time.time()
     sweep, check = [], []
     if tuned:

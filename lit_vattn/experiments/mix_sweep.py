@@ -64,11 +64,12 @@ def compare(a: dict[int, RunRecord], b: dict[int, RunRecord]) -> dict:
 
 def sweep(args) -> list[dict]:
     root, seeds = Path(args.records), args.seeds
-    base = seed_runs(root / args.table / args.baseline, seeds)
+    ref = root / args.reference / args.table  # the control and the baseline, trained beside the sweep
+    base = seed_runs(ref / args.baseline, seeds)
     controls = dict(c.split("=") for c in args.control)
     rows = []
     for arch in args.archs:
-        ctrl = seed_runs(root / args.table / controls[arch], seeds) if arch in controls else None
+        ctrl = seed_runs(ref / controls[arch], seeds) if arch in controls else None
         for m in args.mults:
             runs = seed_runs(root / f"mix{m:g}" / args.table / arch, seeds)
             mv = [moved(r) for r in runs.values()]
@@ -141,7 +142,8 @@ def write(args, rows: list[dict]) -> Path:
         f"- commit: {git_commit()} (table); runs made at {', '.join(args.commits)}; date: "
         f"{datetime.date.today().isoformat()}; hardware: {hardware(args.devices)}",
         f"- seeds: {args.seeds}; each method at its own base lr (its `{args.table}` choice), the mixing weights at "
-        "base lr x mix_lr_mult; controls and the baseline from the table's own records",
+        f"base lr x mix_lr_mult; the controls and {args.baseline} from `{args.reference}/{args.table}`, trained with "
+        "the sweep (same code and machine)",
         "- family (declared before the runs): "
         + ", ".join(f"{a} at every mix_lr_mult against {c}" for a, c in (x.split("=") for x in args.control))
         + "; Holm over its comparisons. Against the baseline: every row, Holm on its own",
@@ -167,6 +169,12 @@ def main(argv=None) -> Path:
     p.add_argument("--archs", default="va,hc,denseformer", help="methods with depth-mixing weights")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--baseline", default="vanilla")
+    p.add_argument(
+        "--reference",
+        default="mix1",
+        help="records folder (under --records) holding the controls' and the baseline's runs: trained with the "
+        "sweep, since a rerun on another machine or commit differs by a few hundredths of a nat at tiny",
+    )
     p.add_argument(
         "--control", action="append", default=None, help="METHOD=CONTROL, the declared family (default va=va-frozen)"
     )

@@ -183,16 +183,16 @@ def _same_value(saved, given: str) -> bool:
     return saved == value or str(saved) == given
 
 
-def check_same_override(table_dirs: list[Path], override: list[str], made_with: bool = True) -> None:
-    """Before training anything: every run already under these table directories (finished, recorded
-    or resumable) must be the run this command's ``--override`` makes, else its scores would land
-    under the wrong model (a resumed or skipped run trained with other settings)."""
+def check_same_override(table_dirs: list[Path], archs: list[str], override: list[str], made_with: bool = True) -> None:
+    """Before training anything: every run of ``archs`` already under these table directories
+    (finished, recorded or resumable: what the command would skip, resume or tabulate) must be the run
+    this command's ``--override`` makes, else its scores would land under the wrong model."""
     bad = []
-    for table in table_dirs:
-        for config in sorted(Path(table).glob(f"**/{FIT}/{CONFIG}")):
-            why = RunRecord.at(config.parent.parent).override_conflict(override, made_with)
-            if why:
-                bad.append(f"{config.parent.parent}: {why}")
+    configs = sorted(c for t in table_dirs for a in archs for c in (Path(t) / a).glob(f"**/{FIT}/{CONFIG}"))
+    for config in configs:
+        why = RunRecord.at(config.parent.parent).override_conflict(override, made_with)
+        if why:
+            bad.append(f"{config.parent.parent}: {why}")
     if bad:
         raise SystemExit(
             f"{len(bad)} run(s) already there were made with other settings than this command's --override "

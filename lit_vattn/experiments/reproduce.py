@@ -671,7 +671,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
     check_recorded_data(args)  # before training anything into records made on other data
-    check_same_override(runner.table_dirs, args.override, made_with=not args.table_only)
+    check_same_override(runner.table_dirs, archs, args.override, made_with=not args.table_only)
     t0 = time.time()
 
     run = runner.run_jobs

@@ -22,12 +22,14 @@ def _run(d, lr, val, test, moved=None):
 def records(tmp_path):
     root = tmp_path / "records"
     for s in SEEDS:
-        _run(root / "text-tiny/vanilla/lr0.003" / f"seed{s}", 0.003, 5.4, 5.5 + 0.01 * s)
-        _run(root / "text-tiny/va-frozen/lr0.006" / f"seed{s}", 0.006, 5.2, 5.3 + 0.01 * s)
+        _run(root / "mix1/text-tiny/vanilla" / f"seed{s}", 0.003, 5.4, 5.5 + 0.01 * s)
+        _run(root / "mix1/text-tiny/va-frozen" / f"seed{s}", 0.006, 5.2, 5.3 + 0.01 * s)
         for m, gain, val in ((1, 0.0, 5.2), (10, -0.05, 5.1)):  # m = 10 learns: 0.05 below frozen, lower val
             mv = {"arch.logits": {"max_abs": 0.2 * m + s, "rms": 0.1 * m}}
             _run(root / f"mix{m}/text-tiny/va/lr0.006" / f"seed{s}", 0.006, val, 5.3 + 0.01 * s + gain + 0.001 * s, mv)
-    _run(root / "text-tiny/vanilla/lr0.006/seed0", 0.006, 5.45, 5.55)  # the tuning seed's other lr
+    _run(root / "text-tiny/vanilla/lr0.006/seed0", 0.006, 5.45, 5.55)  # the table's own runs are not read
+    for s in SEEDS:
+        _run(root / "text-tiny/va-frozen/lr0.006" / f"seed{s}", 0.006, 5.0, 5.0)
     return root
 
 

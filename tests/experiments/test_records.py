@@ -47,6 +47,8 @@ def test_a_run_of_other_settings_is_not_the_run_an_override_asks_for(tmp_path):
 
 def test_check_same_override_refuses_before_training_and_names_the_fix(tmp_path):
     _run(tmp_path / "text-tiny" / "va" / "seed0", 1.0, done_override=[])
-    check_same_override([tmp_path / "text-tiny"], [])
+    check_same_override([tmp_path / "text-tiny"], ["va"], [])
+    mix10 = ["--model.init_args.mix_lr_mult", "10"]
     with pytest.raises(SystemExit, match=r"1 run\(s\) already there .* their own --runs and --records"):
-        check_same_override([tmp_path / "text-tiny", tmp_path / "absent"], ["--model.init_args.mix_lr_mult", "10"])
+        check_same_override([tmp_path / "text-tiny", tmp_path / "absent"], ["vanilla", "va"], mix10)
+    check_same_override([tmp_path / "text-tiny"], ["hc"], mix10)  # only the runs the command would reuse
