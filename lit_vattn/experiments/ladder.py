@@ -122,6 +122,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     from lit_vattn.experiments.reproduce import (
         Runner,
         check_one_data,
+        check_override_keeps_methods,
         check_recorded_data,
         table_clusters,
         table_counts,
@@ -133,6 +134,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     a.preset, a.out = rung.preset, str(Path(args.out) / f"ladder-{args.modality}")
     runner = Runner(a)
     check_recorded_data(a)
+    check_override_keeps_methods(args.archs, a.override, runner.config_dir)
     check_same_override(runner.table_dirs, args.archs, a.override, made_with=not a.table_only)
     t0 = time.time()
     sweep, check = [], []

@@ -122,13 +122,8 @@ class RunRecord:
         made = self.done.get("override") if made_with and self.is_done else None
         if made is not None and made != list(override):
             return f"made with --override {' '.join(self.done['override']) or '(none)'}"
-        for key, value in override_pairs(override):
-            node = self.config
-            for part in key.split("."):
-                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-            if node is not _MISSING and not _same_value(node, value):
-                return f"its config has {key}: {node!r}, this command --{key} {value}"
-        return None
+        why = override_changes(self.config, override)
+        return f"its config has {why}" if why else None
 
     def write_done(self, result: dict) -> None:
         write_json(self.path / DONE, result)
@@ -168,6 +163,18 @@ def override_pairs(override: list[str]) -> list[tuple[str, str]]:
             i += 1
         i += 1
     return out
+
+
+def override_changes(config: dict, override: list[str]) -> Optional[str]:
+    """The first ``--override`` key whose value differs from the one ``config`` (a nested dict, as
+    saved or as written in a YAML) sets, as "key: value, this command --key other"; None if none."""
+    for key, value in override_pairs(override):
+        node = config
+        for part in key.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING and not _same_value(node, value):
+            return f"{key}: {node!r}, this command --{key} {value}"
+    return None
 
 
 def _same_value(saved, given: str) -> bool:

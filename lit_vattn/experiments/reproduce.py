@@ -37,7 +37,17 @@ import numpy as np
 
 from datamodules import modalities
 from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, default_request
-from lit_vattn.experiments.records import CLUSTERS, COUNTS, DONE, FIT, TEST, RunRecord, check_same_override, tune
+from lit_vattn.experiments.records import (
+    CLUSTERS,
+    COUNTS,
+    DONE,
+    FIT,
+    TEST,
+    RunRecord,
+    check_same_override,
+    override_changes,
+    tune,
+)
 from lit_vattn.experiments.records import choose_lr as choose_lr  # re-exported: the rule --lrs applies
 from lit_vattn.experiments.tables import declared_families, write_tables
 from lit_vattn.provenance import git_commit
@@ -62,6 +72,20 @@ def configs(modality: str, arch: str, preset: str, config_dir: Path) -> list[str
             out += ["--config", str(extra)]
             break
     return out
+
+
+def check_override_keeps_methods(archs: list[str], override: list[str], config_dir: Path) -> None:
+    """An --override must not change what a method's own config sets (a control such as frozen VA is
+    ``mix_lr_mult: 0``): the runs would be another model under the control's name."""
+    import yaml
+
+    for arch in archs:
+        why = override_changes(yaml.safe_load(config_path(arch, config_dir).read_text()) or {}, override)
+        if why:
+            raise SystemExit(
+                f"--archs {arch}: its config {config_path(arch, config_dir)} sets {why}, which would make its runs "
+                "another model under its name: leave it out of this command (or give it a config of its own)"
+            )
 
 
 def threads_per_process(n: int) -> int:
@@ -670,6 +694,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     )
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
+    check_override_keeps_methods(archs, args.override, runner.config_dir)
     check_recorded_data(args)  # before training anything into records made on other data
     check_same_override(runner.table_dirs, archs, args.override, made_with=not args.table_only)
     t0 = time.time()

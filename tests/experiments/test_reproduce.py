@@ -281,6 +281,17 @@ def test_a_rerun_with_other_settings_is_refused_before_training(table, capsys):
     assert "[train]" not in capsys.readouterr().out
 
 
+def test_an_override_may_not_change_what_a_methods_own_config_sets():
+    """Frozen VA is mix_lr_mult 0: an override of it would train VA under the control's name."""
+    config_dir = ROOT / "configs"
+    reproduce.check_override_keeps_methods(["va", "va-frozen"], ["--model.init_args.lr", "6e-3"], config_dir)
+    reproduce.check_override_keeps_methods(["va"], ["--model.init_args.mix_lr_mult", "10"], config_dir)
+    with pytest.raises(
+        SystemExit, match=r"--archs va-frozen: its config .*va-frozen.yaml sets model.init_args.mix_lr_mult: 0.0"
+    ):
+        reproduce.check_override_keeps_methods(["va", "va-frozen"], ["--model.init_args.mix_lr_mult", "1"], config_dir)
+
+
 def test_fit_and_test_in_one_process_record_what_two_processes_record(table, tmp_path):
     tmp, args, results = table
     again = reproduce.main(
