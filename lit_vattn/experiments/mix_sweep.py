@@ -11,7 +11,8 @@ and paired differences on the same seeds, each with a 95 % Student-t interval an
 - the declared family (``--control``, default VA against frozen VA: the same reader with its
   weights fixed at their uniform init, so the difference is what learning the routing buys),
   Holm-corrected over the m values;
-- every method at every m against vanilla, Holm-corrected on its own.
+- every method at every m against vanilla, and against itself at the first m (the default),
+  each Holm-corrected on its own.
 
 The multiplier a method should default to is the m with the lowest mean *validation* NLL (test
 never consulted); the table says whether it differs detectably from m = 1.
@@ -70,6 +71,7 @@ def sweep(args) -> list[dict]:
     rows = []
     for arch in args.archs:
         ctrl = seed_runs(ref / controls[arch], seeds) if arch in controls else None
+        first = seed_runs(root / f"mix{args.mults[0]:g}" / args.table / arch, seeds)
         for m in args.mults:
             runs = seed_runs(root / f"mix{m:g}" / args.table / arch, seeds)
             mv = [moved(r) for r in runs.values()]
@@ -84,10 +86,11 @@ def sweep(args) -> list[dict]:
                     "moved_rms": mean(y for _, y in mv),
                     "vs_base": compare(runs, base),
                     "vs_control": compare(runs, ctrl) if ctrl else None,
+                    "vs_first": compare(runs, first) if m != args.mults[0] else None,
                     "control": controls.get(arch),
                 }
             )
-    for key in ("vs_base", "vs_control"):  # each family Holm-corrected on its own
+    for key in ("vs_base", "vs_control", "vs_first"):  # each family Holm-corrected on its own
         tested = [r for r in rows if r[key]]
         for r, p in zip(tested, holm([r[key]["p"] for r in tested])):
             r[key]["p_holm"] = p
@@ -116,6 +119,8 @@ def write(args, rows: list[dict]) -> Path:
                 "p_ctrl": pval(c["p_holm"]) if c else "—",
                 "base": _diff(b),
                 "p_base": pval(b["p_holm"]),
+                "first": _diff(r["vs_first"]),
+                "p_first": pval(r["vs_first"]["p_holm"]) if r["vs_first"] else "—",
             }
         )
     cols = [
@@ -129,12 +134,18 @@ def write(args, rows: list[dict]) -> Path:
         Column("p_ctrl", "p (Holm, family)"),
         Column("base", f"Δ test vs {args.baseline} [95 %]"),
         Column("p_base", "p (Holm)"),
+        Column("first", f"Δ test vs mix_lr_mult {args.mults[0]:g} [95 %]"),
+        Column("p_first", "p (Holm)"),
     ]
     best = []
     for arch in args.archs:
         mine = [r for r in rows if r["arch"] == arch]
         pick = min(mine, key=lambda r: mean(r["val"]))
-        best.append(f"{arch}: {pick['mult']:g}")
+        d = pick["vs_first"]
+        versus = (
+            f" ({_diff(d)} test NLL vs {args.mults[0]:g}, Holm p {pval(d['p_holm'])})" if d else " (the first value)"
+        )
+        best.append(f"{arch}: {pick['mult']:g}{versus}")
     lines = [
         f"# Depth-mixing learning rate, `{args.table}`",
         "",
@@ -146,7 +157,8 @@ def write(args, rows: list[dict]) -> Path:
         "the sweep (same code and machine)",
         "- family (declared before the runs): "
         + ", ".join(f"{a} at every mix_lr_mult against {c}" for a, c in (x.split("=") for x in args.control))
-        + "; Holm over its comparisons. Against the baseline: every row, Holm on its own",
+        + f"; Holm over its comparisons. Against the baseline (every row) and against the same method at "
+        f"mix_lr_mult {args.mults[0]:g} (every other row): Holm on each its own",
         "- Δ = test NLL (nats/token) minus the other's on the same seed; 95 % interval: Student t over seeds; p: "
         "paired t over seeds. Mixing moved: the largest absolute and the largest RMS change of a depth-mixing "
         "parameter tensor from its init, mean over seeds",

@@ -45,8 +45,9 @@ def test_differences_are_paired_per_seed_with_holm_and_the_default_is_chosen_on_
     )
     assert ten["vs_base"]["delta"] == pytest.approx(-0.249)
     assert ten["moved_max"] == pytest.approx(3.0) and ten["moved_rms"] == pytest.approx(1.0)
+    assert one["vs_first"] is None and ten["vs_first"]["delta"] == pytest.approx(-0.05)
     text = md.read_text()
-    assert "default by validation NLL (test not consulted): va: 10" in text
+    assert "default by validation NLL (test not consulted): va: 10 (-0.0500 [" in text
     assert "va-frozen: -0.0490 [" in text and "hardware: CPU" in text
 
 
