@@ -107,7 +107,7 @@ case $STEP in
     RUNGS=${1:-4,5}; ARCHS=${2:-vanilla,va,va-frozen,sla,las}
     # the CPU rungs' records (their lr choices) beside the new ones: the ladder reads and writes one records folder
     [[ $DRY == 1 ]] || { mkdir -p "$OUT/records"; cp -r results/records/text-ladder-* "$OUT/records/" 2>/dev/null || true; }
-    run python -m lit_vattn.experiments.ladder --modality text --rungs "1,2,3,$RUNGS" --tune-rungs 1,2 \
+    run python -m lit_vattn.experiments.ladder --modality text --rungs "1,2,3,$RUNGS" --tune-rungs 1,2,3 \
       --archs "$ARCHS" --seeds 0,1,2 --lr-seed 100 --lrs 3e-3,6e-3,1.2e-2 --widen 2 --check-archs vanilla \
       --parallel 4 --runs runs/gpu --records "$OUT/records" --out /tmp/tables
     ;;
