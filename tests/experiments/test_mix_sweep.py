@@ -61,3 +61,20 @@ def test_runs_without_a_mixing_record_or_a_full_lr_folder_are_refused(records, t
         mix_sweep.main(["--records", str(records), "--mults", "30", "--archs", "va", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--control"):
         mix_sweep.main(["--records", str(records), "--archs", "hc", "--control", "va=va-frozen"])
+
+
+def test_the_committed_table_is_what_its_records_give(tmp_path):
+    """results/mix-lr-text-tiny.md is rebuilt from the committed records by its own command."""
+    import shlex
+
+    from helpers import ROOT
+
+    committed = ROOT / "results/mix-lr-text-tiny.md"
+    cmd = shlex.split(committed.read_text().split("- command: `lit-vattn-mix-sweep ", 1)[1].split("`", 1)[0])
+    drop = {"--out", "--records"}
+    keep = [a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop)]
+    md = mix_sweep.main([*keep, "--records", str(ROOT / "results/records"), "--out", str(tmp_path)])
+    rows = json.loads(md.with_suffix(".json").read_text())["rows"]
+    assert rows == json.loads(committed.with_suffix(".json").read_text())["rows"]
+    body = lambda text: text.split("\n| arch |", 1)[1]  # noqa: E731
+    assert body(md.read_text()) == body(committed.read_text())
