@@ -169,7 +169,16 @@ def write(args, rows: list[dict]) -> Path:
     ]
     out = Path(args.out) / f"mix-lr-{args.table}"
     write_text(out.with_suffix(".md"), "\n".join(lines))
-    write_json(out.with_suffix(".json"), {"command": args.command, "rows": rows})
+    write_json(  # the rendered cells (as every table's JSON) and the numbers behind them
+        out.with_suffix(".json"),
+        {
+            "command": args.command,
+            "table": out.with_suffix(".md").name,
+            "columns": [[c.key, c.header] for c in cols],
+            "rows": cells,
+            "runs": rows,
+        },
+    )
     return out.with_suffix(".md")
 
 

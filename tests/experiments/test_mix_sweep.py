@@ -35,7 +35,7 @@ def records(tmp_path):
 
 def test_differences_are_paired_per_seed_with_holm_and_the_default_is_chosen_on_validation(records, tmp_path):
     md = mix_sweep.main(["--records", str(records), "--mults", "1,10", "--archs", "va", "--out", str(tmp_path)])
-    rows = json.loads(md.with_suffix(".json").read_text())["rows"]
+    rows = json.loads(md.with_suffix(".json").read_text())["runs"]
     one, ten = rows
     assert one["vs_control"]["delta"] == pytest.approx(0.001)  # mean of 0, 0.001, 0.002
     assert ten["vs_control"]["delta"] == pytest.approx(-0.049)
@@ -74,7 +74,10 @@ def test_the_committed_table_is_what_its_records_give(tmp_path):
     drop = {"--out", "--records"}
     keep = [a for i, a in enumerate(cmd) if a not in drop and (i == 0 or cmd[i - 1] not in drop)]
     md = mix_sweep.main([*keep, "--records", str(ROOT / "results/records"), "--out", str(tmp_path)])
-    rows = json.loads(md.with_suffix(".json").read_text())["rows"]
-    assert rows == json.loads(committed.with_suffix(".json").read_text())["rows"]
+    data, saved = (
+        json.loads(md.with_suffix(".json").read_text()),
+        json.loads(committed.with_suffix(".json").read_text()),
+    )
+    assert data["rows"] == saved["rows"] and data["runs"] == saved["runs"]
     body = lambda text: text.split("\n| arch |", 1)[1]  # noqa: E731
     assert body(md.read_text()) == body(committed.read_text())
