@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 class AcousticDataModule(TokenDataModule):
     name = "acoustic"
     MODALITY = Modality("acoustic", unit="second", label="bits/s", samples=AcousticSamples, documents="utterances")
+    # libespeak-ng is not bit-for-bit deterministic, and the codec's float arithmetic (and so its k-means
+    # codebooks and every code) may differ with the CPU it runs on
+    rebuilds_exactly = False
 
     def __init__(
         self,
@@ -257,7 +260,14 @@ class AcousticDataModule(TokenDataModule):
     @property
     def codec(self):
         if self._codec is None:
-            self._codec = codec.load(self.shard_dir / "codec.pt", self.bandwidth, self.codec_backend)
+            path = self.shard_dir / "codec.pt"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: these shards hold tokens only (as restored from a table's records, which "
+                    "keep no codec), so they train and score but cannot be decoded to audio; decode on the machine "
+                    "that prepared them, or prepare the shards anew under another data.cache_dir"
+                )
+            self._codec = codec.load(path, self.bandwidth, self.codec_backend)
         return self._codec
 
     def decode(self, ids) -> np.ndarray:

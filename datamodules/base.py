@@ -138,6 +138,10 @@ class StreamDataModule(pl.LightningDataModule):
 
 class TokenDataModule(StreamDataModule):
     name = "tokens"  # the shard directory's prefix
+    rebuilds_exactly = True
+    """Whether preparing these shards again, on any machine, gives the same tokens (the same digest).
+    Where not, ``lit-vattn-reproduce --records`` keeps the token shards with the records
+    (``records.keep_data``), so a table's runs can be added to on another machine."""
 
     @property
     def unit(self) -> str:

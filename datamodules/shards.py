@@ -249,6 +249,35 @@ def digest(shard_dir: Path) -> str:
     return value
 
 
+TOKEN_FILES = tuple(f"{s}.bin" for s in SPLITS) + ("units.npy", "meta.json", "digest.json")
+"""What training and scoring read from a shard directory; the tokenizer files beside them
+(``tokenizer.json``, ``codec.pt``) are needed only to encode new input or decode output."""
+
+
+def copy_tokens(shard_dir: Path, dest: Path) -> bool:
+    """Copy a complete shard directory's ``TOKEN_FILES`` to ``dest`` (its digest computed first), all
+    or nothing: into a temporary sibling renamed into place, so a reader never sees half of them.
+    An existing complete ``dest`` is left as it is (False); True when copied."""
+    shard_dir, dest = Path(shard_dir), Path(dest)
+    if is_complete(dest):
+        return False
+    if not is_complete(shard_dir):
+        raise FileNotFoundError(f"{shard_dir} holds no complete shards (no meta.json) to copy")
+    digest(shard_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{socket.gethostname()}-{os.getpid()}-", dir=dest.parent))
+    try:
+        for name in TOKEN_FILES:
+            shutil.copy2(shard_dir / name, tmp / name)
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_complete(dest):  # not another process that copied the same shards first
+            raise
+        return False
+    return True
+
+
 def load_units(shard_dir: Path) -> np.ndarray:
     return np.load(Path(shard_dir) / "units.npy")
 

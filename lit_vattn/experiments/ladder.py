@@ -124,6 +124,8 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
         check_one_data,
         check_override_keeps_methods,
         check_recorded_data,
+        keep_recorded_data,
+        restore_recorded_data,
         table_clusters,
         table_counts,
     )
@@ -133,6 +135,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     a = copy.copy(args)
     a.preset, a.out = rung.preset, str(Path(args.out) / f"ladder-{args.modality}")
     runner = Runner(a)
+    restore_recorded_data(a)
     check_recorded_data(a)
     check_override_keeps_methods(args.archs, a.override, runner.config_dir)
     check_same_override(runner.table_dirs, args.archs, a.override, made_with=not a.table_only)
@@ -159,6 +162,7 @@ def run_rung(args, rung: Rung, chosen_below: Optional[dict], tuned: bool) -> dic
     counts = table_counts(a, runner, finished) if finished else None
     if finished:
         check_one_data(finished, counts)
+        keep_recorded_data(a, finished)
     clusters = table_clusters(a, runner, finished) if finished and not modalities()[args.modality].probe else None
     wall = sum(r.get("wall_seconds", 0.0) for r in results) if args.table_only else time.time() - t0
     if finished:

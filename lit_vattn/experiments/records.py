@@ -8,7 +8,8 @@
     <run>/fit/checkpoints/last.ckpt the model (never part of a record)
 
 A *record* is the first five files (~20 kB, no checkpoint, no log): committed beside a table, it
-rebuilds the table anywhere. Each file is read once per process while it is unchanged
+rebuilds the table anywhere. Beside a table's records, ``<table>/data/<shard key>/`` keeps its token
+shards where preparing them again would not give the same tokens (``keep_data``, ``restore_data``). Each file is read once per process while it is unchanged
 (``RunRecord.at`` caches the object; its properties cache the files).
 """
 
@@ -26,6 +27,7 @@ FIT, TEST = "fit", "test"  # the version folders of a reproduce run: fit, then t
 CONFIG, SUMMARY = "config.yaml", "summary.json"  # what every lit-vattn run directory holds
 DONE, FAILED, COUNTS = "done.json", "failed.json", "counts.json"  # reproduce's: a run's outcome, a table's count rows
 CLUSTERS = "clusters.json"  # a table's test windows grouped by document (tables.Clusters)
+DATA = "data"  # a table's token shards, kept where a rebuild differs (keep_data)
 FILES = (DONE, FAILED, f"{FIT}/{CONFIG}", f"{FIT}/{SUMMARY}", f"{TEST}/{SUMMARY}")
 _OPENED: dict[Path, tuple[tuple, "RunRecord"]] = {}  # RunRecord.at's cache: path -> (the files' mtimes, record)
 
@@ -260,3 +262,32 @@ def tune(
         if not more:
             return sweep, chosen
         sweep += run(more)
+
+
+def keep_data(table_dir: Path, dm) -> Optional[Path]:
+    """Keep a prepared DataModule's token shards under ``<table_dir>/data/<shard key>`` when preparing
+    them again would give other tokens (``dm.rebuilds_exactly`` false: synthesised speech through a
+    codec), so runs added to the table on another machine train on the same data (``restore_data``).
+    The tokens only (``shards.TOKEN_FILES``, ~1 MB for ``acoustic-tiny``), no tokenizer or codec.
+    Returns the kept directory, or None where the data rebuild exactly."""
+    from datamodules import shards
+
+    if getattr(dm, "rebuilds_exactly", True):
+        return None
+    dest = Path(table_dir) / DATA / dm.shard_dir.name
+    shards.copy_tokens(dm.shard_dir, dest)
+    return dest
+
+
+def restore_data(table_dir: Path, cache_dir: Path) -> list[Path]:
+    """Put the token shards a table keeps (``keep_data``) into the shard cache, where the same shard
+    key is not there yet, so this machine's runs read the recorded runs' tokens instead of
+    preparing their own. Returns the shard directories restored."""
+    from datamodules import shards
+
+    kept = Path(table_dir) / DATA
+    out = []
+    for d in sorted(kept.iterdir()) if kept.is_dir() else []:
+        if shards.is_complete(d) and shards.copy_tokens(d, Path(cache_dir) / d.name):
+            out.append(Path(cache_dir) / d.name)
+    return out

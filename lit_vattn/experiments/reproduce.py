@@ -40,12 +40,16 @@ from lit_vattn.arch.registry import CONFIG_DIR, arch_configs, config_path, defau
 from lit_vattn.experiments.records import (
     CLUSTERS,
     COUNTS,
+    DATA,
     DONE,
     FIT,
     TEST,
     RunRecord,
     check_same_override,
+    keep_data,
     override_changes,
+    override_pairs,
+    restore_data,
     tune,
 )
 from lit_vattn.experiments.records import choose_lr as choose_lr  # re-exported: the rule --lrs applies
@@ -436,6 +440,37 @@ def check_one_data(results: list[dict], counts: Optional[list[dict]]) -> None:
         )
 
 
+def shard_cache(override: list[str]) -> Path:
+    """The shard cache the runs read: ``--override --data.init_args.cache_dir`` or the default."""
+    from datamodules.shards import default_cache_dir
+
+    given = dict(override_pairs(override)).get("data.init_args.cache_dir")
+    return Path(given).expanduser() if given else default_cache_dir()
+
+
+def restore_recorded_data(args) -> list[Path]:
+    """Before preparing any data for new runs into committed records: the token shards those records
+    keep (``records.keep_data``) go into this machine's shard cache, so the new runs train on the
+    recorded runs' tokens where a rebuild would differ (acoustic tokens)."""
+    if not args.records or args.table_only:
+        return []
+    restored = restore_data(Path(args.records) / f"{args.modality}-{args.preset}", shard_cache(args.override))
+    for d in restored:
+        print(f"[data] the records' token shards restored to {d}", flush=True)
+    return restored
+
+
+def keep_recorded_data(args, finished: list[dict]) -> Optional[Path]:
+    """After the runs: keep the table's token shards with its records where the data do not rebuild
+    exactly (``records.keep_data``)."""
+    if not args.records or args.table_only or not finished:
+        return None
+    from lit_vattn.train.cli import from_run_config
+
+    dm = from_run_config(RunRecord.at(finished[0]["run_dir"]).config_path).datamodule
+    return keep_data(Path(args.records) / f"{args.modality}-{args.preset}", dm)
+
+
 def check_recorded_data(args) -> None:
     """Before training anything into committed records: the data prepared on this machine must be the
     data the recorded runs were trained on. Their count rows (``counts.json``, computed from the
@@ -464,6 +499,12 @@ def check_recorded_data(args) -> None:
                 f"digest recorded {str(old.get('data_digest'))[:12]}, here {str(new.get('data_digest'))[:12]}), "
                 "so new runs would not be comparable with them: prepare the data as they were (same source and "
                 "package versions), or start the table afresh under another --records"
+                + (
+                    f"; the records keep their token shards in {table_dir / DATA}: move this machine's shard "
+                    f"directory of that name out of {shard_cache(args.override)} and they are used instead"
+                    if (table_dir / DATA).is_dir()
+                    else ""
+                )
             )
 
 
@@ -632,7 +673,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         "checkpoint, no log: ~20 kB) under this directory, laid out like --runs, e.g. results/records: "
         "commit it beside the table, and `--table-only --runs <it>` rebuilds the table anywhere. A run "
         "recorded there and absent under --runs counts as finished, so a sweep that outlasts one machine "
-        "continues from the committed records on a fresh one",
+        "continues from the committed records on a fresh one. Where preparing the data again would give other "
+        "tokens (acoustic), the table's token shards are kept there too (<table>/data/, ~1 MB at tiny) and "
+        "restored into the shard cache before new runs",
     )
     p.add_argument(
         "--two-processes",
@@ -695,6 +738,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     for a in archs:
         configs(args.modality, a, args.preset, runner.config_dir)  # fail before training anything
     check_override_keeps_methods(archs, args.override, runner.config_dir)
+    restore_recorded_data(args)
     check_recorded_data(args)  # before training anything into records made on other data
     check_same_override(runner.table_dirs, archs, args.override, made_with=not args.table_only)
     t0 = time.time()
@@ -720,6 +764,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         )
     counts = table_counts(args, runner, finished)
     check_one_data(finished, counts)
+    keep_recorded_data(args, finished)
     clusters = None if modalities()[args.modality].probe else table_clusters(args, runner, finished)
     md, _ = write_tables(args, results, wall, counts, sweep, clusters=clusters, families=families)
     print(md.read_text())

@@ -147,3 +147,44 @@ def test_nothing_usable_fails_clearly(tmp_path):
         ).prepare_data()
     with pytest.raises(ValueError, match="bandwidth"):
         AcousticDataModule(bandwidth=5.0)
+
+
+def test_token_shards_kept_with_records_train_on_a_fresh_cache_and_refuse_to_decode(speech, tmp_path):
+    """Acoustic shards do not rebuild bit for bit, so a table's records keep their tokens; restored
+    into another cache they are the same data (digest), load without preparing anything, and
+    decoding (which needs the codec the records do not keep) fails with the reason."""
+    from lit_vattn.experiments.records import keep_data, restore_data
+
+    table = tmp_path / "records" / "acoustic-tiny"
+    kept = keep_data(table, speech)
+    assert kept == table / "data" / speech.shard_dir.name
+    assert sorted(p.name for p in kept.iterdir()) == sorted(shards.TOKEN_FILES)  # tokens only: no codec.pt
+    assert keep_data(table, speech) == kept  # kept once; a second keep leaves it as it is
+    cache = tmp_path / "cache"
+    assert restore_data(table, cache) == [cache / speech.shard_dir.name]
+    assert restore_data(table, cache) == []  # already there
+    fresh = AcousticDataModule(
+        seconds=150,
+        kmeans_seconds=60,
+        bandwidth=3.0,
+        codec_weights="random",
+        val_fraction=0.15,
+        test_fraction=0.15,
+        seq_len=300,
+        cache_dir=str(cache),
+    )
+    fresh.prepare_data()  # complete: nothing synthesised or encoded
+    fresh.setup()
+    assert fresh.data_digest == speech.data_digest
+    assert np.array_equal(np.asarray(fresh._data["test"]), np.asarray(speech._data["test"]))
+    with pytest.raises(FileNotFoundError, match="hold tokens only .* cannot be decoded to audio"):
+        fresh.decode(np.asarray(fresh._data["test"][:16]))
+
+
+def test_only_data_that_do_not_rebuild_exactly_are_kept(tmp_path):
+    from datamodules import TextDataModule
+    from lit_vattn.experiments.records import keep_data
+
+    assert AcousticDataModule.rebuilds_exactly is False and TextDataModule.rebuilds_exactly is True
+    assert keep_data(tmp_path / "text-tiny", TextDataModule()) is None
+    assert not (tmp_path / "text-tiny").exists()

@@ -923,6 +923,42 @@ def test_a_table_refuses_runs_trained_on_different_data():
         reproduce.check_one_data(rows[:1], [{"arch": "unigram (counts)", "data_digest": "c" * 64}])
 
 
+def test_the_records_token_shards_are_restored_into_the_runs_cache_before_the_data_check(tmp_path, monkeypatch):
+    """Kept shards (``<table>/data/<key>``) go into the cache the runs read (the override's
+    ``data.init_args.cache_dir`` here) before anything is prepared; a cache that already holds another
+    build of that key is not overwritten, and the refusal says where the kept shards are."""
+    import argparse
+
+    import numpy as np
+
+    from datamodules import shards
+
+    table = tmp_path / "records" / "acoustic-tiny"
+    w = shards.ShardWriter(table / "data" / "acoustic-0123456789abcdef", 16)
+    for split in shards.SPLITS:
+        w.add(split, [1, 2, 3])
+    w.commit({}, np.ones(16))
+    cache = tmp_path / "cache"
+    args = argparse.Namespace(
+        records=str(tmp_path / "records"),
+        table_only=False,
+        no_baselines=False,
+        modality="acoustic",
+        preset="tiny",
+        override=["--data.init_args.cache_dir", str(cache)],
+    )
+    assert reproduce.restore_recorded_data(argparse.Namespace(**{**vars(args), "table_only": True})) == []
+    assert reproduce.restore_recorded_data(args) == [cache / "acoustic-0123456789abcdef"]
+    assert shards.digest(cache / "acoustic-0123456789abcdef") == shards.digest(table / "data/acoustic-0123456789abcdef")
+    (table / "vanilla" / "seed0").mkdir(parents=True)
+    (table / "vanilla" / "seed0" / "done.json").write_text("{}")
+    recorded = [{"arch": "unigram (counts)", "val_nll": 7.0, "test_nll": 7.1, "data_digest": "e" * 64}]
+    (table / reproduce.COUNTS).write_text(json.dumps(recorded))
+    monkeypatch.setattr(reproduce, "count_baselines", lambda results: [{**recorded[0], "data_digest": "d" * 64}])
+    with pytest.raises(SystemExit, match=rf"keep their token shards in {table / 'data'}: move .* out of {cache}"):
+        reproduce.check_recorded_data(args)
+
+
 def test_new_runs_are_refused_when_this_machines_data_differ_from_the_records(tmp_path, monkeypatch):
     """Records without digests: the count rows recomputed here must equal the recorded ones; with
     digests on both sides, the digests decide. Nothing is checked for --table-only."""
