@@ -29,23 +29,11 @@ import sys
 from pathlib import Path
 from statistics import mean, stdev
 
-from lit_vattn.experiments.records import RunRecord
-from lit_vattn.experiments.stats import holm, paired_t, t_interval
+from lit_vattn.experiments.records import RunRecord, seed_runs
+from lit_vattn.experiments.stats import holm, paired_difference
 from lit_vattn.experiments.tables import Column, pval, render
 from lit_vattn.io import write_json, write_text
 from lit_vattn.provenance import git_commit, hardware
-
-
-def seed_runs(arch_dir: Path, seeds: list[int]) -> dict[int, RunRecord]:
-    """The finished runs of one method on ``seeds``: the one folder holding all of them, the method's
-    own (runs at one lr) or one of its lr folders (a tuned table keeps the other lrs on its tuning
-    seed only)."""
-    folders = [arch_dir, *sorted(arch_dir.glob("lr*"))]
-    full = [d for d in folders if all(RunRecord(d / f"seed{s}").is_done for s in seeds)]
-    if len(full) != 1:
-        found = [d.name for d in full] or "none"
-        raise SystemExit(f"{arch_dir}: need one lr folder with finished runs on seeds {seeds}, found {found}")
-    return {s: RunRecord.at(full[0] / f"seed{s}") for s in seeds}
 
 
 def moved(run: RunRecord) -> tuple[float, float]:
@@ -57,10 +45,10 @@ def moved(run: RunRecord) -> tuple[float, float]:
 
 
 def compare(a: dict[int, RunRecord], b: dict[int, RunRecord]) -> dict:
-    """Paired test NLL difference a - b over their common seeds: mean, 95 % t-interval, p."""
-    diffs = [a[s].done["test_nll"] - b[s].done["test_nll"] for s in sorted(a) if s in b]
-    lo, hi = t_interval(diffs)
-    return {"delta": mean(diffs), "lo": lo, "hi": hi, "p": paired_t(diffs)[1], "n": len(diffs)}
+    """Paired test NLL difference a - b over their common seeds (``stats.paired_difference``)."""
+    return paired_difference(
+        {s: r.done["test_nll"] for s, r in a.items()}, {s: r.done["test_nll"] for s, r in b.items()}
+    )
 
 
 def sweep(args) -> list[dict]:

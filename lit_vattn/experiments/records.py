@@ -291,3 +291,15 @@ def restore_data(table_dir: Path, cache_dir: Path) -> list[Path]:
         if shards.is_complete(d) and shards.copy_tokens(d, Path(cache_dir) / d.name):
             out.append(Path(cache_dir) / d.name)
     return out
+
+
+def seed_runs(arch_dir: Path, seeds: list[int]) -> dict[int, RunRecord]:
+    """The finished runs of one method on ``seeds``: the one folder holding all of them, the method's
+    own (runs at one lr) or one of its lr folders (a tuned table keeps the other lrs on its tuning
+    seed only)."""
+    folders = [arch_dir, *sorted(arch_dir.glob("lr*"))]
+    full = [d for d in folders if all(RunRecord(d / f"seed{s}").is_done for s in seeds)]
+    if len(full) != 1:
+        found = [d.name for d in full] or "none"
+        raise SystemExit(f"{arch_dir}: need one lr folder with finished runs on seeds {seeds}, found {found}")
+    return {s: RunRecord.at(full[0] / f"seed{s}") for s in seeds}

@@ -57,6 +57,13 @@ def t_interval(xs: list[float]) -> tuple[float, float]:
     return (mean(xs) - h, mean(xs) + h)
 
 
+def paired_difference(a: dict, b: dict) -> dict:
+    """Paired difference a - b over the keys (seeds) both hold: mean, 95 % Student-t interval, paired t p, n."""
+    diffs = [a[k] - b[k] for k in sorted(a) if k in b]
+    lo, hi = t_interval(diffs)
+    return {"delta": mean(diffs), "lo": lo, "hi": hi, "p": paired_t(diffs)[1], "n": len(diffs)}
+
+
 def holm(pvalues: list[Optional[float]]) -> list[Optional[float]]:
     """Holm step-down adjusted p-values (None entries are skipped and stay None)."""
     idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
