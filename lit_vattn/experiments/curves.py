@@ -113,6 +113,56 @@ def plot_budget(
     return stem
 
 
+def plot_shared_lr_budget(sweep: list[dict], stem: Path, title: str) -> Optional[Path]:
+    """``<stem>.csv`` and ``<stem>.png``: the lr sweep's runs (one seed, every method at every lr of the
+    grid) paired with vanilla at the *same* lr, one panel per lr every method finished. Beside the
+    tuned table's curves (each method at its own lr), these say whether a gap over training is the
+    method's or its lr's: a method with a lower lr has its own schedule. None when the sweep has no
+    curves or no lr that every method ran."""
+    done = [r for r in sweep if not r.get("failed") and r.get("lr") is not None]
+    archs = set(r["arch"] for r in done)
+    lrs = sorted(x for x in {r["lr"] for r in done} if {r["arch"] for r in done if r["lr"] == x} == archs)
+    if "vanilla" not in archs or len(archs) < 2:
+        return None
+    panels = [(x, budget_rows([r for r in done if r["lr"] == x])) for x in lrs]
+    panels = [(x, rows) for x, rows in panels if any(r["paired_seeds"] for r in rows)]
+    if not panels:
+        return None
+    rows = [{"lr": x, **r} for x, rs in panels for r in rs]
+    with atomic_path(stem.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 4.2), sharey=True, squeeze=False)
+    names = [a for a in dict.fromkeys(r["arch"] for r in rows) if a != "vanilla"]
+    for ax, (x, rs) in zip(axes[0], panels):
+        for i, arch in enumerate(names):
+            mine = [r for r in rs if r["arch"] == arch and r["paired_seeds"]]
+            if mine:
+                ax.plot(
+                    [r["tokens"] for r in mine],
+                    [r["delta_mean"] for r in mine],
+                    "-",
+                    label=arch,
+                    **method_style(i + 1, plt),
+                )
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens seen")
+        ax.set_title(f"every method at lr {x:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+    seeds = sorted({r["seed"] for r in done})
+    axes[0][0].set_ylabel(f"Δ validation NLL vs vanilla, same lr, seed {', '.join(map(str, seeds))}", fontsize=8)
+    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"{title}: the lr sweep's runs paired at equal lr", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(stem.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return stem
+
+
 def plot_curves(results: list[dict], path: Path, title: str) -> None:
     plt = pyplot()
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from datamodules import modalities
 from lit_vattn.arch.registry import control_of, seed_methods
-from lit_vattn.experiments.curves import plot_budget, plot_curves
+from lit_vattn.experiments.curves import plot_budget, plot_curves, plot_shared_lr_budget
 from lit_vattn.experiments.records import RunRecord, choose_lr
 from lit_vattn.io import atomic_path, write_text
 from lit_vattn.provenance import git_commit, hardware
@@ -455,6 +455,16 @@ def write_tables(
             f"Budget curves (validation {'accuracy' if probe else 'NLL'} at log-spaced steps of every run, `--curve.points`; each method's paired "
             f"difference to vanilla against tokens seen, mean ± std over seeds): `{budget.name}.png`, `{budget.name}.csv`.",
         ]
+        shared = plot_shared_lr_budget(
+            sweep or [], stem.with_name(stem.name + "-budget-shared-lr"), f"{args.modality}, preset {args.preset}"
+        )
+        if shared:
+            lines += [
+                "",
+                "The same curves from the lr sweep's runs, every method paired with vanilla at the same lr (one "
+                f"panel per lr every method ran, the tuning seed only), so a gap is not read off two schedules: "
+                f"`{shared.name}.png`, `{shared.name}.csv`.",
+            ]
     lines += [
         "",
         f"Per-run numbers: `{stem.name}.csv`; training curves: `{stem.name}-loss.png`; run directories under `{args.runs}`"
