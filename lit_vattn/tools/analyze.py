@@ -49,9 +49,9 @@ def _batches(dm, n: int):
 
 
 @torch.no_grad()
-def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
-    """Each map the reader reports (``Arch.depth_map``), with per-token statistics recorded over
-    ``batches`` validation batches: a heatmap for a matrix, bars for a single row."""
+def map_values(model, dm, batches: int) -> dict:
+    """Each map the reader reports (``Arch.depth_map``: name -> ``DepthMap``), with per-token
+    statistics recorded over ``batches`` validation batches; {} for a reader without depth memory."""
     net, arch = model.net, model.net.arch
     arch.reset_maps()
     arch.record_maps = True
@@ -60,9 +60,14 @@ def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
             net(b["input"])
     finally:
         arch.record_maps = False
-    maps = arch.depth_map()
+    return arch.depth_map()
+
+
+def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    """``map_values`` drawn and saved: a heatmap for a matrix, bars for a single row."""
+    maps = map_values(model, dm, batches)
     if not maps:
-        print(f"{type(arch).__name__} reads no depth memory: no depth map")
+        print(f"{type(model.net.arch).__name__} reads no depth memory: no depth map")
         return []
     plt = pyplot()
     written = []
@@ -91,9 +96,10 @@ def depth_maps(model, dm, batches: int, out: Path, title: str) -> list[Path]:
 
 
 @torch.no_grad()
-def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+def lens_values(model, dm, batches: int) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """The final norm + head applied to each state the network consumes (``Arch.lens_states``:
-    each block's residual input, then the readout), scored against the next token."""
+    each block's residual input, then the readout), scored against the next token over ``batches``
+    validation batches: (state names, NLL per token, top-1 agreement with the output, tokens)."""
     net = model.net
     V = net.vocab_size
     nll, agree, labels, n = None, None, None, 0
@@ -114,18 +120,24 @@ def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
         nll = np.array(rows_nll) if nll is None else nll + rows_nll
         agree = np.array(rows_agree) if agree is None else agree + rows_agree
         n += valid.sum().item()
+    return labels, nll / max(n, 1), agree / max(n, 1), n
+
+
+def logit_lens(model, dm, batches: int, out: Path, title: str) -> list[Path]:
+    """``lens_values`` drawn and saved."""
+    labels, nll, agree, n = lens_values(model, dm, batches)
     save_csv(
         out / "logit_lens.csv",
         ["state", "nll", "top1_agreement_with_output"],
-        [[s, f"{a / n:.6f}", f"{g / n:.6f}"] for s, a, g in zip(labels, nll, agree)],
+        [[s, f"{a:.6f}", f"{g:.6f}"] for s, a, g in zip(labels, nll, agree)],
     )
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(labels, nll / n, "o-", label="next-token NLL (nats)")
+    ax.plot(labels, nll, "o-", label="next-token NLL (nats)")
     ax.set_ylabel("NLL (nats/token)")
     ax.set_xlabel("state consumed (in<l> = block l's input)")
     ax2 = ax.twinx()
-    ax2.plot(labels, agree / n, "s--", color="tab:orange", label="top-1 = output's")
+    ax2.plot(labels, agree, "s--", color="tab:orange", label="top-1 = output's")
     ax2.set_ylabel("top-1 agreement with the output")
     ax2.set_ylim(0, 1.02)
     ax.set_title(f"{title}: logit lens ({n:,} tokens)", fontsize=9)

@@ -582,6 +582,50 @@ def test_positions_table_pairs_methods_with_vanilla_and_checks_itself(table):
         mod.main(["--runs", str(tmp / "runs/text-tiny"), "--seeds", "0,1,2", "--out", str(out)])
 
 
+def test_depth_table_gives_each_value_over_seeds_paired_with_vanilla_and_caches_it(table, monkeypatch):
+    """Each run's lens and maps are the checkpoint's own (re-measured here), the table's cells are
+    their seed mean and paired difference to vanilla, and a second invocation reads the per-run
+    cache instead of loading any checkpoint."""
+    import numpy as np
+
+    from lit_vattn.experiments import depth_table as mod
+    from lit_vattn.tools import analyze, loader
+
+    tmp, _, _ = table
+    runs, out = tmp / "runs/text-tiny", tmp / "results/depth-text-tiny"
+    argv = ["--runs", str(runs), "--archs", "va,vanilla", "--seeds", "0,1", "--batches", "2", "--out", str(out)]
+    md = mod.main(argv)
+    data = json.loads(out.with_suffix(".json").read_text())["runs"]
+    model, dm = loader.load(str(runs / "va/seed1/fit/checkpoints/last.ckpt"))
+    states, nll, agree, n = analyze.lens_values(model, dm, 2)
+    assert data["va"]["1"]["lens"]["state"] == states and data["va"]["1"]["lens"]["tokens"] == n
+    assert np.allclose(data["va"]["1"]["lens"]["agree"], agree) and np.allclose(data["va"]["1"]["lens"]["nll"], nll)
+    weights = analyze.map_values(model, dm, 2)
+    assert set(data["va"]["1"]["maps"]) == set(weights) and data["vanilla"]["0"]["maps"] == {}  # vanilla: no map
+
+    def cell(title: str, arch: str, state: str) -> str:
+        block = md.split(title)[1].split("\n\n")[1].splitlines()
+        row = next(r for r in block if r.startswith(f"| {arch} |"))
+        return [c.strip() for c in row.split("|")][[c.strip() for c in block[0].split("|")].index(state)]
+
+    base = [data["vanilla"][s]["lens"]["agree"][states.index("in1")] for s in ("0", "1")]
+    assert cell("top-1 agreement", "vanilla", "in1").startswith(f"{np.mean(base):.3f} ± {np.std(base, ddof=1):.3f}")
+    va = [data["va"][s]["lens"]["agree"][states.index("in1")] for s in ("0", "1")]
+    assert cell("top-1 agreement", "va", "in1").startswith(f"{np.mean(va) - np.mean(base):+.3f} [")
+    assert cell("top-1 agreement", "vanilla", "readout").startswith("1.000")  # the readout is the output
+    name = next(iter(weights))
+    mean = np.mean([data["va"][s]["maps"][name]["values"] for s in ("0", "1")], 0)
+    assert f"**va: {name}**" in md and f"{mean[0][0]:.3f} ± " in md and "seed agreement r = " in md
+    assert out.with_suffix(".png").stat().st_size > 1000 and (runs / "va/seed0/depth.json").is_file()
+
+    monkeypatch.setattr(loader, "load", lambda *a, **k: pytest.fail("a cached run was loaded again"))
+    assert mod.main(argv).split("- measured")[1] == md.split("- measured")[1]
+    with pytest.raises(SystemExit, match="--archs must include vanilla"):
+        mod.main(["--runs", str(runs), "--archs", "va", "--out", str(out)])
+    with pytest.raises(SystemExit, match="need one lr folder with finished runs on seeds"):
+        mod.main(["--runs", str(runs), "--archs", "vanilla,va", "--seeds", "0,1,2", "--out", str(out)])
+
+
 def test_positions_table_reads_the_runs_a_tuned_table_scored(table, tmp_path):
     """--lrs-from: each (arch, seed) from <arch>/lr<lr>/seed<s> as that table's CSV says; the same
     runs give the same table as read from <arch>/seed<s>; a run the CSV lacks is refused."""
