@@ -234,17 +234,19 @@ def control_lines(by: dict, probe: bool = False, documents: Optional[Clusters] =
     lines = [
         "",
         f"Controls against their own method (Δ = the control's test {what} minus the method's on the same seed, "
-        'mean ± std; the same two tests, Holm-corrected across these rows; "better" = '
+        'mean ± std and its 95 % Student-t interval over seeds; the same two tests, Holm-corrected across these rows; "better" = '
         + ("higher accuracy" if probe else "lower NLL")
         + " than the method):",
         "",
-        f"| control | method | Δ test {what} vs method | p seeds (paired t) | p seeds (Holm) | {boot_header} | verdict |",
-        "|---|---|---|---|---|---|---|",
+        f"| control | method | Δ test {what} vs method | Δ 95 % interval (seeds) | p seeds (paired t) | p seeds (Holm) | {boot_header} | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c, m in pairs:
         delta = [r[key] - refs[m][r["seed"]][key] for r in by[c] if r["seed"] in refs[m]]
         p, q, b, word = tests[c]
-        lines.append(f"| {c} | {m} | {fmt(delta) if delta else '—'} | {pval(p)} | {pval(q)} | {pval(b)} | {word} |")
+        lines.append(
+            f"| {c} | {m} | {fmt(delta) if delta else '—'} | {interval(delta)} | {pval(p)} | {pval(q)} | {pval(b)} | {word} |"
+        )
     return lines
 
 
@@ -393,7 +395,7 @@ def write_tables(
         + (f"; plus {sweep_minutes:.1f} min for the lr sweep's runs not in the table" if sweep else "")
         + (f"; {n_resumed} run(s) resumed after an interruption count their last attempt only" if n_resumed else ""),
         f"- seeds: {sorted({r['seed'] for r in results + failed})}; each run: same data, tokens, width, depth, optimizer and schedule; "
-        f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed"
+        f"mean ± sample std over the finished seeds; Δ = paired difference to vanilla on the same seed, with its 95 % Student-t interval over seeds"
         + (" (of test accuracy)" if probe else ""),
         f"- scored: {scored_fraction(results)}",
         *lr_head,
@@ -511,6 +513,7 @@ def main_columns(unit_label: str, probe: bool, resampled: str = "windows") -> li
         Column("test_nll", "test NLL (nats/token)"),
         Column("test_unit", f"test {unit_label}"),
         Column("delta", f"Δ test {'accuracy' if probe else 'NLL'} vs vanilla"),
+        Column("delta_ci", "Δ 95 % interval (seeds)"),
         Column("p_seeds", "p seeds (paired t)"),
         Column("p_seeds_holm", "p seeds (Holm)"),
         Column("p_windows_holm", f"p {resampled} (bootstrap, Holm)"),  # the key names the column in every table's JSON
@@ -532,7 +535,7 @@ def main_rows(
         n_failed = sum(r["arch"] == a for r in failed)
         runs = f"{len(rs)}/{len(rs) + n_failed}" + (" (failed: see above)" if n_failed else "")
         if not rs:
-            cells = ["—", "—", "—", "failed", "failed", "failed", "—", "—", "—", "—", "—", "—", "—"]
+            cells = ["—", "—", "—", "failed", "failed", "failed", "—", "—", "—", "—", "—", "—", "—", "—"]
             rows.append(dict(zip([c.key for c in main_columns("", probe)], [a, runs, *cells])))
             continue
         p_raw, p_holm, p_boot, word = tests.get(a, (None, None, None, "—"))
@@ -548,6 +551,7 @@ def main_rows(
                 "test_nll": fmt([r["test_nll"] for r in rs]),
                 "test_unit": fmt([r[f"test_{unit}"] for r in rs], 3),
                 "delta": fmt(delta) if delta else "—",
+                "delta_ci": interval(delta),
                 "p_seeds": pval(p_raw),
                 "p_seeds_holm": pval(p_holm),
                 "p_windows_holm": pval(p_boot),
@@ -567,7 +571,7 @@ def main_rows(
                 "val_nll": f"{c['val_nll']:.4f}",
                 "test_nll": f"{c['test_nll']:.4f}",
                 "test_unit": f"{c['test_bits_per_unit']:.3f}",
-                **dict.fromkeys(("delta", "p_seeds", "p_seeds_holm", "p_windows_holm", "verdict"), "—"),
+                **dict.fromkeys(("delta", "delta_ci", "p_seeds", "p_seeds_holm", "p_windows_holm", "verdict"), "—"),
                 "tokens_per_sec": "—",
                 "peak_memory_gib": "—",
             }
@@ -582,6 +586,14 @@ def render(columns: list[Column], rows: list[dict]) -> list[str]:
         "|" + "---|" * len(columns),
         *("| " + " | ".join(r[c.key] for c in columns) + " |" for r in rows),
     ]
+
+
+def interval(diffs: list[float]) -> str:
+    """The 95 % Student-t interval over seeds of a paired difference's mean; — for fewer than two seeds."""
+    from lit_vattn.experiments.stats import t_interval
+
+    lo, hi = t_interval(diffs)
+    return "—" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
 
 
 def pval(v: Optional[float]) -> str:

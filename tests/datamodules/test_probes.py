@@ -338,6 +338,6 @@ def test_reproduce_builds_a_probe_table_on_test_accuracy(tmp_path):
     va = next(line for line in md.splitlines() if line.startswith("| va |")).split("|")
     delta = np.mean([by[("va", s)]["test_acc"] - by[("vanilla", s)]["test_acc"] for s in (0, 1)])
     assert float(va[9].split("±")[0]) == pytest.approx(delta, abs=1e-4)
-    assert va[13].strip() in ("better", "worse", "no detectable difference") and 0 < float(va[12]) <= 1
+    assert va[14].strip() in ("better", "worse", "no detectable difference") and 0 < float(va[13]) <= 1
     rows = list(csv.DictReader(open(tmp_path / "out/copy-tiny-vanilla-va-seeds0-1-budget.csv")))
     assert rows and all(0 <= float(r["val_acc_mean"]) <= 1 for r in rows)

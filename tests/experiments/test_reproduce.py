@@ -76,9 +76,9 @@ def test_table_written_and_equal_to_the_runs_own_logs(table):
     assert (tmp / "results/text-tiny-vanilla-va-seeds0-1-loss.png").stat().st_size > 1000
     assert "paired t-test over seeds" in md and "Holm" in md
     va_row = next(line for line in md.splitlines() if line.startswith("| va |")).split("|")
-    assert va_row[2].strip() == "2/2" and va_row[13].strip() in ("better", "worse", "no detectable difference")
+    assert va_row[2].strip() == "2/2" and va_row[14].strip() in ("better", "worse", "no detectable difference")
     assert float(va_row[3]) == 3e-3 and "learning rate: 0.003 for every method" in md  # the preset's lr, not tuned
-    assert 0 < float(va_row[12]) <= 1  # the bootstrap over test windows ran on the recorded per-window NLLs
+    assert 0 < float(va_row[13]) <= 1  # the bootstrap over test windows ran on the recorded per-window NLLs
     rows = list(csv.DictReader(open(tmp / "results/text-tiny-vanilla-va-seeds0-1.csv")))
     assert sorted((r["arch"], r["seed"]) for r in rows) == [
         ("va", "0"),
@@ -249,14 +249,16 @@ def test_controls_are_tested_against_their_own_method(tmp_path):
     frozen_p = sps.ttest_rel([4.83, 4.93, 5.04], [4.80, 4.91, 5.00]).pvalue
     nonorm_p = sps.ttest_rel([5.30, 5.35, 5.50], [4.80, 4.91, 5.00]).pvalue
     assert rows["va-frozen"][0] == "va" and rows["va-frozen"][1] == "0.0300 ± 0.0100"
-    assert float(rows["va-frozen"][2]) == pytest.approx(frozen_p, abs=1e-3)
-    assert float(rows["va-nonorm"][2]) == pytest.approx(nonorm_p, abs=1e-3)
+    half = sps.t.ppf(0.975, 2) * 0.01 / 3**0.5  # the 95 % t interval of the mean of three differences
+    assert rows["va-frozen"][2] == f"[{0.03 - half:+.4f}, {0.03 + half:+.4f}]"
+    assert float(rows["va-frozen"][3]) == pytest.approx(frozen_p, abs=1e-3)
+    assert float(rows["va-nonorm"][3]) == pytest.approx(nonorm_p, abs=1e-3)
     # Holm over the two: the smaller p doubled, the larger kept (or raised to the smaller's)
     lo, hi = sorted([frozen_p, nonorm_p])
     holm = {frozen_p: None, nonorm_p: None}
     holm[lo], holm[hi] = min(1, 2 * lo), max(min(1, 2 * lo), hi)
-    assert float(rows["va-frozen"][3]) == pytest.approx(holm[frozen_p], abs=1e-3)
-    assert rows["va-nonorm"][5] == ("worse" if holm[nonorm_p] < 0.05 else "no detectable difference")
+    assert float(rows["va-frozen"][4]) == pytest.approx(holm[frozen_p], abs=1e-3)
+    assert rows["va-nonorm"][6] == ("worse" if holm[nonorm_p] < 0.05 else "no detectable difference")
     assert tables.control_lines({"vanilla": by["vanilla"], "va": by["va"]}) == []
 
 
