@@ -85,10 +85,11 @@ def run_values(run: RunRecord, batches: int) -> dict:
 def seed_agreement(mats: list[np.ndarray]) -> float | None:
     """Mean Pearson correlation between every two seeds' maps over the cells that differ between
     seeds: cells equal in every seed (a causal mask's zeros, a frozen map's init) would make any two
-    maps look alike. None where fewer than two seeds or two such cells."""
+    maps look alike. None where fewer than two seeds or three such cells (two cells that sum to one,
+    as a two-source softmax's, always correlate perfectly)."""
     stack = np.stack([m.ravel() for m in mats])  # (seeds, cells)
     moved = np.ptp(stack, axis=0) > 0
-    if len(mats) < 2 or moved.sum() < 2:
+    if len(mats) < 2 or moved.sum() < 3:
         return None
     rs = [np.corrcoef(a[moved], b[moved])[0, 1] for a, b in itertools.combinations(stack, 2)]
     return float(mean(rs))
@@ -170,7 +171,12 @@ def main(argv=None) -> str:
     )
     write_json(
         out.with_suffix(".json"),
-        {"runs": {a: {str(s): {"path": str(found[a][s].path), **values[a][s]} for s in seeds} for a in archs}},
+        {
+            "runs": {
+                a: {str(s): {"path": str(found[a][s].path.relative_to(runs.resolve())), **values[a][s]} for s in seeds}
+                for a in archs
+            }
+        },
         indent=None,
     )
 
@@ -204,7 +210,7 @@ def main(argv=None) -> str:
         lines += [
             "",
             "Depth maps (each cell: mean ± std over seeds; seed agreement r = mean Pearson correlation between "
-            "every two seeds' maps over the cells that differ between seeds, none where no two do):",
+            "every two seeds' maps over the cells that differ between seeds, none where fewer than three do):",
         ]
     for a, name in mapped:
         m0 = values[a][seeds[0]]["maps"][name]

@@ -601,6 +601,7 @@ def test_depth_table_gives_each_value_over_seeds_paired_with_vanilla_and_caches_
     model, dm = loader.load(str(runs / "va/seed1/fit/checkpoints/last.ckpt"))
     states, nll, agree, n = analyze.lens_values(model, dm, 2)
     assert data["va"]["1"]["lens"]["state"] == states and data["va"]["1"]["lens"]["tokens"] == n
+    assert data["va"]["1"]["path"] == "va/seed1"  # named within --runs, wherever the runs lie
     assert np.allclose(data["va"]["1"]["lens"]["agree"], agree) and np.allclose(data["va"]["1"]["lens"]["nll"], nll)
     weights = analyze.map_values(model, dm, 2)
     assert set(data["va"]["1"]["maps"]) == set(weights) and data["vanilla"]["0"]["maps"] == {}  # vanilla: no map
