@@ -98,7 +98,7 @@ def seed_agreement(mats: list[np.ndarray]) -> float | None:
 def lens_rows(values: dict, archs: list[str], seeds: list[int], field: str) -> tuple[list[str], dict]:
     """The states every arch reports, and per arch one cell per state: vanilla's mean ± std over
     seeds, every other arch's paired difference to vanilla with its 95 % interval and Holm verdict."""
-    states = [s for s in values["vanilla"][seeds[0]]["lens"]["state"]]
+    states = values["vanilla"][seeds[0]]["lens"]["state"]
     common = [s for s in states if all(s in values[a][seeds[0]]["lens"]["state"] for a in archs)]
 
     def at(a: str, seed: int, state: str) -> float:
